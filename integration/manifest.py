@@ -1,0 +1,117 @@
+"""The study manifest (``samples.csv``): one row per sample, validated against the data contract.
+
+Columns: ``patient_id, timepoint, sample_id, modality, stain, path[, mpp]``. Relative paths are
+resolved against the manifest's own folder, so a study folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED_COLUMNS = ("patient_id", "timepoint", "sample_id", "modality", "stain", "path")
+TIMEPOINTS = ("baseline", "on_treatment", "progression")
+MODALITIES = ("he", "ihc", "mif", "flow", "elisa", "scrna", "rnaseq")
+SLIDE_MODALITIES = ("he", "ihc", "mif")
+BLOOD_MODALITIES = ("flow", "elisa", "scrna")
+SAMPLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class ManifestError(ValueError):
+    """The manifest breaks the data contract; the message names file, row and column."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One validated manifest row."""
+
+    patient_id: str
+    timepoint: str
+    sample_id: str
+    modality: str
+    stain: str
+    path: Path
+    mpp: float | None
+    row: int  # 1-based line number in the CSV (header = line 1)
+
+
+def read_manifest(path: str | Path, *, check_files: bool = False) -> list[Sample]:
+    """Read and validate a study manifest.
+
+    Parameters
+    ----------
+    path
+        The ``samples.csv`` file.
+    check_files
+        Also require every ``path`` to exist. Batch runs leave this off so that one missing
+        file fails only its own sample.
+
+    Returns
+    -------
+    list of Sample
+        In file order.
+
+    Raises
+    ------
+    ManifestError
+        Missing columns, empty or invalid values, unknown timepoint or modality, duplicate
+        ``sample_id``, non-numeric or non-positive ``mpp``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest file not found")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table.columns = [c.strip() for c in table.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; the manifest needs "
+                            f"{', '.join(REQUIRED_COLUMNS)}[, mpp]")
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    for index, record in enumerate(table.to_dict("records")):
+        line = index + 2
+        where = f"{path}, line {line}"
+        values = {k: str(record.get(k, "")).strip() for k in table.columns}
+        for column in REQUIRED_COLUMNS:
+            if column != "stain" and not values[column]:
+                raise ManifestError(f"{where}: column '{column}' is empty")
+        if values["timepoint"] not in TIMEPOINTS:
+            raise ManifestError(f"{where}: column 'timepoint' is '{values['timepoint']}', "
+                                f"expected one of {', '.join(TIMEPOINTS)}")
+        modality = values["modality"].lower()
+        if modality not in MODALITIES:
+            raise ManifestError(f"{where}: column 'modality' is '{values['modality']}', "
+                                f"expected one of {', '.join(MODALITIES)}")
+        sample_id = values["sample_id"]
+        if not SAMPLE_ID_PATTERN.match(sample_id):
+            raise ManifestError(f"{where}: column 'sample_id' is '{sample_id}'; use letters, "
+                                "digits, '_', '-' and '.', starting with a letter or digit")
+        if sample_id in seen:
+            raise ManifestError(f"{where}: sample_id '{sample_id}' duplicates line "
+                                f"{seen[sample_id]}")
+        seen[sample_id] = line
+        mpp = _parse_mpp(values.get("mpp", ""), where)
+        sample_path = Path(values["path"])
+        if not sample_path.is_absolute():
+            sample_path = (path.parent / sample_path).resolve()
+        if check_files and not sample_path.exists():
+            raise ManifestError(f"{where}: file {sample_path} not found")
+        samples.append(Sample(values["patient_id"], values["timepoint"], sample_id, modality,
+                              values["stain"], sample_path, mpp, line))
+    return samples
+
+
+def _parse_mpp(text: str, where: str) -> float | None:
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ManifestError(f"{where}: column 'mpp' is '{text}', not a number (um per pixel)")
+    if not math.isfinite(value) or value <= 0:
+        raise ManifestError(f"{where}: column 'mpp' is {text}; it must be a positive number")
+    return value

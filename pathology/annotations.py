@@ -1,0 +1,123 @@
+"""Readers for the annotated nucleus sets used to train and validate segmentation models.
+
+Each reader returns :class:`AnnotatedImage` records: the image, an instance label image
+(0 = background, 1..n = nuclei) and the pixel size when the source states one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from skimage import io as skio
+from skimage.draw import polygon as draw_polygon
+from skimage.transform import rescale
+
+MONUSEG_MPP = 0.2527  # MicronsPerPixel stated in every MoNuSeg XML
+
+
+@dataclass(frozen=True)
+class AnnotatedImage:
+    """One annotated image: pixels, instance labels and provenance."""
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    mpp: float | None
+    source: str
+
+
+def _read_xml_text(path: Path) -> str:
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return raw.decode("utf-8", errors="replace")
+
+
+def read_imagescope_polygons(path: Path) -> tuple[list[np.ndarray], float | None]:
+    """Read nucleus polygons from an Aperio ImageScope XML annotation file.
+
+    Parameters
+    ----------
+    path
+        The ``.xml`` (or gzip-compressed ``.xml.gz``) file.
+
+    Returns
+    -------
+    polygons, mpp
+        One ``(n, 2)`` array of ``(x, y)`` vertices per region, and the ``MicronsPerPixel``
+        attribute when present.
+    """
+    root = ET.fromstring(_read_xml_text(path))
+    mpp_text = root.attrib.get("MicronsPerPixel")
+    polygons = []
+    for region in root.iter("Region"):
+        vertices = [(float(v.attrib["X"]), float(v.attrib["Y"])) for v in region.iter("Vertex")]
+        if len(vertices) >= 3:
+            polygons.append(np.asarray(vertices))
+    return polygons, (float(mpp_text) if mpp_text else None)
+
+
+def rasterise_polygons(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Draw polygons into an instance label image; later polygons win where they overlap."""
+    labels = np.zeros(shape, dtype=np.int32)
+    for index, poly in enumerate(polygons, start=1):
+        rr, cc = draw_polygon(poly[:, 1], poly[:, 0], shape=shape)
+        labels[rr, cc] = index
+    return labels
+
+
+def rescale_annotated(item: AnnotatedImage, target_mpp: float) -> AnnotatedImage:
+    """Resample an annotated image to ``target_mpp`` (bilinear pixels, nearest labels)."""
+    if item.mpp is None:
+        raise ValueError(f"{item.name}: no pixel size known, cannot rescale to {target_mpp} um/px")
+    factor = item.mpp / target_mpp
+    if abs(factor - 1) < 1e-3:
+        return item
+    channel_axis = -1 if item.image.ndim == 3 else None
+    image = rescale(item.image.astype(np.float32), factor, order=1, channel_axis=channel_axis,
+                    preserve_range=True, anti_aliasing=factor < 1)
+    labels = rescale(item.labels, factor, order=0, preserve_range=True,
+                     anti_aliasing=False).astype(np.int32)
+    dtype = item.image.dtype
+    image = np.clip(np.rint(image), 0, 255).astype(dtype) if dtype == np.uint8 else image
+    return AnnotatedImage(item.name, image, labels, target_mpp, item.source)
+
+
+def load_monuseg(root: Path) -> list[AnnotatedImage]:
+    """Load MoNuSeg tiles (``images/*.tif`` with ``annotations/*.xml[.gz]``), sorted by name."""
+    items = []
+    for image_path in sorted((root / "images").glob("*.tif")):
+        stem = image_path.stem
+        candidates = [root / "annotations" / f"{stem}.xml", root / "annotations" / f"{stem}.xml.gz"]
+        xml_path = next((p for p in candidates if p.exists()), None)
+        if xml_path is None:
+            raise FileNotFoundError(f"{image_path}: no annotation file {candidates[0]} (or .gz)")
+        image = skio.imread(image_path)[..., :3]
+        polygons, mpp = read_imagescope_polygons(xml_path)
+        labels = rasterise_polygons(polygons, image.shape[:2])
+        items.append(AnnotatedImage(stem, image, labels, mpp or MONUSEG_MPP, "monuseg"))
+    return items
+
+
+def load_dsb2018(root: Path, modality: str) -> list[AnnotatedImage]:
+    """Load DSB2018 images of one modality (``fluorescence`` or ``histology_brightfield``).
+
+    Fluorescence images are returned as 2-D grey images, brightfield as RGB. DSB2018 states
+    no pixel size, so ``mpp`` is ``None``.
+    """
+    folder = root / modality
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: DSB2018 modality folder not found")
+    items = []
+    for sample in sorted(p for p in folder.iterdir() if p.is_dir()):
+        image = skio.imread(next((sample / "images").glob("*.png")))
+        image = image[..., 0] if modality == "fluorescence" else image[..., :3]
+        labels = np.zeros(image.shape[:2], dtype=np.int32)
+        for index, mask_path in enumerate(sorted((sample / "masks").glob("*.png")), start=1):
+            labels[skio.imread(mask_path) > 0] = index
+        items.append(AnnotatedImage(sample.name, image, labels, None, f"dsb2018/{modality}"))
+    return items
