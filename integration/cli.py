@@ -6,13 +6,58 @@ study manifest belongs to ``integration``.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import typer
+
+from integration.manifest import SLIDE_MODALITIES, ManifestError, read_manifest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="hccbio: slides, blood and outcomes for HCC under atezolizumab + "
                        "bevacizumab.")
 slides_app = typer.Typer(no_args_is_help=True, help="Whole-slide images: tissue, nuclei, cells.")
 app.add_typer(slides_app, name="slides")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@slides_app.command("run")
+def slides_run(
+    manifest: Path = typer.Argument(..., help="Study manifest (samples.csv)."),
+    out: Path = typer.Option(..., "--out", help="Run folder (created; resumed if it exists)."),
+    config: Path | None = typer.Option(None, "--config", help="pathology YAML "
+                                       "(default: built-in defaults = configs/pathology.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Recompute finished slides."),
+    quiet: bool = typer.Option(False, "--quiet", help="Only warnings and the summary."),
+) -> None:
+    """Segment and measure every slide (he, ihc, mif rows) of a manifest."""
+    from pathology.batch import run_slides
+    from pathology.config import ConfigError, load_config
+    from pathology.pipeline import SlideJob
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        samples = read_manifest(manifest)
+        cfg = load_config(config)
+    except (ManifestError, ConfigError) as error:
+        _fail(str(error))
+    jobs = [SlideJob(s.sample_id, s.path, s.modality, s.stain, s.mpp)
+            for s in samples if s.modality in SLIDE_MODALITIES]
+    if not jobs:
+        _fail(f"{manifest}: no slide rows (modality {', '.join(SLIDE_MODALITIES)})")
+    rows = run_slides(jobs, out, cfg, force=force)
+    failed = [r for r in rows if r.status == "failed"]
+    for row in rows:
+        typer.echo(f"{row.sample_id:24s} {row.status:8s} {row.seconds:8.1f}s  {row.reason}")
+    typer.echo(f"{len(rows) - len(failed)} of {len(rows)} slides done or skipped; "
+               f"report: {out / 'batch_report.csv'}")
+    if failed:
+        raise typer.Exit(code=1)
 
 
 def main() -> None:  # pragma: no cover - console entry point

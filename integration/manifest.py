@@ -111,7 +111,8 @@ def _parse_mpp(text: str, where: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise ManifestError(f"{where}: column 'mpp' is '{text}', not a number (um per pixel)")
+        raise ManifestError(
+            f"{where}: column 'mpp' is '{text}', not a number (um per pixel)") from None
     if not math.isfinite(value) or value <= 0:
         raise ManifestError(f"{where}: column 'mpp' is {text}; it must be a positive number")
     return value

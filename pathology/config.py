@@ -28,9 +28,8 @@ class SlideSection(_Section):
                                            "sizes (um/px); a value outside is an error.")
     mpp_tolerance: float = Field(0.02, ge=0, lt=0.5, description="Largest relative disagreement "
                                  "allowed between pixel-size sources (readers, manifest).")
-    backend: Literal["auto", "openslide", "tiffslide"] = Field("auto", description="Slide "
-                                                                "reader; auto = OpenSlide, "
-                                                                "tiffslide for what it cannot open.")
+    backend: Literal["auto", "openslide", "tiffslide"] = Field(
+        "auto", description="Slide reader; auto = OpenSlide, tiffslide for what it cannot open.")
     nuclear_channels: tuple[str, ...] = Field(("DAPI", "dsDNA", "H3", "Hoechst", "Histone"),
                                               description="Fluorescence: channel names tried in "
                                               "order (case-insensitive prefix) for nuclei.")

@@ -1,0 +1,443 @@
+"""Open a whole-slide image, establish its pixel size, and read regions at any resolution.
+
+OpenSlide (openslide-python + openslide-bin) reads brightfield slides (Aperio SVS, Hamamatsu
+NDPI, generic pyramidal TIFF, DICOM...); tiffslide reads what OpenSlide cannot open
+(multichannel fluorescence such as Vectra QPTIFF, OME-TIFF). Label and macro images are never
+read: only the pyramid levels of the main image are touched.
+
+The pixel size is never guessed. Every source is collected (OpenSlide ``openslide.mpp-x``,
+tiffslide, OME ``PhysicalSizeX``, TIFF resolution tags, the manifest) with its origin; strong
+sources (vendor metadata, OME, the manifest) must agree, and an implausible value is an error.
+TIFF resolution tags are weak evidence: 72 and 96 dpi are placeholders that many writers fill
+in, so an implausible tag value is ignored (and recorded) when another source exists.
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage as ndi
+
+Backend = Literal["openslide", "tiffslide"]
+
+
+class SlideError(ValueError):
+    """A slide cannot be used; the message names the file and the problem."""
+
+
+class PixelSizeError(SlideError):
+    """The pixel size is missing, implausible or contradictory."""
+
+
+@dataclass(frozen=True)
+class PixelSizeEvidence:
+    """One statement of the level-0 pixel size and where it came from."""
+
+    source: str  # e.g. "openslide:openslide.mpp-x", "ome:PhysicalSizeX", "manifest:mpp"
+    mpp_x: float
+    mpp_y: float
+    strong: bool  # vendor/OME metadata or the manifest; False for bare TIFF resolution tags
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """The level-0 pixel size that the pipeline uses, with its provenance."""
+
+    mpp_x: float
+    mpp_y: float
+    source: str
+    evidence: tuple[PixelSizeEvidence, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def mpp(self) -> float:
+        """Mean of x and y pixel size (um/px)."""
+        return (self.mpp_x + self.mpp_y) / 2
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """What is known about a slide once opened."""
+
+    path: Path
+    backend: Backend
+    vendor: str | None
+    dimensions: tuple[int, int]  # level-0 (width, height)
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    channels: tuple[str, ...]
+    dtype: str
+    pixel_size: PixelSize
+
+    def level_mpp(self, level: int) -> float:
+        """Pixel size (um/px) of a pyramid level."""
+        return self.pixel_size.mpp * self.level_downsamples[level]
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable summary (for run.json / features.json)."""
+        return {
+            "path": str(self.path), "backend": self.backend, "vendor": self.vendor,
+            "dimensions": list(self.dimensions),
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": list(self.level_downsamples), "channels": list(self.channels),
+            "dtype": self.dtype, "mpp_x": self.pixel_size.mpp_x, "mpp_y": self.pixel_size.mpp_y,
+            "mpp_source": self.pixel_size.source,
+            "mpp_evidence": [e.__dict__ for e in self.pixel_size.evidence],
+            "mpp_notes": list(self.pixel_size.notes),
+        }
+
+
+def _resolve_pixel_size(path: Path, evidence: list[PixelSizeEvidence], *,
+                        mpp_range: tuple[float, float], tolerance: float) -> PixelSize:
+    low, high = mpp_range
+
+    def plausible(e: PixelSizeEvidence) -> bool:
+        return low <= e.mpp_x <= high and low <= e.mpp_y <= high
+
+    def agree(a: float, b: float) -> bool:
+        return abs(a - b) <= tolerance * max(a, b)
+
+    notes: list[str] = []
+    strong = [e for e in evidence if e.strong]
+    for e in strong:
+        if not plausible(e):
+            raise PixelSizeError(
+                f"{path}: implausible pixel size {e.mpp_x:.4g} x {e.mpp_y:.4g} um/px from "
+                f"{e.source} (expected {low}-{high} um/px); fix the metadata or the manifest's "
+                "mpp column")
+    weak_usable = []
+    for e in evidence:
+        if e.strong:
+            continue
+        if plausible(e):
+            weak_usable.append(e)
+        else:
+            dpi = 25400 / e.mpp_x if e.mpp_x else float("nan")
+            notes.append(f"ignored {e.source} = {e.mpp_x:.4g} um/px ({dpi:.0f} dpi, a "
+                         "placeholder resolution, not a scan resolution)")
+    usable = strong + weak_usable
+    if not usable:
+        raise PixelSizeError(
+            f"{path}: no pixel size in the file's metadata ({'; '.join(notes) or 'none found'}) "
+            "and none given; add the scan's um/px in the manifest's mpp column")
+    reference = usable[0]
+    for e in usable[1:]:
+        if not (agree(e.mpp_x, reference.mpp_x) and agree(e.mpp_y, reference.mpp_y)):
+            raise PixelSizeError(
+                f"{path}: pixel sizes disagree: {reference.source} says {reference.mpp_x:.4g} "
+                f"um/px, {e.source} says {e.mpp_x:.4g} um/px (tolerance {tolerance:.0%}); check "
+                "the scanner metadata and the manifest's mpp column")
+    # File metadata is the reference when present; the manifest confirms it.
+    file_sources = [e for e in usable if not e.source.startswith("manifest")]
+    chosen = file_sources[0] if file_sources else reference
+    return PixelSize(chosen.mpp_x, chosen.mpp_y, chosen.source, tuple(evidence), tuple(notes))
+
+
+def _tiff_resolution_mpp(page) -> tuple[float, float] | None:
+    """Pixel size from TIFF XResolution/YResolution/ResolutionUnit, or None."""
+    tags = page.tags
+    if "XResolution" not in tags or "YResolution" not in tags:
+        return None
+    unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 2
+    per_unit_um = {2: 25400.0, 3: 10000.0}.get(int(unit))
+    if per_unit_um is None:
+        return None
+
+    def value(tag) -> float:
+        num, den = tag.value
+        return num / den if den else 0.0
+
+    x_res, y_res = value(tags["XResolution"]), value(tags["YResolution"])
+    if x_res <= 0 or y_res <= 0:
+        return None
+    return per_unit_um / x_res, per_unit_um / y_res
+
+
+def _ome_metadata(ome_xml: str) -> tuple[tuple[float, float] | None, list[str]]:
+    """Physical pixel size (converted to um) and channel names from OME-XML."""
+    root = ET.fromstring(ome_xml)
+    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return None, []
+    to_um = {"um": 1.0, "µm": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+    size = None
+    if "PhysicalSizeX" in pixels.attrib:
+        x = float(pixels.attrib["PhysicalSizeX"]) * to_um.get(
+            pixels.attrib.get("PhysicalSizeXUnit", "µm"), 1.0)
+        y = float(pixels.attrib.get("PhysicalSizeY", pixels.attrib["PhysicalSizeX"])) * to_um.get(
+            pixels.attrib.get("PhysicalSizeYUnit", "µm"), 1.0)
+        size = (x, y)
+    names = [ch.attrib.get("Name", f"ch{i}")
+             for i, ch in enumerate(el for el in pixels if el.tag.endswith("Channel"))]
+    return size, names
+
+
+def _tiff_facts(path: Path) -> tuple[list[PixelSizeEvidence], list[str], int]:
+    """Pixel-size evidence, channel names and sample count of the first series (tifffile)."""
+    import tifffile
+
+    evidence: list[PixelSizeEvidence] = []
+    names: list[str] = []
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes = series.axes
+        n_channels = series.shape[axes.index("C")] if "C" in axes else (
+            series.shape[axes.index("S")] if "S" in axes else 1)
+        if tif.is_ome and tif.ome_metadata:
+            size, names = _ome_metadata(tif.ome_metadata)
+            if size:
+                evidence.append(PixelSizeEvidence("ome:PhysicalSizeX", size[0], size[1], True))
+        elif tif.is_qpi:
+            for page in series.pages[:n_channels]:
+                text = page.description or ""
+                start, end = text.find("<Name>"), text.find("</Name>")
+                names.append(text[start + 6:end].strip() if start >= 0 < end else
+                             f"ch{len(names)}")
+        page0 = series.pages[0]
+        resolution = _tiff_resolution_mpp(page0) if page0 is not None else None
+        if resolution:
+            evidence.append(PixelSizeEvidence("tiff:XResolution", *resolution, False))
+    if "C" not in axes and "S" in axes and n_channels in (3, 4) and not names:
+        names = ["R", "G", "B", "A"][:n_channels]
+    if len(names) != n_channels:
+        names = [f"ch{i}" for i in range(n_channels)]
+    return evidence, names, n_channels
+
+
+class Slide:
+    """A whole-slide image opened for region reads at any resolution.
+
+    Parameters
+    ----------
+    path
+        The slide file.
+    manifest_mpp
+        The manifest's ``mpp`` for this slide, if any (um/px at level 0).
+    backend
+        ``"auto"`` (OpenSlide, tiffslide for what OpenSlide cannot open), ``"openslide"`` or
+        ``"tiffslide"``.
+    mpp_range, mpp_tolerance
+        Plausible pixel sizes and the largest relative disagreement between sources.
+
+    Raises
+    ------
+    SlideError
+        Missing, unreadable or unsupported file; :class:`PixelSizeError` for pixel-size problems.
+
+    Examples
+    --------
+    >>> with Slide("slide.svs") as slide:  # doctest: +SKIP
+    ...     tile = slide.read_region_at(0, 0, 512, 512, mpp=0.5)
+    """
+
+    def __init__(self, path: str | Path, *, manifest_mpp: float | None = None,
+                 backend: Literal["auto", "openslide", "tiffslide"] = "auto",
+                 mpp_range: tuple[float, float] = (0.1, 2.0),
+                 mpp_tolerance: float = 0.02) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SlideError(f"{self.path}: slide file not found")
+        if not self.path.is_file():
+            raise SlideError(f"{self.path}: not a file (a folder-based format? give its main "
+                             "file)")
+        self._handle, used = self._open(backend)
+        evidence = self._collect_evidence(used)
+        if manifest_mpp is not None:
+            evidence.append(PixelSizeEvidence("manifest:mpp", manifest_mpp, manifest_mpp, True))
+        pixel_size = _resolve_pixel_size(self.path, evidence, mpp_range=mpp_range,
+                                         tolerance=mpp_tolerance)
+        handle = self._handle
+        self.info = SlideInfo(
+            path=self.path, backend=used,
+            vendor=handle.properties.get(f"{used}.vendor") or None,
+            dimensions=tuple(handle.dimensions),
+            level_dimensions=tuple(tuple(d) for d in handle.level_dimensions),
+            level_downsamples=tuple(float(d) for d in handle.level_downsamples),
+            channels=tuple(self._channels), dtype=self._dtype, pixel_size=pixel_size,
+        )
+
+    # -- opening ---------------------------------------------------------------------------
+    def _open(self, backend: str):
+        errors = []
+        if backend in ("auto", "openslide"):
+            import openslide
+
+            try:
+                return openslide.OpenSlide(str(self.path)), "openslide"
+            except openslide.OpenSlideUnsupportedFormatError as error:
+                errors.append(f"OpenSlide: unsupported format ({error})")
+                if backend == "openslide":
+                    raise SlideError(f"{self.path}: {errors[-1]}") from error
+            except openslide.OpenSlideError as error:
+                # OpenSlide recognised the format but the file is broken or a variant it
+                # refuses: falling back could read garbage, so this is the slide's error.
+                raise SlideError(f"{self.path}: OpenSlide recognised the file but cannot read "
+                                 f"it: {error}") from error
+        import tiffslide
+
+        try:
+            handle = tiffslide.TiffSlide(self.path)
+        except Exception as error:  # tifffile raises many types for non-TIFF input
+            errors.append(f"tiffslide: {error}")
+            raise SlideError(f"{self.path}: no reader can open this file ("
+                             f"{'; '.join(errors)})") from error
+        return handle, "tiffslide"
+
+    def _collect_evidence(self, used: str) -> list[PixelSizeEvidence]:
+        handle = self._handle
+        evidence: list[PixelSizeEvidence] = []
+        vendor = handle.properties.get(f"{used}.vendor")
+        strong_vendor = vendor not in (None, "", "generic-tiff")
+        mpp_x = handle.properties.get(f"{used}.mpp-x")
+        mpp_y = handle.properties.get(f"{used}.mpp-y")
+        if mpp_x not in (None, "") and mpp_y not in (None, ""):
+            evidence.append(PixelSizeEvidence(f"{used}:{used}.mpp-x", float(mpp_x), float(mpp_y),
+                                              strong_vendor))
+        self._channels: list[str] = ["R", "G", "B"]
+        self._dtype = "uint8"
+        try:
+            tiff_evidence, names, _ = _tiff_facts(self.path)
+        except Exception:  # not a TIFF (e.g. DICOM, MIRAX): OpenSlide's word stands alone
+            tiff_evidence, names = [], []
+        if used == "tiffslide":
+            self._channels = names or self._channels
+            self._dtype = str(np.dtype(handle.read_region((0, 0), 0, (1, 1),
+                                                          as_array=True).dtype))
+            # tiffslide's mpp for non-vendor files comes from the same resolution tags.
+            evidence = [PixelSizeEvidence(e.source, e.mpp_x, e.mpp_y, e.strong and strong_vendor)
+                        for e in evidence]
+        for e in tiff_evidence:
+            if not any(abs(e.mpp_x - o.mpp_x) < 1e-9 for o in evidence) or e.strong:
+                evidence.append(e)
+        if used == "openslide":
+            evidence.extend(self._cross_check_tiffslide())
+        return evidence
+
+    def _cross_check_tiffslide(self) -> list[PixelSizeEvidence]:
+        """tiffslide's reading of the same file, when it can open it: a second opinion."""
+        try:
+            import tiffslide
+
+            with tiffslide.TiffSlide(self.path) as other:
+                vendor = other.properties.get("tiffslide.vendor")
+                mpp_x = other.properties.get("tiffslide.mpp-x")
+                mpp_y = other.properties.get("tiffslide.mpp-y")
+        except Exception:
+            return []
+        if mpp_x in (None, "") or mpp_y in (None, "") or vendor in (None, ""):
+            return []
+        return [PixelSizeEvidence("tiffslide:tiffslide.mpp-x", float(mpp_x), float(mpp_y), True)]
+
+    # -- reading ---------------------------------------------------------------------------
+    def best_level(self, mpp: float) -> int:
+        """The coarsest pyramid level whose pixels are no larger than ``mpp``.
+
+        Reading from it and downsampling the rest never upsamples unless level 0 itself is
+        coarser than ``mpp``.
+        """
+        best = 0
+        for level in range(len(self.info.level_downsamples)):
+            if self.info.level_mpp(level) <= mpp * 1.001:
+                best = level
+        return best
+
+    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Read a box of a pyramid level in that level's pixel coordinates.
+
+        Returns ``(height, width, channels)``. Brightfield RGBA from OpenSlide is composited on
+        white (transparent = no tissue). Areas outside the image come back as background.
+        """
+        downsample = self.info.level_downsamples[level]
+        location = (int(round(x * downsample)), int(round(y * downsample)))
+        try:
+            if self.info.backend == "openslide":
+                rgba = np.asarray(self._handle.read_region(location, level, (width, height)))
+                alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+                rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1 - alpha)
+                return np.rint(rgb).astype(np.uint8)
+            array = self._handle.read_region(location, level, (width, height), as_array=True,
+                                             padding=True)
+        except Exception as error:
+            raise SlideError(f"{self.path}: cannot read level {level} at ({x}, {y}) size "
+                             f"{width}x{height}: {error}") from error
+        array = np.asarray(array)
+        return array[..., None] if array.ndim == 2 else array
+
+    def working_shape(self, mpp: float) -> tuple[int, int]:
+        """(height, width) of the whole slide at ``mpp`` um/px."""
+        width, height = self.info.dimensions
+        scale = self.info.pixel_size.mpp / mpp
+        return int(math.floor(height * scale)), int(math.floor(width * scale))
+
+    def read_region_at(self, x: int, y: int, width: int, height: int, *, mpp: float,
+                       order: int = 1) -> np.ndarray:
+        """Read a box given in pixel coordinates of a virtual image at ``mpp`` um/px.
+
+        The value of each output pixel depends only on its position, not on the box: pixel
+        centres are mapped exactly to the source level and interpolated (with a Gaussian
+        anti-aliasing prefilter when downsampling), so adjacent or overlapping boxes agree.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(height, width, channels)`` in the slide's dtype.
+        """
+        level = self.best_level(mpp)
+        ratio = mpp / self.info.level_mpp(level)  # source pixels per output pixel (>= ~1)
+        if abs(ratio - 1) < 1e-6:
+            return self.read_level(level, x, y, width, height)
+        sigma = max(0.0, (ratio - 1) / 2)
+        margin = int(math.ceil(4 * sigma)) + 2
+        src_x0 = int(math.floor((x + 0.5) * ratio - 0.5)) - margin
+        src_y0 = int(math.floor((y + 0.5) * ratio - 0.5)) - margin
+        src_w = int(math.ceil(width * ratio)) + 2 * margin + 2
+        src_h = int(math.ceil(height * ratio)) + 2 * margin + 2
+        source = self.read_level(level, src_x0, src_y0, src_w, src_h).astype(np.float32)
+        if sigma > 0.05:
+            source = ndi.gaussian_filter(source, sigma=(sigma, sigma, 0), mode="nearest",
+                                         truncate=4.0)
+        rows = (np.arange(y, y + height) + 0.5) * ratio - 0.5 - src_y0
+        cols = (np.arange(x, x + width) + 0.5) * ratio - 0.5 - src_x0
+        grid_r, grid_c = np.meshgrid(rows, cols, indexing="ij")
+        out = np.empty((height, width, source.shape[2]), dtype=np.float32)
+        for channel in range(source.shape[2]):
+            out[..., channel] = ndi.map_coordinates(source[..., channel], [grid_r, grid_c],
+                                                    order=order, mode="nearest")
+        dtype = np.dtype(self.info.dtype)
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            return np.clip(np.rint(out), info.min, info.max).astype(dtype)
+        return out.astype(dtype)
+
+    def read_overview(self, mpp: float, *, chunk: int = 2048) -> np.ndarray:
+        """The whole slide at a coarse ``mpp`` (e.g. 8 um/px), read chunk by chunk.
+
+        Memory stays bounded by ``chunk`` source pixels squared, whatever the slide size.
+        """
+        height, width = self.working_shape(mpp)
+        if height < 1 or width < 1:
+            raise SlideError(f"{self.path}: slide is smaller than one pixel at {mpp} um/px")
+        channels = len(self.info.channels)
+        out = np.empty((height, width, channels), dtype=np.dtype(self.info.dtype))
+        ratio = mpp / self.info.level_mpp(self.best_level(mpp))
+        chunk = max(64, int(chunk / max(ratio, 1.0)))  # ``chunk`` counts source pixels
+        for y in range(0, height, chunk):
+            for x in range(0, width, chunk):
+                h, w = min(chunk, height - y), min(chunk, width - x)
+                out[y:y + h, x:x + w] = self.read_region_at(x, y, w, h, mpp=mpp)
+        return out
+
+    def close(self) -> None:
+        """Release the file handle."""
+        self._handle.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
