@@ -209,6 +209,19 @@ def _tiff_facts(path: Path) -> tuple[list[PixelSizeEvidence], list[str], int]:
     return evidence, names, n_channels
 
 
+def _needs_tiffslide(path: Path) -> bool:
+    """OME-TIFF, QPTIFF and anything but 8-bit RGB: OpenSlide would flatten them to RGB."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return bool(tif.is_ome or tif.is_qpi or series.dtype != np.uint8
+                        or "C" in series.axes or series.axes[-1:] != "S")
+    except Exception:  # not a TIFF: OpenSlide decides
+        return False
+
+
 class Slide:
     """A whole-slide image opened for region reads at any resolution.
 
@@ -264,6 +277,8 @@ class Slide:
     # -- opening ---------------------------------------------------------------------------
     def _open(self, backend: str):
         errors = []
+        if backend == "auto" and _needs_tiffslide(self.path):
+            backend = "tiffslide"
         if backend in ("auto", "openslide"):
             import openslide
 
