@@ -39,6 +39,9 @@ from pathology.annotations import (  # noqa: E402
 )
 from pathology.watershed import segment_nuclei_watershed  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from card import render as render_card  # noqa: E402
+
 WORKING_MPP = 0.5
 SEED = 42
 N_VAL_MONUSEG = 3
@@ -206,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"tensorflow": tf.__version__, "stardist": __import__("stardist").__version__},
     }
     (args.out / "hccbio_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (args.out / "MODEL_CARD.md").write_text(render_card(args.out))
     print(json.dumps(meta, indent=2))
     return 0
 
