@@ -12,12 +12,14 @@ from pathlib import Path
 import typer
 
 from integration.manifest import SLIDE_MODALITIES, ManifestError, read_manifest
+from transcriptome.cli import rnaseq_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="hccbio: slides, blood and outcomes for HCC under atezolizumab + "
                        "bevacizumab.")
 slides_app = typer.Typer(no_args_is_help=True, help="Whole-slide images: tissue, nuclei, cells.")
 app.add_typer(slides_app, name="slides")
+app.add_typer(rnaseq_app, name="rnaseq")
 
 
 def _fail(message: str) -> None:
@@ -57,6 +59,40 @@ def slides_run(
     typer.echo(f"{len(rows) - len(failed)} of {len(rows)} slides done or skipped; "
                f"report: {out / 'batch_report.csv'}")
     if failed:
+        raise typer.Exit(code=1)
+
+
+@rnaseq_app.command("run")
+def rnaseq_run(
+    manifest: Path = typer.Argument(..., help="Study manifest (samples.csv)."),
+    out: Path = typer.Option(..., "--out", help="Run folder (created if needed)."),
+    config: Path | None = typer.Option(None, "--config", help="transcriptome YAML "
+                                       "(default: configs/transcriptome.yaml)."),
+) -> None:
+    """Normalise and score every RNA-seq sample (rnaseq rows) of a manifest."""
+    from transcriptome.cli import DEFAULT_CONFIG
+    from transcriptome.config import ConfigError
+    from transcriptome.config import load_config as load_rnaseq_config
+    from transcriptome.errors import ExpressionError
+    from transcriptome.pipeline import RnaseqRecord, run_transcriptome
+
+    try:
+        samples = read_manifest(manifest)
+        cfg = load_rnaseq_config(config or DEFAULT_CONFIG)
+    except (ManifestError, ConfigError) as error:
+        _fail(str(error))
+    records = [RnaseqRecord(s.sample_id, s.path) for s in samples if s.modality == "rnaseq"]
+    if not records:
+        _fail(f"{manifest}: no rnaseq rows")
+    try:
+        result = run_transcriptome(records, out, config=cfg)
+    except ExpressionError as error:
+        _fail(str(error))
+    for row in result.batch.itertuples():
+        typer.echo(f"{row.sample_id:24s} {row.status:8s} {row.seconds:8.2f}s  {row.reason}")
+    typer.echo(f"{len(records) - len(result.failed)} of {len(records)} RNA-seq samples done; "
+               f"report: {out / 'batch_report.csv'}")
+    if result.failed:
         raise typer.Exit(code=1)
 
 
