@@ -33,8 +33,11 @@ def slides_run(
     out: Path = typer.Option(..., "--out", help="Run folder (created; resumed if it exists)."),
     config: Path | None = typer.Option(None, "--config", help="pathology YAML "
                                        "(default: built-in defaults = configs/pathology.yaml)."),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", help="sync | local[:N] (Dask LocalCluster, N single-threaded "
+        "workers) | tcp://HOST:PORT | slurm; default: batch.scheduler of the config (local)."),
     force: bool = typer.Option(False, "--force", help="Recompute finished slides."),
-    quiet: bool = typer.Option(False, "--quiet", help="Only warnings and the summary."),
+    quiet: bool = typer.Option(False, "--quiet", help="No live progress; log lines only."),
 ) -> None:
     """Segment and measure every slide (he, ihc, mif rows) of a manifest."""
     from pathology.batch import run_slides
@@ -52,7 +55,13 @@ def slides_run(
             for s in samples if s.modality in SLIDE_MODALITIES]
     if not jobs:
         _fail(f"{manifest}: no slide rows (modality {', '.join(SLIDE_MODALITIES)})")
-    rows = run_slides(jobs, out, cfg, force=force)
+    from pathology.lock import RunLockedError
+
+    try:
+        rows = run_slides(jobs, out, cfg, scheduler=scheduler or cfg.batch.scheduler,
+                          force=force, show_progress=not quiet)
+    except (RunLockedError, ValueError) as error:
+        _fail(str(error))
     failed = [r for r in rows if r.status == "failed"]
     for row in rows:
         typer.echo(f"{row.sample_id:24s} {row.status:8s} {row.seconds:8.1f}s  {row.reason}")

@@ -22,8 +22,26 @@ from importlib import metadata
 from pathlib import Path
 
 from pathology.config import PathologyConfig
+from pathology.distributed import (
+    dask_client,
+    parse_scheduler,
+    task_finalize,
+    task_prepare,
+    task_tiles,
+    tile_batches,
+)
+from pathology.lock import RunLock
 from pathology.nuclei import ModelError
-from pathology.pipeline import FEATURES_FILE, ModelCache, SlideJob, process_slide
+from pathology.pipeline import (
+    FEATURES_FILE,
+    ModelCache,
+    SlideJob,
+    file_signature,
+    finalize_slide,
+    prepare_slide,
+    process_tiles,
+)
+from pathology.progress import BatchProgress
 from pathology.slide import SlideError
 from pathology.store import atomic_write_text
 
@@ -78,7 +96,7 @@ def _versions() -> dict[str, str]:
 
 
 def _is_complete(out: Path, job: SlideJob, config_hash: str) -> bool:
-    """Whether a previous run finished this slide with the same input and configuration."""
+    """Whether a previous run finished this slide with the same input file and configuration."""
     folder = out / "slides" / job.sample_id
     features = folder / FEATURES_FILE
     if not features.is_file() or not (folder / "cells.parquet").is_file():
@@ -87,16 +105,19 @@ def _is_complete(out: Path, job: SlideJob, config_hash: str) -> bool:
         recorded = json.loads(features.read_text())
     except json.JSONDecodeError:
         return False
-    stat = job.path.stat() if job.path.exists() else None
-    slide = recorded.get("slide", {})
-    return (recorded.get("config_sha256") == config_hash and stat is not None
-            and slide.get("path") == str(job.path) and
-            recorded.get("input_size") == stat.st_size)
+    if not job.path.exists():
+        return False
+    identity = recorded.get("identity", {})
+    return (recorded.get("config_sha256") == config_hash
+            and identity.get("input") == file_signature(job.path)
+            and identity.get("manifest_mpp") == job.mpp
+            and identity.get("modality") == job.modality)
 
 
 def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
-               force: bool = False) -> list[BatchRow]:
-    """Process slides one after another into ``out``.
+               scheduler: str = "sync", force: bool = False,
+               show_progress: bool = False) -> list[BatchRow]:
+    """Process slides into ``out``, in this process or on Dask workers.
 
     Parameters
     ----------
@@ -107,54 +128,156 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
         configuration are skipped; unfinished ones resume at their first unfinished tile.
     config
         Resolved configuration.
+    scheduler
+        ``sync`` (this process), ``local[:N]``, ``tcp://HOST:PORT`` or ``slurm`` (see
+        :func:`pathology.distributed.parse_scheduler`).
     force
         Recompute slides even when finished.
+    show_progress
+        Live progress display (otherwise log lines only).
 
     Returns
     -------
     list of BatchRow
         One per job, in order.
+
+    Raises
+    ------
+    RunLockedError
+        Another run holds ``out``.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     jobs = list(jobs)
-    report = read_report(out)
-    models = ModelCache(config)
-    config_hash = config.digest()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    results: list[BatchRow] = []
-    for job in jobs:
-        started = time.perf_counter()
-        if not force and _is_complete(out, job, config_hash):
-            row = BatchRow(job.sample_id, "skipped", "already done with this input and config",
-                           0.0)
-        else:
-            try:
-                result = process_slide(job, out, config, models)
-                _stamp_input_size(out, job)
-                row = BatchRow(job.sample_id, "done", result.note,
-                               time.perf_counter() - started)
-            except (SlideError, ModelError, OSError, ValueError) as error:
-                row = BatchRow(job.sample_id, "failed", _one_line(error),
-                               time.perf_counter() - started)
-                log.warning("slide=%s status=failed reason=%s", job.sample_id, row.reason)
-            except Exception as error:  # an unexpected bug must not stop the batch either
-                row = BatchRow(job.sample_id, "failed",
-                               f"unexpected {type(error).__name__}: {_one_line(error)}",
-                               time.perf_counter() - started)
-                log.error("slide=%s status=failed\n%s", job.sample_id, traceback.format_exc())
-        report[job.sample_id] = row
-        results.append(row)
-        write_report(out, report)
-    _write_run_json(out, jobs, config, models, results, started_at)
+    sched = parse_scheduler(scheduler)
+    with RunLock(out):
+        report = read_report(out)
+        config_hash = config.digest()
+        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        rows: dict[str, BatchRow] = {}
+
+        def record(row: BatchRow) -> None:
+            rows[row.sample_id] = row
+            report[row.sample_id] = row
+            write_report(out, report)
+            progress.slide_finished(row.status)
+            level = logging.WARNING if row.status == "failed" else logging.INFO
+            log.log(level, "slide=%s status=%s seconds=%.1f reason=%s", row.sample_id,
+                    row.status, row.seconds, row.reason or "-")
+
+        todo = []
+        progress = BatchProgress(len(jobs), live=show_progress)
+        try:
+            for job in jobs:
+                if not force and _is_complete(out, job, config_hash):
+                    record(BatchRow(job.sample_id, "skipped",
+                                    "already done with this input and config", 0.0))
+                else:
+                    todo.append(job)
+            if sched.kind == "sync":
+                models = ModelCache(config)
+                for job in todo:
+                    record(_run_one_sync(job, out, config, models, progress))
+                model_record = models.describe()
+            else:
+                with dask_client(sched, config) as client:
+                    progress.close()
+                    progress = BatchProgress(len(jobs), live=show_progress,
+                                             dashboard=client.dashboard_link)
+                    for status in ("skipped",):
+                        for _ in range(sum(r.status == status for r in rows.values())):
+                            progress.slide_finished(status)
+                    model_record = _run_dask(client, todo, out, config, progress, record)
+        finally:
+            progress.close()
+        results = [rows[job.sample_id] for job in jobs]
+        _write_run_json(out, jobs, config, model_record, results, started_at, scheduler)
     return results
 
 
-def _stamp_input_size(out: Path, job: SlideJob) -> None:
-    path = out / "slides" / job.sample_id / FEATURES_FILE
-    features = json.loads(path.read_text())
-    features["input_size"] = job.path.stat().st_size
-    atomic_write_text(path, json.dumps(features, indent=2) + "\n")
+def _run_one_sync(job: SlideJob, out: Path, config: PathologyConfig, models: ModelCache,
+                  progress: BatchProgress) -> BatchRow:
+    started = time.perf_counter()
+    try:
+        plan = prepare_slide(job, out, config, models)
+        progress.add_tiles(len(plan.tiles))
+        computed = 0
+        for batch in tile_batches(plan, config.batch.tiles_per_task):
+            computed += process_tiles(plan, out, config, models, batch)
+            progress.tiles_done(len(batch))
+        result = finalize_slide(plan, out, config, models,
+                                seconds=time.perf_counter() - started, tiles_computed=computed)
+        return BatchRow(job.sample_id, "done", result.note, time.perf_counter() - started)
+    except Exception as error:  # one slide never stops the batch
+        return _failed(job, error, time.perf_counter() - started)
+
+
+def _failed(job: SlideJob, error: BaseException, seconds: float) -> BatchRow:
+    if isinstance(error, (SlideError, ModelError, OSError, ValueError)):
+        reason = _one_line(error)
+    elif type(error).__name__ == "KilledWorker":
+        reason = ("the worker processing this slide died (out of memory or crashed) "
+                  f"after retries: {_one_line(error)}")
+    else:
+        reason = f"unexpected {type(error).__name__}: {_one_line(error)}"
+        log.error("slide=%s unexpected error\n%s", job.sample_id, "".join(
+            traceback.format_exception(error)))
+    return BatchRow(job.sample_id, "failed", reason, seconds)
+
+
+def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
+              progress: BatchProgress, record) -> dict:
+    from distributed import as_completed
+
+    retries = config.batch.retries
+    pending = as_completed()
+    meta: dict = {}
+    state: dict[str, dict] = {}
+
+    def submit(step: str, job: SlideJob, function, *args) -> None:
+        future = client.submit(function, *args, retries=retries, pure=False)
+        meta[future] = (step, job)
+        pending.add(future)
+
+    for job in todo:
+        state[job.sample_id] = {"started": time.perf_counter(), "left": 0, "computed": 0,
+                                "failed": False}
+        submit("prepare", job, task_prepare, job, out, config)
+    for future in pending:
+        step, job = meta.pop(future)
+        slide = state[job.sample_id]
+        if slide["failed"]:
+            continue
+        try:
+            value = future.result()
+        except Exception as error:
+            slide["failed"] = True
+            record(_failed(job, error, time.perf_counter() - slide["started"]))
+            continue
+        if step == "prepare":
+            slide["plan"] = value
+            batches = tile_batches(value, config.batch.tiles_per_task)
+            progress.add_tiles(len(value.tiles))
+            slide["left"] = len(batches)
+            for batch in batches:
+                submit("tiles", job, task_tiles, value, out, config, batch)
+            if not batches:
+                submit("finalize", job, task_finalize, value, out, config, 0.0, 0)
+        elif step == "tiles":
+            slide["computed"] += value
+            slide["left"] -= 1
+            progress.tiles_done(config.batch.tiles_per_task)
+            if slide["left"] == 0:
+                submit("finalize", job, task_finalize, slide["plan"], out, config,
+                       time.perf_counter() - slide["started"], slide["computed"])
+        else:
+                record(BatchRow(job.sample_id, "done", value.note,
+                            time.perf_counter() - slide["started"]))
+    models: dict = {}
+    for slide in state.values():
+        plan = slide.get("plan")
+        if plan is not None:
+            models.setdefault(plan.kind, plan.identity["model"])
+    return {kind: {"sha256": sha} for kind, sha in models.items()}
 
 
 def _one_line(error: BaseException) -> str:
@@ -162,7 +285,8 @@ def _one_line(error: BaseException) -> str:
 
 
 def _write_run_json(out: Path, jobs: list[SlideJob], config: PathologyConfig,
-                    models: ModelCache, results: list[BatchRow], started_at: str) -> None:
+                    models: dict, results: list[BatchRow], started_at: str,
+                    scheduler: str) -> None:
     path = out / RUN_FILE
     previous = json.loads(path.read_text()) if path.is_file() else {}
     record = dict(previous)
@@ -170,9 +294,10 @@ def _write_run_json(out: Path, jobs: list[SlideJob], config: PathologyConfig,
         "started": started_at,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
+        "scheduler": scheduler,
         "config": config.model_dump(mode="json"),
         "config_sha256": config.digest(),
-        "models": models.describe(),
+        "models": models,
         "inputs": [{"sample_id": j.sample_id, "path": str(j.path), "modality": j.modality,
                     "stain": j.stain, "manifest_mpp": j.mpp} for j in jobs],
         "timings": {r.sample_id: {"status": r.status, "seconds": round(r.seconds, 2)}

@@ -99,6 +99,32 @@ class CellsSection(_Section):
                                         "light I0 for optical density -log10(I/I0).")
 
 
+class SlurmSection(_Section):
+    """A SLURM cluster started through dask-jobqueue (``--scheduler slurm``)."""
+
+    queue: str | None = Field(None, description="Partition to submit to.")
+    account: str | None = Field(None, description="Account to charge.")
+    cores: int = Field(4, ge=1, description="Cores per job; one single-threaded worker each.")
+    memory: str = Field("16GB", description="Memory per job (dask-jobqueue syntax).")
+    walltime: str = Field("04:00:00", description="Wall time per job.")
+    jobs: int = Field(4, ge=1, description="Number of jobs to start.")
+    job_extra_directives: tuple[str, ...] = Field((), description="Extra #SBATCH lines, e.g. "
+                                                  "'--gres=gpu:1'.")
+
+
+class BatchSection(_Section):
+    """How a batch of slides is spread over workers."""
+
+    scheduler: str = Field("local", description="sync (in this process), local[:N] (a Dask "
+                           "LocalCluster with N single-threaded workers; N = cores if omitted), "
+                           "tcp://HOST:PORT (an existing Dask scheduler) or slurm.")
+    tiles_per_task: int = Field(16, ge=1, description="Tiles per Dask task: a large slide is "
+                                "split into tasks so that several workers share it.")
+    retries: int = Field(1, ge=0, description="Retries of a failed task (a worker that died "
+                         "or ran out of memory) before the slide is marked failed.")
+    slurm: SlurmSection = SlurmSection()
+
+
 class PathologyConfig(_Section):
     """All settings of the slide pipeline."""
 
@@ -107,10 +133,14 @@ class PathologyConfig(_Section):
     tiling: TilingSection = TilingSection()
     segmentation: SegmentationSection = SegmentationSection()
     cells: CellsSection = CellsSection()
+    batch: BatchSection = BatchSection()
 
     def digest(self) -> str:
-        """SHA-256 of the resolved configuration (stable key order)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """SHA-256 of the settings that change results (stable key order).
+
+        The ``batch`` section (where and how work runs) is left out: results do not depend on it.
+        """
+        text = json.dumps(self.model_dump(mode="json", exclude={"batch"}), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -141,6 +141,148 @@ def _normalisation_sample(slide: Slide, mask: np.ndarray, mask_mpp: float, worki
     return np.concatenate(windows)
 
 
+@dataclass(frozen=True)
+class SlidePlan:
+    """Everything tile workers need about a prepared slide (small and picklable)."""
+
+    job: SlideJob
+    kind: str
+    nuclear: int | None
+    tiles: tuple[Tile, ...]
+    norm_range: tuple[float, float]
+    tissue_area_mm2: float
+    identity: dict
+    info: dict
+
+
+def _open(job: SlideJob, config: PathologyConfig) -> Slide:
+    return Slide(job.path, manifest_mpp=job.mpp, backend=config.slide.backend,
+                 mpp_range=config.slide.mpp_range, mpp_tolerance=config.slide.mpp_tolerance)
+
+
+def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
+                  models: ModelCache) -> SlidePlan:
+    """Open the slide, find (or reuse) its tissue mask, and lay out its tiles.
+
+    Raises
+    ------
+    SlideError
+        The slide cannot be opened or read, is of the wrong kind, or has no tissue.
+    """
+    if job.modality not in SLIDE_KINDS:
+        raise SlideError(f"{job.path}: modality {job.modality!r} is not a slide modality "
+                         f"({', '.join(SLIDE_KINDS)})")
+    kind = SLIDE_KINDS[job.modality]
+    cfg = config
+    with _open(job, cfg) as slide:
+        info = slide.info
+        if kind == "brightfield" and (len(info.channels) < 3 or info.dtype != "uint8"):
+            raise SlideError(f"{job.path}: modality {job.modality} needs an 8-bit RGB slide, "
+                             f"found {len(info.channels)} channel(s) of {info.dtype}")
+        nuclear = (nuclear_channel_index(info.channels, cfg.slide.nuclear_channels)
+                   if kind == "fluorescence" else None)
+        model = models.get(kind)
+        identity = {"input": file_signature(job.path), "config": cfg.digest(),
+                    "model": model.sha256, "modality": job.modality,
+                    "manifest_mpp": job.mpp}
+        store = SlideStore(out / "slides" / job.sample_id, identity)
+        stored = store.tissue_mask()
+        if stored is None:
+            mask_mpp = cfg.tissue.mask_mpp
+            overview = slide.read_overview(mask_mpp)
+            if kind == "fluorescence" and nuclear is None:
+                overview = overview.max(axis=2, keepdims=True)
+            mask = detect_tissue(overview, kind=kind, mpp=mask_mpp, config=cfg.tissue,
+                                 nuclear_channel=nuclear or 0,
+                                 background=cfg.cells.background_intensity)
+            store.save_tissue_mask(mask, mask_mpp)
+        else:
+            mask, mask_mpp = stored
+        if not mask.any():
+            raise SlideError(f"{job.path}: no tissue detected (check the tissue settings or "
+                             "the slide)")
+        working_mpp = cfg.slide.working_mpp
+        shape = slide.working_shape(working_mpp)
+        tiles = tile_grid(shape, tile_size=cfg.tiling.tile_size, halo=cfg.tiling.halo,
+                          tissue_mask=mask)
+        n_grid = math.ceil(shape[0] / cfg.tiling.tile_size) * math.ceil(
+            shape[1] / cfg.tiling.tile_size)
+        store.init_tiles(n_grid, {"shape": list(shape), "tile_size": cfg.tiling.tile_size,
+                                  "halo": cfg.tiling.halo})
+        if model.normalization["method"] == "fixed":
+            norm_range = normalization_range(model, np.zeros(1))
+        else:
+            norm_range = normalization_range(model, _normalisation_sample(
+                slide, mask, mask_mpp, working_mpp, kind, nuclear))
+        store.set_attr("slide", info.to_json())
+        store.set_attr("normalization_range", list(norm_range))
+        if store.reset_reason:
+            store.set_attr("reset_reason", store.reset_reason)
+    return SlidePlan(job, kind, nuclear, tuple(tiles), norm_range,
+                     float(mask.sum()) * mask_mpp**2 / 1e6, identity, info.to_json())
+
+
+def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: ModelCache,
+                  tile_indices: list[int] | None = None, *, max_tiles: int | None = None) -> int:
+    """Segment and measure the plan's unfinished tiles (or the given subset).
+
+    Several processes may work on disjoint subsets of one slide at once: each tile has its
+    own Parquet part and its own progress chunk.
+
+    Returns
+    -------
+    int
+        Number of tiles computed (tiles already done are skipped).
+    """
+    store = SlideStore(out / "slides" / plan.job.sample_id, plan.identity)
+    wanted = None if tile_indices is None else set(tile_indices)
+    model = models.get(plan.kind)
+    computed = 0
+    with _open(plan.job, config) as slide:
+        for tile in plan.tiles:
+            if wanted is not None and tile.index not in wanted:
+                continue
+            if store.tile_done(tile.index):
+                continue
+            if max_tiles is not None and computed >= max_tiles:
+                break
+            table = _process_tile(slide, tile, model, plan.norm_range, kind=plan.kind,
+                                  nuclear=plan.nuclear, config=config)
+            store.save_tile(tile.index, table)
+            computed += 1
+    return computed
+
+
+def finalize_slide(plan: SlidePlan, out: Path, config: PathologyConfig, models: ModelCache, *,
+                   seconds: float = 0.0, tiles_computed: int = 0) -> SlideResult:
+    """Consolidate the tile parts into ``cells.parquet`` and write ``features.json``."""
+    folder = out / "slides" / plan.job.sample_id
+    store = SlideStore(folder, plan.identity)
+    missing = [t.index for t in plan.tiles if not store.tile_done(t.index)]
+    if missing:
+        raise SlideError(f"{plan.job.path}: {len(missing)} tile(s) unfinished, e.g. "
+                         f"{missing[:5]}; run again to resume")
+    n_cells = consolidate_cells(store, list(plan.tiles), folder / CELLS_FILE)
+    area = plan.tissue_area_mm2
+    model = models.get(plan.kind)
+    job = plan.job
+    features = {
+        "sample_id": job.sample_id, "modality": job.modality, "stain": job.stain,
+        "n_nuclei": n_cells,
+        "tissue_area_mm2": {"value": area, "unit": "mm^2"},
+        "nuclei_density": {"value": n_cells / area if area else None,
+                           "unit": "nuclei/mm^2 of tissue"},
+        "slide": plan.info, "model": model.describe(),
+        "normalization_range": list(plan.norm_range), "config_sha256": config.digest(),
+        "identity": plan.identity, "n_tiles": len(plan.tiles), "seconds": round(seconds, 2),
+    }
+    atomic_write_text(folder / FEATURES_FILE, json.dumps(features, indent=2) + "\n")
+    note = str(store.group.attrs.get("reset_reason", "") or "")
+    log.info("slide=%s status=done cells=%d tiles=%d computed=%d seconds=%.1f",
+             job.sample_id, n_cells, len(plan.tiles), tiles_computed, seconds)
+    return SlideResult(job.sample_id, n_cells, len(plan.tiles), tiles_computed, area, note)
+
+
 def process_slide(job: SlideJob, out: Path, config: PathologyConfig, models: ModelCache, *,
                   max_tiles: int | None = None) -> SlideResult:
     """Segment and measure every nucleus of one slide into ``OUT/slides/<id>/cells.parquet``.
@@ -162,90 +304,22 @@ def process_slide(job: SlideJob, out: Path, config: PathologyConfig, models: Mod
     Returns
     -------
     SlideResult
+        ``n_cells`` is -1 when the slide was left unfinished (``max_tiles``).
 
     Raises
     ------
     SlideError
         The slide cannot be opened or read, or has no tissue.
     """
-    if job.modality not in SLIDE_KINDS:
-        raise SlideError(f"{job.path}: modality {job.modality!r} is not a slide modality "
-                         f"({', '.join(SLIDE_KINDS)})")
-    kind = SLIDE_KINDS[job.modality]
-    cfg = config
     started = time.perf_counter()
-    folder = out / "slides" / job.sample_id
-    with Slide(job.path, manifest_mpp=job.mpp, backend=cfg.slide.backend,
-               mpp_range=cfg.slide.mpp_range, mpp_tolerance=cfg.slide.mpp_tolerance) as slide:
-        info = slide.info
-        if kind == "brightfield" and (len(info.channels) < 3 or info.dtype != "uint8"):
-            raise SlideError(f"{job.path}: modality {job.modality} needs an 8-bit RGB slide, "
-                             f"found {len(info.channels)} channel(s) of {info.dtype}")
-        nuclear = (nuclear_channel_index(info.channels, cfg.slide.nuclear_channels)
-                   if kind == "fluorescence" else None)
-        model = models.get(kind)
-        identity = {"input": file_signature(job.path), "config": cfg.digest(),
-                    "model": model.sha256, "modality": job.modality,
-                    "manifest_mpp": job.mpp}
-        store = SlideStore(folder, identity)
-        stored = store.tissue_mask()
-        if stored is None:
-            mask_mpp = cfg.tissue.mask_mpp
-            overview = slide.read_overview(mask_mpp)
-            mask = detect_tissue(overview, kind=kind, mpp=mask_mpp, config=cfg.tissue,
-                                 nuclear_channel=nuclear or 0,
-                                 background=cfg.cells.background_intensity)
-            if kind == "fluorescence" and nuclear is None:
-                mask = detect_tissue(overview.max(axis=2, keepdims=True), kind=kind,
-                                     mpp=mask_mpp, config=cfg.tissue)
-            store.save_tissue_mask(mask, mask_mpp)
-        else:
-            mask, mask_mpp = stored
-        tissue_area_mm2 = float(mask.sum()) * mask_mpp**2 / 1e6
-        if not mask.any():
-            raise SlideError(f"{job.path}: no tissue detected (check the tissue settings or "
-                             "the slide)")
-        working_mpp = cfg.slide.working_mpp
-        shape = slide.working_shape(working_mpp)
-        tiles = tile_grid(shape, tile_size=cfg.tiling.tile_size, halo=cfg.tiling.halo,
-                          tissue_mask=mask)
-        n_grid = math.ceil(shape[0] / cfg.tiling.tile_size) * math.ceil(
-            shape[1] / cfg.tiling.tile_size)
-        store.init_tiles(n_grid, {"shape": list(shape), "tile_size": cfg.tiling.tile_size,
-                                  "halo": cfg.tiling.halo})
-        norm_range = normalization_range(
-            model, _normalisation_sample(slide, mask, mask_mpp, working_mpp, kind, nuclear)
-            if model.normalization["method"] != "fixed" else np.zeros(1))
-        store.set_attr("slide", info.to_json())
-        store.set_attr("normalization_range", list(norm_range))
-        computed = 0
-        for tile in tiles:
-            if store.tile_done(tile.index):
-                continue
-            if max_tiles is not None and computed >= max_tiles:
-                return SlideResult(job.sample_id, -1, len(tiles), computed, tissue_area_mm2,
-                                   "interrupted (max_tiles)")
-            table = _process_tile(slide, tile, model, norm_range, kind=kind, nuclear=nuclear,
-                                  config=cfg)
-            store.save_tile(tile.index, table)
-            computed += 1
-        n_cells = consolidate_cells(store, tiles, folder / CELLS_FILE)
-        seconds = time.perf_counter() - started
-        features = {
-            "sample_id": job.sample_id, "modality": job.modality, "stain": job.stain,
-            "n_nuclei": n_cells,
-            "tissue_area_mm2": {"value": tissue_area_mm2, "unit": "mm^2"},
-            "nuclei_density": {"value": n_cells / tissue_area_mm2 if tissue_area_mm2 else None,
-                               "unit": "nuclei/mm^2 of tissue"},
-            "slide": info.to_json(), "model": model.describe(),
-            "normalization_range": list(norm_range), "config_sha256": cfg.digest(),
-            "n_tiles": len(tiles), "seconds": round(seconds, 2),
-        }
-        atomic_write_text(folder / FEATURES_FILE, json.dumps(features, indent=2) + "\n")
-    log.info("slide=%s status=done cells=%d tiles=%d computed=%d seconds=%.1f",
-             job.sample_id, n_cells, len(tiles), computed, seconds)
-    return SlideResult(job.sample_id, n_cells, len(tiles), computed, tissue_area_mm2,
-                       store.reset_reason or "")
+    plan = prepare_slide(job, out, config, models)
+    computed = process_tiles(plan, out, config, models, max_tiles=max_tiles)
+    store = SlideStore(out / "slides" / job.sample_id, plan.identity)
+    if any(not store.tile_done(t.index) for t in plan.tiles):
+        return SlideResult(job.sample_id, -1, len(plan.tiles), computed, plan.tissue_area_mm2,
+                           "interrupted (max_tiles)")
+    return finalize_slide(plan, out, config, models, seconds=time.perf_counter() - started,
+                          tiles_computed=computed)
 
 
 def _process_tile(slide: Slide, tile: Tile, model: NucleusModel,
@@ -295,5 +369,6 @@ def read_cells(folder: Path) -> pa.Table:
     return pq.read_table(Path(folder) / CELLS_FILE)
 
 
-__all__ = ["SlideJob", "SlideResult", "ModelCache", "process_slide", "consolidate_cells",
-           "read_cells", "atomic_write_parquet"]
+__all__ = ["SlideJob", "SlidePlan", "SlideResult", "ModelCache", "prepare_slide",
+           "process_tiles", "finalize_slide", "process_slide", "consolidate_cells", "read_cells",
+           "atomic_write_parquet"]

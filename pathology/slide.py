@@ -387,7 +387,7 @@ class Slide:
         """(height, width) of the whole slide at ``mpp`` um/px."""
         width, height = self.info.dimensions
         scale = self.info.pixel_size.mpp / mpp
-        return int(math.floor(height * scale)), int(math.floor(width * scale))
+        return max(1, int(math.floor(height * scale))), max(1, int(math.floor(width * scale)))
 
     def read_region_at(self, x: int, y: int, width: int, height: int, *, mpp: float,
                        order: int = 1) -> np.ndarray:

@@ -82,7 +82,9 @@ class SlideStore:
                 shutil.rmtree(self.zarr_path)
                 shutil.rmtree(self.parts, ignore_errors=True)
         self.group = zarr.open_group(str(self.zarr_path), mode="a")
-        self.group.attrs["identity"] = identity
+        # Written once: tile workers of one slide open the store concurrently.
+        if self.group.attrs.get("identity") != identity:
+            self.group.attrs["identity"] = identity
 
     # -- tissue ----------------------------------------------------------------------------
     def tissue_mask(self) -> tuple[np.ndarray, float] | None:

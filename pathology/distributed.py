@@ -1,0 +1,146 @@
+"""Dask distributed execution of slide batches: schedulers, worker-side tasks, progress.
+
+A slide is prepared in one task (tissue, tiles, normalisation), its tiles are processed in
+tasks of ``batch.tiles_per_task`` tiles that any worker may take, and a last task consolidates
+its cells. Workers write tile parts straight into the slide's store (a shared filesystem on a
+cluster), so results never travel through the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pathology.config import PathologyConfig
+from pathology.pipeline import (
+    ModelCache,
+    SlideJob,
+    SlidePlan,
+    SlideResult,
+    finalize_slide,
+    prepare_slide,
+    process_tiles,
+)
+
+log = logging.getLogger("hccbio.pathology")
+
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                     "OPENBLAS_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
+                     "TF_NUM_INTEROP_THREADS": "1"}
+_LOCAL = re.compile(r"^local(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """A parsed ``--scheduler`` value."""
+
+    kind: str  # sync | local | address | slurm
+    workers: int | None = None
+    address: str | None = None
+
+
+def parse_scheduler(spec: str) -> Scheduler:
+    """Parse ``sync``, ``local[:N]``, ``tcp://HOST:PORT`` or ``slurm``.
+
+    Examples
+    --------
+    >>> parse_scheduler("local:2")
+    Scheduler(kind='local', workers=2, address=None)
+    """
+    spec = spec.strip()
+    if spec == "sync":
+        return Scheduler("sync")
+    if spec == "slurm":
+        return Scheduler("slurm")
+    match = _LOCAL.match(spec)
+    if match:
+        workers = int(match.group(1)) if match.group(1) else (os.cpu_count() or 1)
+        if workers < 1:
+            raise ValueError(f"--scheduler {spec}: at least one worker is needed")
+        return Scheduler("local", workers=workers)
+    if re.match(r"^(tcp|tls|ucx|inproc)://\S+$", spec):
+        return Scheduler("address", address=spec)
+    raise ValueError(f"--scheduler {spec!r}: expected sync, local[:N], tcp://HOST:PORT or slurm")
+
+
+@contextmanager
+def dask_client(scheduler: Scheduler, config: PathologyConfig) -> Iterator:
+    """A ``distributed.Client`` for the scheduler (a LocalCluster or SLURM cluster is started
+    and closed here; an existing scheduler is only connected to)."""
+    from distributed import Client, LocalCluster
+
+    if scheduler.kind == "local":
+        cluster = LocalCluster(n_workers=scheduler.workers, threads_per_worker=1,
+                               processes=True, env=SINGLE_THREAD_ENV, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
+    elif scheduler.kind == "slurm":
+        from dask_jobqueue import SLURMCluster
+
+        slurm = config.batch.slurm
+        cluster = SLURMCluster(queue=slurm.queue, account=slurm.account, cores=slurm.cores,
+                               processes=slurm.cores, memory=slurm.memory,
+                               walltime=slurm.walltime, job_script_prologue=[
+                                   f"export {k}={v}" for k, v in SINGLE_THREAD_ENV.items()],
+                               job_extra_directives=list(slurm.job_extra_directives))
+        cluster.scale(jobs=slurm.jobs)
+    elif scheduler.kind == "address":
+        cluster = None
+    else:
+        raise ValueError(f"no Dask client for scheduler kind {scheduler.kind!r}")
+    client = Client(cluster if cluster is not None else scheduler.address)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# -- worker-side tasks: module-level so that they pickle by reference ----------------------
+_WORKER_MODELS: dict[str, ModelCache] = {}
+
+
+def worker_models(config: PathologyConfig) -> ModelCache:
+    """This process's model cache (models load once per worker, not once per task)."""
+    key = config.segmentation.model_dump_json()
+    if key not in _WORKER_MODELS:
+        threads = os.environ.get("TF_NUM_INTRAOP_THREADS")
+        if threads:
+            import tensorflow as tf
+
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+                tf.config.threading.set_inter_op_parallelism_threads(int(threads))
+            except RuntimeError:  # already initialised in this process
+                pass
+        _WORKER_MODELS[key] = ModelCache(config)
+    return _WORKER_MODELS[key]
+
+
+def task_prepare(job: SlideJob, out: Path, config: PathologyConfig) -> SlidePlan:
+    """Worker task: :func:`pathology.pipeline.prepare_slide`."""
+    return prepare_slide(job, out, config, worker_models(config))
+
+
+def task_tiles(plan: SlidePlan, out: Path, config: PathologyConfig,
+               tile_indices: list[int]) -> int:
+    """Worker task: :func:`pathology.pipeline.process_tiles` on a subset of tiles."""
+    return process_tiles(plan, out, config, worker_models(config), tile_indices)
+
+
+def task_finalize(plan: SlidePlan, out: Path, config: PathologyConfig, seconds: float,
+                  computed: int) -> SlideResult:
+    """Worker task: :func:`pathology.pipeline.finalize_slide`."""
+    return finalize_slide(plan, out, config, worker_models(config), seconds=seconds,
+                          tiles_computed=computed)
+
+
+def tile_batches(plan: SlidePlan, size: int) -> list[list[int]]:
+    """The plan's tile indices in consecutive groups of ``size``."""
+    indices = [tile.index for tile in plan.tiles]
+    return [indices[i:i + size] for i in range(0, len(indices), size)]

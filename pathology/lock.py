@@ -1,0 +1,69 @@
+"""An exclusive lock on a run folder, so two runs never write into the same outputs.
+
+``fcntl.flock`` on ``OUT/.hccbio.lock``: the kernel releases it when the holding process dies,
+so a crashed run never leaves a stale lock behind. (On network filesystems flock must be
+supported by the mount; NFSv4 and Lustre do.)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+
+LOCK_FILE = ".hccbio.lock"
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run folder."""
+
+
+class RunLock:
+    """Context manager holding ``OUT/.hccbio.lock``.
+
+    Raises
+    ------
+    RunLockedError
+        When another live process holds it; the message names that process.
+
+    Examples
+    --------
+    >>> with RunLock(tmp_path):  # doctest: +SKIP
+    ...     pass
+    """
+
+    def __init__(self, out: str | Path) -> None:
+        self.path = Path(out) / LOCK_FILE
+        self._handle = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown process"
+            handle.close()
+            raise RunLockedError(
+                f"{self.path.parent}: another hccbio run is writing into this folder "
+                f"({holder}); wait for it to finish or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": datetime.now(timezone.utc).isoformat(
+                                     timespec="seconds")}))
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.seek(0)
+            self._handle.truncate()
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
