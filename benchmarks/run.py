@@ -1,0 +1,229 @@
+"""Speed and memory benchmarks of the slide pipeline; writes ``benchmarks/results/latest.json``.
+
+Usage::
+
+    python -m benchmarks.run            # 10k and 40k slides for memory, 2 x 2048^2 tiles speed
+    python -m benchmarks.run --quick    # smaller slides (4k, 8k); same keys
+
+All figures are measured in one run on the same tiles of a real slide (CMU-1-Small-Region, H&E,
+from ``$HCCBIO_SHARED_DATA``); the large slides are built from that real tissue
+(:mod:`benchmarks.synthetic_slide`). Targets (issue 5) are recorded beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"vs_raw_forward": ">= 0.9", "vs_predict_instances_big": ">= 1.0",
+           "nuclei_per_s_per_core": ">= 2000", "peak_rss_gb_large": "< 2.5 and < 1.2 x small",
+           "scaling_2_workers": ">= 1.7"}
+
+
+def _shared_data() -> Path:
+    root = Path(os.environ.get("HCCBIO_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    if not root.is_dir():
+        raise SystemExit(f"shared data folder {root} not found; set HCCBIO_SHARED_DATA")
+    return root
+
+
+def _config(tile_size: int):
+    from pathology.config import BatchSection, PathologyConfig, TilingSection
+
+    return PathologyConfig(tiling=TilingSection(tile_size=tile_size, halo=64),
+                           batch=BatchSection(tiles_per_task=1))
+
+
+def _real_region(size: int) -> np.ndarray:
+    from pathology.slide import Slide
+
+    with Slide(_shared_data() / "slides" / "pathml-testdata" / "small_HE.svs") as slide:
+        return slide.read_region_at(100, 600, size, size, mpp=0.5)
+
+
+def bench_segmentation(work: Path, region_path: Path, tile_size: int) -> dict:
+    """Pipeline vs raw network forward pass vs stardist's predict_instances_big."""
+    from pathology.pipeline import ModelCache, SlideJob, prepare_slide, process_tiles
+    from pathology.slide import Slide
+
+    config = _config(tile_size)
+    models = ModelCache(config)
+    model = models.get("brightfield")
+    job = SlideJob("bench", region_path, "he")
+    plan = prepare_slide(job, work / "seg", config, models)
+    # Warm-up (graph tracing) on one tile, in another folder, not timed.
+    warm_plan = prepare_slide(job, work / "warm", config, models)
+    process_tiles(warm_plan, work / "warm", config, models, [warm_plan.tiles[0].index])
+
+    started = time.perf_counter()
+    process_tiles(plan, work / "seg", config, models)
+    pipeline_s = time.perf_counter() - started
+    import pyarrow.parquet as pq
+
+    store_parts = sorted((work / "seg" / "slides" / "bench" / "cell_parts").glob("*.parquet"))
+    n_nuclei = sum(pq.read_metadata(p).num_rows for p in store_parts)
+
+    with Slide(region_path) as slide:
+        boxes = [slide.read_region_at(t.read_x, t.read_y, t.read_width, t.read_height, mpp=0.5)
+                 for t in plan.tiles]
+        whole = slide.read_region_at(0, 0, *slide.working_shape(0.5)[::-1], mpp=0.5)
+    low, high = plan.norm_range
+    started = time.perf_counter()
+    for box in boxes:
+        x = (box.astype(np.float32) - low) / (high - low)
+        pad = [(0, (-s) % 16) for s in x.shape[:2]] + [(0, 0)]
+        model.model.keras_model.predict(np.pad(x, pad)[None], verbose=0)
+    forward_s = time.perf_counter() - started
+
+    x = (whole.astype(np.float32) - low) / (high - low)
+    started = time.perf_counter()
+    labels, _ = model.model.predict_instances_big(
+        x, axes="YXC", block_size=tile_size, min_overlap=64, context=64,
+        prob_thresh=model.prob_thresh, nms_thresh=model.nms_thresh, show_progress=False)
+    big_s = time.perf_counter() - started
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "region_px": list(whole.shape[:2]), "tile_size": tile_size, "n_tiles": len(plan.tiles),
+        "n_nuclei": n_nuclei, "pipeline_s": round(pipeline_s, 2),
+        "raw_forward_s": round(forward_s, 2), "predict_instances_big_s": round(big_s, 2),
+        "predict_instances_big_nuclei": int(labels.max()),
+        "nuclei_per_s": round(n_nuclei / pipeline_s, 1),
+        "nuclei_per_s_per_core": round(n_nuclei / pipeline_s / cores, 1),
+        "cores": cores,
+        "vs_raw_forward": round(forward_s / pipeline_s, 3),
+        "vs_predict_instances_big": round(big_s / pipeline_s, 3),
+    }
+
+
+def bench_tissue(slide_path: Path) -> dict:
+    """Tissue detection throughput over a whole (large) slide."""
+    from pathology.config import TissueSection
+    from pathology.slide import Slide
+    from pathology.tissue import detect_tissue
+
+    started = time.perf_counter()
+    with Slide(slide_path) as slide:
+        overview = slide.read_overview(8.0)
+        width, height = slide.info.dimensions
+    detect_tissue(overview, kind="brightfield", mpp=8.0, config=TissueSection())
+    seconds = time.perf_counter() - started
+    return {"tissue_mpx_per_s": round(width * height / 1e6 / seconds, 1),
+            "tissue_slide_px": [height, width], "tissue_s": round(seconds, 2)}
+
+
+def bench_rss(slide_path: Path, work: Path, max_tiles: int) -> float:
+    """Peak RSS (GB) of a fresh process that prepares the slide and segments a few tiles."""
+    code = (
+        "import json, resource, sys; from pathlib import Path\n"
+        "from benchmarks.run import _config\n"
+        "from pathology.pipeline import ModelCache, SlideJob, process_slide\n"
+        "config = _config(1024)\n"
+        f"process_slide(SlideJob('rss', Path({str(slide_path)!r}), 'he'), Path({str(work)!r}),"
+        f" config, ModelCache(config), max_tiles={max_tiles})\n"
+        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), check=True)
+    return round(float(result.stdout.strip().splitlines()[-1]), 3)
+
+
+def bench_scaling(region_path: Path, work: Path) -> dict:
+    """Tile throughput with two single-threaded Dask workers divided by one."""
+    from distributed import Client, LocalCluster
+
+    from pathology.distributed import SINGLE_THREAD_ENV, task_prepare, task_tiles, worker_models
+    from pathology.pipeline import SlideJob
+
+    config = _config(512)
+    job = SlideJob("scale", region_path, "he")
+    seconds = {}
+    for workers in (1, 2):
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                          env=SINGLE_THREAD_ENV, dashboard_address=":0") as cluster, \
+                Client(cluster) as client:
+            out = work / f"scale{workers}"
+            plan = client.submit(task_prepare, job, out, config).result()
+            client.run(worker_models, config)  # load the model on every worker (not timed)
+            addresses = sorted(client.scheduler_info()["workers"])
+            for i, address in enumerate(addresses):  # trace the network on each worker
+                warm_out = work / f"warm{workers}_{i}"
+                warm_plan = client.submit(task_prepare, job, warm_out, config, pure=False,
+                                          workers=[address]).result()
+                client.submit(task_tiles, warm_plan, warm_out, config,
+                              [warm_plan.tiles[0].index], pure=False,
+                              workers=[address]).result()
+            started = time.perf_counter()
+            futures = [client.submit(task_tiles, plan, out, config, [t.index], pure=False)
+                       for t in plan.tiles]
+            client.gather(futures)
+            seconds[workers] = time.perf_counter() - started
+    return {"scaling_2_workers": round(seconds[1] / seconds[2], 3),
+            "scaling_seconds": {str(k): round(v, 2) for k, v in seconds.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller slides")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
+                        "latest.json")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from benchmarks.synthetic_slide import write_large_slide
+    from integration.demo import write_pyramidal_tiff
+
+    small_size, large_size = (4096, 8192) if args.quick else (10240, 40960)
+    region_size = 2048
+    results: dict = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(), "python": platform.python_version()},
+        "targets": TARGETS,
+    }
+    with tempfile.TemporaryDirectory(prefix="hccbio-bench-") as tmp:
+        work = Path(tmp)
+        region = _real_region(region_size)
+        region_path = work / "region.tiff"
+        write_pyramidal_tiff(region_path, region, mpp=0.5)
+        print("segmentation ...", flush=True)
+        results.update(bench_segmentation(work, region_path, 1024))
+        print("scaling ...", flush=True)
+        results.update(bench_scaling(region_path, work))
+        for name, size in (("small", small_size), ("large", large_size)):
+            print(f"{name} slide {size} px ...", flush=True)
+            path = write_large_slide(work / f"{name}.tiff", region, size, mpp=0.5)
+            if name == "large":
+                results.update(bench_tissue(path))
+            results[f"peak_rss_gb_{name}"] = bench_rss(path, work / f"rss_{name}", 4)
+            results[f"slide_px_{name}"] = size
+            path.unlink()
+        results["rss_growth_small_to_large"] = round(
+            results["peak_rss_gb_large"] / results["peak_rss_gb_small"] - 1, 3)
+    try:
+        from benchmarks.spatial import run as spatial_run
+
+        print("spatial ...", flush=True)
+        results.update(spatial_run(quick=args.quick))
+    except ImportError as error:
+        results["spatial_1m_cells_s"] = None
+        results["spatial_error"] = str(error)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = args.out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(results, indent=2) + "\n")
+    tmp_out.replace(args.out)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
