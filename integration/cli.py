@@ -71,6 +71,31 @@ def slides_run(
         raise typer.Exit(code=1)
 
 
+@slides_app.command("features")
+def slides_features(
+    out: Path = typer.Argument(..., help="Run folder of 'hccbio slides run'."),
+    config: Path | None = typer.Option(None, "--config", help="pathology YAML (panels, "
+                                       "regions, spatial sections)."),
+) -> None:
+    """Recompute phenotypes, regions and slide features from cells.parquet (no segmentation)."""
+    from pathology.config import ConfigError, load_config
+    from pathology.features import DICTIONARY_FILE, RUN_FEATURES_FILE, run_features
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as error:
+        _fail(str(error))
+    if not (out / "slides").is_dir():
+        _fail(f"{out}: no slides/ folder (run 'hccbio slides run' first)")
+    statuses = run_features(out, config=cfg)
+    for s in statuses:
+        typer.echo(f"{s.sample_id:24s} {s.status:8s} {s.reason}")
+    typer.echo(f"{sum(s.status == 'done' for s in statuses)} of {len(statuses)} slides; "
+               f"table: {out / RUN_FEATURES_FILE}, dictionary: {out / DICTIONARY_FILE}")
+    if any(s.status == "failed" for s in statuses):
+        raise typer.Exit(code=1)
+
+
 @rnaseq_app.command("run")
 def rnaseq_run(
     manifest: Path = typer.Argument(..., help="Study manifest (samples.csv)."),

@@ -86,7 +86,8 @@ def build_demo_study(folder: Path) -> Path:
     rows = [
         ("DEMO01", "baseline", "demo01_he", "he", "HE", "demo01_he.tiff", DEMO_MPP),
         ("DEMO01", "baseline", "demo01_ihc", "ihc", "CD8", "demo01_ihc.tiff", DEMO_MPP),
-        ("DEMO01", "baseline", "demo01_mif", "mif", "DAPI", "demo01_mif.ome.tiff", DEMO_MPP),
+        ("DEMO01", "baseline", "demo01_mif", "mif", "nuclei_only", "demo01_mif.ome.tiff",
+         DEMO_MPP),
     ]
     manifest = folder / "samples.csv"
     with open(manifest, "w", newline="") as handle:

@@ -25,11 +25,13 @@ from pathology.config import PathologyConfig
 from pathology.distributed import (
     dask_client,
     parse_scheduler,
+    post_process_slide,
     task_finalize,
     task_prepare,
     task_tiles,
     tile_batches,
 )
+from pathology.features import write_run_features
 from pathology.lock import RunLock
 from pathology.nuclei import ModelError
 from pathology.pipeline import (
@@ -169,8 +171,10 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
         try:
             for job in jobs:
                 if not force and _is_complete(out, job, config_hash):
-                    record(BatchRow(job.sample_id, "skipped",
-                                    "already done with this input and config", 0.0))
+                    # Segmentation is reused; the cheap downstream steps follow the config.
+                    problem = post_process_slide(job, out, config)
+                    record(BatchRow(job.sample_id, "failed" if problem else "skipped",
+                                    problem or "already done with this input and config", 0.0))
                 else:
                     todo.append(job)
             if sched.kind == "sync":
@@ -190,6 +194,9 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
         finally:
             progress.close()
         results = [rows[job.sample_id] for job in jobs]
+        finished = [r.sample_id for r in results if r.status != "failed"]
+        if finished:
+            write_run_features(out, sample_ids=finished)
         _write_run_json(out, jobs, config, model_record, results, started_at, scheduler)
     return results
 
@@ -206,7 +213,9 @@ def _run_one_sync(job: SlideJob, out: Path, config: PathologyConfig, models: Mod
             progress.tiles_done(len(batch))
         result = finalize_slide(plan, out, config, models,
                                 seconds=time.perf_counter() - started, tiles_computed=computed)
-        return BatchRow(job.sample_id, "done", result.note, time.perf_counter() - started)
+        problem = post_process_slide(job, out, config)
+        return BatchRow(job.sample_id, "failed" if problem else "done", problem or result.note,
+                        time.perf_counter() - started)
     except Exception as error:  # one slide never stops the batch
         return _failed(job, error, time.perf_counter() - started)
 
@@ -262,6 +271,9 @@ def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
                 submit("tiles", job, task_tiles, value, out, config, batch)
             if not batches:
                 submit("finalize", job, task_finalize, value, out, config, 0.0, 0)
+        elif step == "finalize":
+            slide["note"] = value.note
+            submit("post", job, post_process_slide, job, out, config)
         elif step == "tiles":
             slide["computed"] += value
             slide["left"] -= 1
@@ -270,8 +282,8 @@ def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
                 submit("finalize", job, task_finalize, slide["plan"], out, config,
                        time.perf_counter() - slide["started"], slide["computed"])
         else:
-                record(BatchRow(job.sample_id, "done", value.note,
-                            time.perf_counter() - slide["started"]))
+            record(BatchRow(job.sample_id, "failed" if value else "done",
+                            value or slide["note"], time.perf_counter() - slide["started"]))
     models: dict = {}
     for slide in state.values():
         plan = slide.get("plan")

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 from skimage.color import hed_from_rgb
 from skimage.measure import regionprops_table
+from skimage.segmentation import expand_labels
 
 from pathology.nuclei import TileNuclei
 from pathology.tiles import Tile
@@ -33,19 +34,27 @@ def optical_density(rgb: np.ndarray, *, background: float = 255.0) -> np.ndarray
     return -np.log10(rgb / background)
 
 
-def stain_densities(rgb: np.ndarray, *, background: float = 255.0) -> np.ndarray:
+def stain_densities(rgb: np.ndarray, *, background: float = 255.0,
+                    unmixing: np.ndarray | None = None) -> np.ndarray:
     """Hematoxylin, eosin and DAB optical densities by colour deconvolution.
 
     Uses the Ruifrok & Johnston stain vectors of scikit-image (``hed_from_rgb``) on true
     optical densities, so the values are in OD units (absorbance), comparable across slides.
 
+    Parameters
+    ----------
+    unmixing
+        Optional ``(3, 3)`` optical-density-to-stain matrix, e.g. from per-slide estimated
+        vectors (:func:`pathology.stains.deconvolution_matrix`); default scikit-image's.
+
     Returns
     -------
     numpy.ndarray
-        ``(..., 3)`` float32: hematoxylin, eosin, DAB.
+        ``(..., 3)`` float32: hematoxylin, eosin (or residual), DAB.
     """
     od = optical_density(rgb[..., :3], background=background)
-    return (od @ hed_from_rgb.astype(np.float32)).astype(np.float32)
+    matrix = hed_from_rgb if unmixing is None else unmixing
+    return (od @ np.asarray(matrix, dtype=np.float32)).astype(np.float32)
 
 
 def safe_channel_name(name: str) -> str:
@@ -59,9 +68,133 @@ def safe_channel_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "channel"
 
 
+def intensity_image(image: np.ndarray, *, kind: str, channels: tuple[str, ...],
+                    background: float = 255.0,
+                    unmixing: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    """Per-pixel intensities to average per cell and the column-name stems.
+
+    Brightfield: hematoxylin, eosin and DAB optical densities (stems ``hematoxylin_od``...);
+    fluorescence: the raw channels (stems ``<channel>_mean``).
+    """
+    if kind == "brightfield":
+        return (stain_densities(image, background=background, unmixing=unmixing),
+                [f"{s}_od" for s in STAIN_NAMES])
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] != len(channels):
+        raise ValueError(f"image has {image.shape[-1]} channels but {len(channels)} channel "
+                         f"names were given ({', '.join(channels)})")
+    return image.astype(np.float32), [f"{safe_channel_name(c)}_mean" for c in channels]
+
+
+def ring_means(labels: np.ndarray, intensity: np.ndarray, label_ids: np.ndarray, *,
+               ring_px: float) -> np.ndarray:
+    """Mean intensity in a ring of ``ring_px`` pixels grown around each labelled nucleus.
+
+    The ring is ``expand_labels(labels, ring_px)`` minus every nucleus (rings stop halfway
+    between touching cells and never cover a nucleus), so it stands for the cytoplasm and
+    membrane of the cell.
+
+    Parameters
+    ----------
+    labels
+        ``(H, W)`` instance labels of all nuclei in the image (0 = background).
+    intensity
+        ``(H, W, C)`` per-pixel intensities.
+    label_ids
+        Labels whose rings are wanted, in the order of the output rows.
+    ring_px
+        Ring width in pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(label_ids), C)`` float32; NaN where a nucleus has no ring pixel.
+
+    Examples
+    --------
+    >>> lab = np.zeros((9, 9), int); lab[4, 4] = 1
+    >>> img = np.ones((9, 9, 1)); img[4, 4] = 5
+    >>> ring_means(lab, img, np.array([1]), ring_px=1).tolist()
+    [[1.0]]
+    """
+    out = np.full((len(label_ids), intensity.shape[-1]), np.nan, dtype=np.float32)
+    if not len(label_ids) or ring_px <= 0:
+        return out
+    ring = expand_labels(labels, distance=ring_px)
+    ring[labels > 0] = 0
+    ring[~np.isin(ring, label_ids)] = 0
+    flat = ring.ravel()
+    size = int(labels.max()) + 1
+    counts = np.bincount(flat, minlength=size)[label_ids].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for c in range(intensity.shape[-1]):
+            sums = np.bincount(flat, weights=intensity[..., c].ravel(), minlength=size)
+            out[:, c] = np.where(counts > 0, sums[label_ids] / counts, np.nan)
+    return out
+
+
+def measure_labels(labels: np.ndarray, image: np.ndarray, *, kind: str, mpp: float,
+                   channels: tuple[str, ...] = (), ring_width_um: float = 2.0,
+                   background: float = 255.0) -> pa.Table:
+    """Measure every nucleus of a labelled image (no tiling): the cells.parquet columns.
+
+    For annotated images, external segmentations and tests; a slide goes through
+    :func:`measure_tile`. Coordinates are in um from the image's top-left corner.
+
+    Parameters
+    ----------
+    labels
+        ``(H, W)`` instance labels (0 = background).
+    image
+        ``(H, W, C)`` pixels (RGB for brightfield, one plane per channel for fluorescence).
+    kind
+        ``"brightfield"`` or ``"fluorescence"``.
+    mpp
+        Pixel size (um/px).
+    channels
+        Fluorescence channel names, one per plane.
+    ring_width_um
+        Ring width for the ``ring_*`` columns (0 = none).
+
+    Returns
+    -------
+    pyarrow.Table
+        ``cell_id, label, x_um, y_um, area_um2, perimeter_um, eccentricity, solidity,
+        major_axis_um, minor_axis_um, nucleus_*, ring_*``.
+    """
+    labels = np.asarray(labels)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"labels {labels.shape} and image {image.shape[:2]} differ in shape")
+    intensity, stems = intensity_image(image, kind=kind, channels=channels,
+                                       background=background)
+    props = regionprops_table(labels.astype(np.int32), intensity_image=intensity,
+                              properties=SHAPE_PROPERTIES)
+    ids = np.asarray(props["label"], dtype=np.int64)
+    columns: dict[str, np.ndarray] = {
+        "cell_id": np.arange(len(ids), dtype=np.int64), "label": ids,
+        "x_um": (np.asarray(props["centroid-1"]) + 0.5) * mpp,
+        "y_um": (np.asarray(props["centroid-0"]) + 0.5) * mpp,
+        "area_um2": np.asarray(props["area"], dtype=np.float64) * mpp**2,
+        "perimeter_um": np.asarray(props["perimeter"]) * mpp,
+        "eccentricity": np.asarray(props["eccentricity"]),
+        "solidity": np.asarray(props["solidity"]),
+        "major_axis_um": np.asarray(props["axis_major_length"]) * mpp,
+        "minor_axis_um": np.asarray(props["axis_minor_length"]) * mpp,
+    }
+    for c, stem in enumerate(stems):
+        columns[f"nucleus_{stem}"] = np.asarray(props[f"intensity_mean-{c}"], dtype=np.float32)
+    if ring_width_um > 0:
+        rings = ring_means(labels, intensity, ids, ring_px=ring_width_um / mpp)
+        for c, stem in enumerate(stems):
+            columns[f"ring_{stem}"] = rings[:, c]
+    return pa.table(columns)
+
+
 def measure_tile(tile: Tile, nuclei: TileNuclei, image: np.ndarray, *, kind: str,
                  working_mpp: float, level0_mpp: float, channels: tuple[str, ...],
-                 min_area_um2: float = 0.0, background: float = 255.0) -> pa.Table:
+                 min_area_um2: float = 0.0, background: float = 255.0,
+                 ring_width_um: float = 2.0, unmixing: np.ndarray | None = None) -> pa.Table:
     """Measure the nuclei that ``tile`` owns.
 
     Parameters
@@ -81,6 +214,13 @@ def measure_tile(tile: Tile, nuclei: TileNuclei, image: np.ndarray, *, kind: str
         Channel names (fluorescence column names).
     min_area_um2
         Smaller nuclei are dropped.
+    ring_width_um
+        Width of the cytoplasm / membrane ring around each nucleus (``ring_*`` columns, mean
+        intensity per channel); 0 = no ring columns. Rings are grown from all nuclei of the
+        read box, so they stop between neighbours even across the tile border.
+    unmixing
+        Brightfield: optional per-slide optical-density-to-stain matrix
+        (:mod:`pathology.stains`); default the Ruifrok-Johnston vectors.
 
     Returns
     -------
@@ -94,12 +234,9 @@ def measure_tile(tile: Tile, nuclei: TileNuclei, image: np.ndarray, *, kind: str
         owned = np.flatnonzero(tile.core_contains(global_cols, global_rows))
     else:
         owned = np.zeros(0, dtype=np.int64)
-    if kind == "brightfield":
-        intensity = stain_densities(image, background=background)
-        intensity_names = [f"nucleus_{s}_od" for s in STAIN_NAMES]
-    else:
-        intensity = image.astype(np.float32)
-        intensity_names = [f"nucleus_{safe_channel_name(c)}_mean" for c in channels]
+    intensity, stems = intensity_image(image, kind=kind, channels=channels,
+                                       background=background, unmixing=unmixing)
+    intensity_names = [f"nucleus_{stem}" for stem in stems]
     keep = np.isin(nuclei.labels, owned + 1)
     labels = np.where(keep, nuclei.labels, 0)
     props = regionprops_table(labels, intensity_image=intensity, properties=SHAPE_PROPERTIES)
@@ -134,6 +271,10 @@ def measure_tile(tile: Tile, nuclei: TileNuclei, image: np.ndarray, *, kind: str
     }
     for channel, name in enumerate(intensity_names):
         columns[name] = col(f"intensity_mean-{channel}").astype(np.float32)
+    if ring_width_um > 0:
+        rings = ring_means(nuclei.labels, intensity, label_ids, ring_px=ring_width_um / working_mpp)
+        for channel, stem in enumerate(stems):
+            columns[f"ring_{stem}"] = rings[:, channel]
     n_rays = coord.shape[2] if coord.ndim == 3 else 0
     columns = {k: np.asarray(v)[order] for k, v in columns.items()}
     columns["poly_x_um"] = _fixed_list(poly_x[order], n_rays)

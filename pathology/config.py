@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -97,6 +97,9 @@ class CellsSection(_Section):
                                                  "in scikit-image's rgb2hed).")
     background_intensity: float = Field(255.0, gt=0, description="Brightfield: transmitted "
                                         "light I0 for optical density -log10(I/I0).")
+    ring_width_um: float = Field(2.0, ge=0, description="Width (um) of the cytoplasm / membrane "
+                                 "ring grown around each nucleus (expand_labels) for the ring_* "
+                                 "intensity columns; 0 = no ring columns.")
 
 
 class SlurmSection(_Section):
@@ -125,6 +128,73 @@ class BatchSection(_Section):
     slurm: SlurmSection = SlurmSection()
 
 
+class PhenotypesSection(_Section):
+    """Marker positivity and phenotypes (panels in ``configs/panels``)."""
+
+    panels_dir: str = Field("configs/panels", description="Folder of panel YAML files "
+                            "(relative to the project root or absolute): ihc.yaml, he.yaml "
+                            "and one file per multiplex panel named by the manifest's stain.")
+    lymphocyte_model: str = Field("models/lymphocyte_classifier", description="H&E "
+                                  "lymphocyte classifier folder (model.json).")
+    pigment_exclusion: bool = Field(True, description="IHC: DAB-like pigment (bile, "
+                                    "hemosiderin, lipofuscin) is never counted positive.")
+    pigment_min_hue_ratio: float = Field(-0.08, description="Pigment rule: a DAB-positive "
+                                         "cell whose hematoxylin/DAB OD ratio in the stained "
+                                         "compartment is below this is yellow-brown pigment.")
+    pigment_min_eosin_ratio: float = Field(-0.6, description="Pigment rule: eosin-residual/DAB "
+                                           "OD ratio below this is green-brown pigment (bile).")
+    pigment_nuclear_ring_ratio: float = Field(1.5, gt=0, description="Pigment rule for "
+                                              "nuclear markers: ring DAB above this times the "
+                                              "nuclear DAB is cytoplasmic pigment.")
+
+
+class RegionsSection(_Section):
+    """Tumour, stroma and invasive margin."""
+
+    annotations_dir: str | None = Field(None, description="Folder of QuPath GeoJSON files "
+                                        "named <sample_id>.geojson (classes Tumor/Tumour, "
+                                        "Stroma); when a file exists it wins over automatic.")
+    annotation_units: Literal["um", "px"] = Field("px", description="Units of the GeoJSON "
+                                                  "coordinates: level-0 pixels (QuPath) or um.")
+    margin_width_um: float = Field(500.0, gt=0, description="Width of the invasive margin "
+                                   "band, centred on the tumour border (um).")
+    tumour_smooth_um: float = Field(50.0, ge=0, description="Gaussian sigma (um) of the "
+                                    "tumour-cell density map.")
+    tumour_min_fraction: float = Field(0.5, gt=0, lt=1, description="Automatic tumour: "
+                                       "pixels where tumour cells make at least this fraction "
+                                       "of all (smoothed) cells.")
+    tumour_min_area_um2: float = Field(40000.0, ge=0, description="Automatic tumour pieces "
+                                       "smaller than this are stroma.")
+
+
+class SpatialSection(_Section):
+    """Spatial immune features."""
+
+    tumour_phenotype: str = Field("tumour", description="Phenotype that marks tumour cells.")
+    cd8_phenotype: str = Field("cd8_t", description="Phenotype used for proximity and "
+                               "immune-phenotype rules (CD8+ T cells).")
+    radii_um: tuple[float, ...] = Field((20.0, 50.0, 100.0), description="Radii (um) of "
+                                        "Ripley's K/L and cross-L.")
+    contact_radii_um: tuple[float, ...] = Field((20.0, 50.0), description="Fraction of tumour "
+                                                "cells with a CD8+ cell within these radii.")
+    quadrat_um: float = Field(100.0, gt=0, description="Square quadrat side (um) for "
+                              "Morisita-Horn and Getis-Ord Gi*.")
+    hotspot_radius_um: float = Field(200.0, gt=0, description="Gi* neighbourhood: quadrats "
+                                     "whose centres lie within this distance (um).")
+    hotspot_z: float = Field(1.96, gt=0, description="Gi* z-score above which a quadrat is a "
+                             "hotspot.")
+    max_focal_points: int = Field(100_000, ge=100, description="Ripley K/L: at most this many "
+                                  "focal cells (a seeded random sample) count their neighbours "
+                                  "among all cells; unbiased, and bounds time on large slides.")
+    min_cells: int = Field(10, ge=2, description="Fewer cells of a phenotype give NaN spatial "
+                           "statistics (reported, not guessed).")
+    inflamed_min_tumour_density: float = Field(100.0, ge=0, description="Inflamed: CD8 "
+                                               "density in tumour >= this (cells/mm^2).")
+    excluded_min_stroma_density: float = Field(100.0, ge=0, description="Excluded (if not "
+                                               "inflamed): CD8 density in stroma or margin "
+                                               ">= this (cells/mm^2); else desert.")
+
+
 class PathologyConfig(_Section):
     """All settings of the slide pipeline."""
 
@@ -133,14 +203,23 @@ class PathologyConfig(_Section):
     tiling: TilingSection = TilingSection()
     segmentation: SegmentationSection = SegmentationSection()
     cells: CellsSection = CellsSection()
+    phenotypes: PhenotypesSection = PhenotypesSection()
+    regions: RegionsSection = RegionsSection()
+    spatial: SpatialSection = SpatialSection()
     batch: BatchSection = BatchSection()
+
+    DOWNSTREAM: ClassVar[tuple[str, ...]] = ("batch", "phenotypes", "regions", "spatial",
+                                             "qc")
 
     def digest(self) -> str:
         """SHA-256 of the settings that change results (stable key order).
 
-        The ``batch`` section (where and how work runs) is left out: results do not depend on it.
+        Left out: ``batch`` (where and how work runs: results do not depend on it) and the
+        steps computed from ``cells.parquet`` afterwards (``phenotypes``, ``regions``,
+        ``spatial``, ``qc``), which record their own hash, so changing them never re-segments.
         """
-        text = json.dumps(self.model_dump(mode="json", exclude={"batch"}), sort_keys=True)
+        text = json.dumps(self.model_dump(mode="json", exclude=set(self.DOWNSTREAM)),
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -140,6 +140,26 @@ def task_finalize(plan: SlidePlan, out: Path, config: PathologyConfig, seconds: 
                           tiles_computed=computed)
 
 
+def post_process_slide(job: SlideJob, out: Path, config: PathologyConfig) -> str:
+    """Everything computed from a finished slide's cells: phenotypes, regions, features.
+
+    Returns
+    -------
+    str
+        Empty when all steps succeeded, else the reason (the cells are kept either way, and
+        ``hccbio slides features OUT`` recomputes these steps alone).
+    """
+    from pathology.features import compute_slide_features
+    from pathology.panels import PanelError
+
+    try:
+        compute_slide_features(out, job.sample_id, modality=job.modality, stain=job.stain,
+                               config=config)
+    except (PanelError, ValueError, OSError, KeyError) as error:
+        return f"features: {' '.join(str(error).split())}"
+    return ""
+
+
 def tile_batches(plan: SlidePlan, size: int) -> list[list[int]]:
     """The plan's tile indices in consecutive groups of ``size``."""
     indices = [tile.index for tile in plan.tiles]

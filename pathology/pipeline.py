@@ -332,7 +332,8 @@ def _process_tile(slide: Slide, tile: Tile, model: NucleusModel,
     return measure_tile(tile, nuclei, image, kind=kind, working_mpp=working_mpp,
                         level0_mpp=slide.info.pixel_size.mpp, channels=slide.info.channels,
                         min_area_um2=config.segmentation.min_area_um2,
-                        background=config.cells.background_intensity)
+                        background=config.cells.background_intensity,
+                        ring_width_um=config.cells.ring_width_um)
 
 
 def consolidate_cells(store: SlideStore, tiles: list[Tile], target: Path) -> int:

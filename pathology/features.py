@@ -1,0 +1,578 @@
+"""Slide-level features from cells.parquet (+ the stored tissue mask) alone.
+
+Phenotypes -> regions -> counts, densities, positivity, H-score, proximity, Ripley K/L,
+Morisita-Horn, Getis-Ord Gi* hotspots and the immune phenotype (inflamed / excluded /
+desert). :func:`compute_slide_features` does one slide (``features.json`` keys and
+``cell_classes.parquet``); :func:`write_run_features` writes ``pathology_features.csv`` and its
+data dictionary for a run folder. Every feature is listed with its unit in docs/phenotypes.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from scipy.spatial import cKDTree
+
+from pathology.config import PathologyConfig
+from pathology.lymphocytes import BASE_COLUMNS as LYMPHOCYTE_COLUMNS
+from pathology.panels import Panel, Phenotype, resolve_panel
+from pathology.phenotypes import Phenotyping, classify_cells, marker_column
+from pathology.regions import (
+    CODES,
+    REGIONS,
+    RegionMap,
+    automatic_tumour,
+    read_annotation_tumour,
+    region_names,
+    regions_from_tumour,
+)
+from pathology.spatial import (
+    Window,
+    fraction_within,
+    getis_ord_gi_star,
+    l_function,
+    make_quadrats,
+    morisita_horn,
+    nearest_distances,
+    ripley_k,
+)
+from pathology.store import atomic_write_parquet, atomic_write_text
+
+CELLS_FILE = "cells.parquet"
+FEATURES_FILE = "features.json"
+CLASSES_FILE = "cell_classes.parquet"
+RUN_FEATURES_FILE = "pathology_features.csv"
+DICTIONARY_FILE = "pathology_features_dictionary.csv"
+DICTIONARY_COLUMNS = ("name", "label", "unit", "modality", "method", "config_keys", "source")
+KINDS = {"he": "brightfield", "ihc": "brightfield", "mif": "fluorescence"}
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+ALL_REGIONS = ("tissue", *REGIONS)
+
+
+class FeatureError(ValueError):
+    """Features cannot be computed for a slide; the message names the file and the cause."""
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One slide-level number (or category) with its data-dictionary entry."""
+
+    name: str
+    value: float | str | None
+    label: str
+    unit: str
+    method: str
+    config_keys: str
+
+
+class _Features:
+    def __init__(self, prefix: str, panel: str) -> None:
+        self.prefix = prefix
+        self.panel = panel
+        self.items: list[Feature] = []
+
+    def add(self, parts: Iterable[str], value, label: str, unit: str, method: str,
+            keys: str = "") -> None:
+        name = "_".join(p for p in (self.prefix, *parts) if p)
+        if not NAME_RE.match(name):
+            raise FeatureError(f"feature name {name!r} ({len(name)} characters) is not "
+                               "lowercase [a-z0-9_] of at most 32 characters: shorten the "
+                               f"prefix or phenotype names of panel {self.panel!r}")
+        if isinstance(value, (float, np.floating)):
+            value = float(value) if math.isfinite(value) else None
+        elif isinstance(value, (int, np.integer)):
+            value = int(value)
+        self.items.append(Feature(name, value, label, unit, method, keys))
+
+
+def _part(panel: Panel, phenotype: Phenotype) -> str:
+    """Name fragment of a phenotype; empty for an IHC marker's plain positive cells."""
+    if (panel.modality == "ihc" and not phenotype.min and not phenotype.max
+            and phenotype.markers == {panel.markers[0].name: True}):
+        return ""
+    return phenotype.name
+
+
+def _r(radius: float) -> str:
+    """Radius as a name fragment: 20 -> '20', 12.5 -> '12p5'."""
+    return f"{radius:g}".replace(".", "p")
+
+
+def _label(phenotype: Phenotype) -> str:
+    return phenotype.label or phenotype.name.replace("_", " ")
+
+
+def slide_features(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap,
+                   window: Window, *, panel: Panel, config: PathologyConfig) -> list[Feature]:
+    """Every slide-level feature of one slide (pure computation, no files).
+
+    Parameters
+    ----------
+    cells
+        ``x_um``, ``y_um`` per cell (other columns unused here).
+    result
+        Marker positivity and phenotypes (:func:`pathology.phenotypes.classify_cells`).
+    regions
+        Region map (its grid aligned with ``window``).
+    window
+        Tissue mask as the observation window.
+    panel
+        The slide's panel (prefix, phenotypes).
+    config
+        ``spatial`` and ``regions`` settings.
+
+    Returns
+    -------
+    list of Feature
+    """
+    sp = config.spatial
+    out = _Features(panel.prefix, panel.name)
+    xy = np.column_stack([cells["x_um"].to_numpy(np.float64), cells["y_um"].to_numpy(np.float64)])
+    codes = regions.code_at(xy[:, 0], xy[:, 1])
+    on_tissue = codes > 0
+    areas = regions.areas_mm2()
+    region_keys = "regions.margin_width_um, regions.annotations_dir, spatial.tumour_phenotype"
+    masks = {"tissue": on_tissue, **{r: codes == CODES[r] for r in REGIONS}}
+
+    out.add(["n", "cells"], int(on_tissue.sum()), "Cells (nuclei) on tissue", "cells",
+            "count of cells.parquet rows on the tissue mask")
+    for region in ALL_REGIONS:
+        out.add([region, "mm2"], areas[region], f"Tissue area of the {region} region", "mm^2",
+                f"tissue mask pixels in the region ({regions.source})", region_keys)
+
+    def density(mask: np.ndarray, region: str) -> float:
+        area = areas[region]
+        if not area or not np.isfinite(area):
+            return float("nan")
+        return float(np.count_nonzero(mask & masks[region])) / area
+
+    for phenotype in panel.phenotypes:
+        part, label = _part(panel, phenotype), _label(phenotype)
+        cells_p = result.phenotypes[phenotype.name]
+        for region in ALL_REGIONS:
+            out.add([part, region, "n"], int(np.count_nonzero(cells_p & masks[region]))
+                    if region == "tissue" or regions.has_tumour else None,
+                    f"{label} cells in {region}", "cells", "phenotype rule, count", region_keys)
+            out.add([part, region, "density"], density(cells_p, region),
+                    f"{label} density in {region}", "cells/mm^2",
+                    "count / tissue area of the region", region_keys)
+
+    for marker in panel.markers:
+        call = result.calls[marker.name]
+        part = "" if panel.modality == "ihc" else marker.key
+        keys = f"panels/{panel.name}: markers.{marker.name}"
+        positive = result.positive[marker.name]
+        n_tissue = int(on_tissue.sum())
+        out.add([part, "pct"], 100.0 * np.count_nonzero(positive & on_tissue) / n_tissue
+                if n_tissue else None, f"{marker.name}+ cells (% of cells)", "%",
+                f"{call.method} threshold {call.threshold:.4g} on {call.column}", keys)
+        if panel.modality != "ihc":
+            continue
+        for region in REGIONS:
+            n_region = int(np.count_nonzero(masks[region]))
+            out.add([region, "pct"], 100.0 * np.count_nonzero(positive & masks[region])
+                    / n_region if n_region else None,
+                    f"{marker.name}+ cells in {region} (% of its cells)", "%",
+                    "positive / all cells of the region", keys)
+        bins = result.intensity_bin.get(marker.name)
+        if bins is not None and n_tissue:
+            counts = np.bincount(bins[on_tissue], minlength=4)
+            out.add(["hscore"], float((counts * np.arange(4)).sum() * 100.0 / n_tissue),
+                    f"{marker.name} H-score", "0-300", "1 x %1+ + 2 x %2+ + 3 x %3+", keys)
+        pigment = result.pigment.get(marker.name)
+        if pigment is not None:
+            out.add(["pigment", "n"], call.n_pigment_excluded,
+                    f"{marker.name}: brown cells excluded as pigment", "cells",
+                    "pigment rule (colour / compartment)", "phenotypes.pigment_*")
+        tumour_p = panel.phenotype(sp.tumour_phenotype)
+        if marker.key in ("pdl1", "pd_l1") and tumour_p is not None:
+            tumour = result.phenotypes[tumour_p.name] & on_tissue
+            n_tumour = int(tumour.sum())
+            tps = 100.0 * np.count_nonzero(positive & tumour) / n_tumour if n_tumour else None
+            cps = (min(100.0, 100.0 * np.count_nonzero(positive & on_tissue) / n_tumour)
+                   if n_tumour else None)
+            out.add(["tps"], tps, "PD-L1 tumour proportion score", "%",
+                    "PD-L1+ tumour cells / tumour cells", keys)
+            out.add(["cps"], cps, "PD-L1 combined positive score", "0-100",
+                    "PD-L1+ cells (tumour and others) / tumour cells x 100, capped", keys)
+
+    _spatial_features(out, xy, on_tissue, masks, areas, result, regions, window,
+                      panel=panel, config=config)
+    return out.items
+
+
+def _spatial_features(out: _Features, xy: np.ndarray, on_tissue: np.ndarray,
+                      masks: dict[str, np.ndarray], areas: dict[str, float],
+                      result: Phenotyping, regions: RegionMap, window: Window, *,
+                      panel: Panel, config: PathologyConfig) -> None:
+    sp = config.spatial
+    tumour_p = panel.phenotype(sp.tumour_phenotype)
+    immune = [p for p in panel.phenotypes if p.immune]
+    quadrats = make_quadrats(window, sp.quadrat_um)
+    tumour_xy = (xy[result.phenotypes[tumour_p.name] & on_tissue] if tumour_p is not None
+                 else np.zeros((0, 2)))
+    tumour_tree = cKDTree(tumour_xy) if len(tumour_xy) else None
+    tumour_counts = quadrats.counts(tumour_xy)[quadrats.valid]
+    radius_keys = "spatial.radii_um, spatial.max_focal_points"
+    fractions = {r: window.disk_fraction(r) for r in sp.radii_um}
+    subjects = list(immune) + ([tumour_p] if tumour_p is not None else [])
+    for phenotype in subjects:
+        part, label = _part(panel, phenotype), _label(phenotype)
+        points = xy[result.phenotypes[phenotype.name] & on_tissue]
+        enough = len(points) >= sp.min_cells
+        tree = cKDTree(points) if enough else None
+        k = (ripley_k(points, None, window=window, radii=sp.radii_um, tree=tree,
+                      max_focal=sp.max_focal_points, fractions=fractions) if enough
+             else np.full(len(sp.radii_um), np.nan))
+        for radius, value in zip(sp.radii_um, l_function(k) - np.asarray(sp.radii_um),
+                                 strict=True):
+            out.add([part, f"l{_r(radius)}"], value, f"{label}: Ripley L({radius:g} um) - r",
+                    "um", "edge-corrected K in the tissue window; 0 = random, >0 clustered",
+                    radius_keys)
+        if phenotype is tumour_p:
+            continue
+        tumour_enough = len(tumour_xy) >= sp.min_cells
+        cross = (ripley_k(points, tumour_xy, window=window, radii=sp.radii_um, tree=tumour_tree,
+                          max_focal=sp.max_focal_points, fractions=fractions)
+                 if enough and tumour_enough
+                 else np.full(len(sp.radii_um), np.nan))
+        for radius, value in zip(sp.radii_um, l_function(cross) - np.asarray(sp.radii_um),
+                                 strict=True):
+            out.add([part, f"xl{_r(radius)}"], value,
+                    f"{label} around tumour cells: cross-L({radius:g} um) - r", "um",
+                    "edge-corrected cross-K in the tissue window; >0 = attraction", radius_keys)
+        distance = (float(np.median(nearest_distances(points, tumour_xy, tree=tumour_tree)))
+                    if len(points) and tumour_enough else None)
+        out.add([part, "nn_um"], distance, f"{label}: median distance to nearest tumour cell",
+                "um", "cKDTree nearest neighbour", "spatial.tumour_phenotype")
+        within = (fraction_within(tumour_xy, points, sp.contact_radii_um, tree=tree)
+                  if len(points) and tumour_enough else np.full(len(sp.contact_radii_um), np.nan))
+        for radius, value in zip(sp.contact_radii_um, 100.0 * within, strict=True):
+            out.add([f"tum{_r(radius)}", part, "pct"], value,
+                    f"Tumour cells with a {label} within {radius:g} um", "%",
+                    "cKDTree nearest neighbour <= r", "spatial.contact_radii_um")
+        counts = quadrats.counts(points)
+        mh = morisita_horn(counts[quadrats.valid], tumour_counts) if enough and tumour_enough \
+            else None
+        out.add([part, "mh"], mh, f"Morisita-Horn colocalisation of {label} and tumour cells",
+                "0-1", "quadrat counts", "spatial.quadrat_um")
+        z = (getis_ord_gi_star(counts / np.maximum(quadrats.tissue_fraction, 1e-9),
+                               quadrats.valid, radius_cells=sp.hotspot_radius_um / sp.quadrat_um)
+             if enough else None)
+        hot = (z > sp.hotspot_z) if z is not None else None
+        n_valid = int(quadrats.valid.sum())
+        out.add([part, "hot", "pct"], 100.0 * np.count_nonzero(hot) / n_valid
+                if hot is not None and n_valid else None,
+                f"{label}: Getis-Ord Gi* hotspot quadrats (% of tissue quadrats)", "%",
+                "Gi* z > spatial.hotspot_z", "spatial.quadrat_um, spatial.hotspot_radius_um, "
+                "spatial.hotspot_z")
+        out.add([part, "hot", "mm2"], float(np.count_nonzero(hot)) * sp.quadrat_um**2 / 1e6
+                if hot is not None else None, f"{label}: Getis-Ord Gi* hotspot area", "mm^2",
+                "hotspot quadrats x quadrat area", "spatial.quadrat_um")
+
+    cd8 = panel.phenotype(sp.cd8_phenotype) or (immune[0] if immune else None)
+    if cd8 is not None:
+        out.add(["immune", "class"], immune_class(result.phenotypes[cd8.name], masks, areas,
+                                                  has_tumour=regions.has_tumour, config=config),
+                f"Immune phenotype from {_label(cd8)} densities", "category",
+                "inflamed / excluded / desert density rules",
+                "spatial.inflamed_min_tumour_density, spatial.excluded_min_stroma_density")
+
+
+def immune_class(cd8: np.ndarray, masks: dict[str, np.ndarray], areas: dict[str, float], *,
+                 has_tumour: bool, config: PathologyConfig) -> str | None:
+    """Inflamed / excluded / desert from CD8 densities in tumour, stroma and margin.
+
+    Inflamed: CD8 density in the tumour centre >= ``inflamed_min_tumour_density``; else
+    excluded: CD8 density in stroma or margin >= ``excluded_min_stroma_density``; else desert.
+    None when no tumour region is known.
+    """
+    if not has_tumour or not areas.get("tumour"):
+        return None
+    sp = config.spatial
+
+    def density(region: str) -> float:
+        area = areas[region]
+        return float(np.count_nonzero(cd8 & masks[region])) / area if area else 0.0
+
+    if density("tumour") >= sp.inflamed_min_tumour_density:
+        return "inflamed"
+    if max(density("stroma"), density("margin")) >= sp.excluded_min_stroma_density:
+        return "excluded"
+    return "desert"
+
+
+def _needed_columns(panel: Panel, kind: str, available: list[str]) -> list[str]:
+    wanted = {"cell_id", "x_um", "y_um"}
+    for marker in panel.markers:
+        if marker.source == "lymphocyte_classifier":
+            wanted |= set(LYMPHOCYTE_COLUMNS)
+            continue
+        for compartment in ("nucleus", "ring"):
+            wanted.add(marker_column(marker, kind=kind, compartment=compartment))
+    if kind == "brightfield":
+        wanted |= {f"{c}_{s}_od" for c in ("nucleus", "ring")
+                   for s in ("hematoxylin", "eosin", "dab")}
+    for phenotype in panel.phenotypes:
+        wanted |= set(phenotype.min) | set(phenotype.max)
+    return [c for c in available if c in wanted]
+
+
+def read_tissue_window(folder: Path) -> Window:
+    """The stored tissue mask of a slide as a :class:`~pathology.spatial.Window`."""
+    import zarr
+
+    path = Path(folder) / "store.zarr"
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        array = group["tissue_mask"]
+        return Window(np.asarray(array[...]).astype(bool), float(array.attrs["mpp"]))
+    except (KeyError, FileNotFoundError, OSError, ValueError) as error:
+        raise FeatureError(f"{path}: no tissue_mask with an 'mpp' attribute ({error}); run "
+                           "'hccbio slides run' first") from error
+
+
+def _config_digest(config: PathologyConfig) -> str:
+    sections = {k: v for k, v in config.model_dump(mode="json").items()
+                if k in ("cells", "phenotypes", "regions", "spatial")}
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
+
+
+def _panel_digest(panel: Panel) -> str:
+    return hashlib.sha256(json.dumps(panel.model_dump(mode="json"),
+                                     sort_keys=True).encode()).hexdigest()
+
+
+def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: str,
+                           config: PathologyConfig) -> dict:
+    """Phenotypes, regions and features of one finished slide.
+
+    Reads ``OUT/slides/<id>/cells.parquet`` and the tissue mask in ``store.zarr``; writes
+    ``cell_classes.parquet`` (cell_id, phenotype, region, marker calls) and adds the keys
+    ``features``, ``feature_dictionary``, ``phenotyping``, ``regions`` and
+    ``features_config_sha256`` to ``features.json`` (existing keys are kept).
+
+    Parameters
+    ----------
+    out
+        The run folder.
+    sample_id
+        The slide's sample id.
+    modality
+        ``he``, ``ihc`` or ``mif``.
+    stain
+        The manifest's stain (IHC marker or multiplex panel name).
+    config
+        Resolved configuration.
+
+    Returns
+    -------
+    dict
+        The slide's row: ``sample_id``, ``modality``, ``stain`` and every feature value.
+
+    Raises
+    ------
+    FeatureError, pathology.panels.PanelError
+        Missing inputs, a panel naming a channel the slide lacks, or an invalid name.
+    """
+    if modality not in KINDS:
+        raise FeatureError(f"{sample_id}: modality {modality!r} is not a slide modality")
+    kind = KINDS[modality]
+    folder = Path(out) / "slides" / sample_id
+    cells_path = folder / CELLS_FILE
+    if not cells_path.is_file():
+        raise FeatureError(f"{cells_path}: not found; run 'hccbio slides run' first")
+    panel = resolve_panel(modality, stain, directory=config.phenotypes.panels_dir)
+    schema = pq.read_schema(cells_path)
+    cells = pq.read_table(cells_path, columns=_needed_columns(panel, kind, schema.names)
+                          ).to_pandas()
+    window = read_tissue_window(folder)
+    result = classify_cells(cells, panel, kind=kind, config=config.phenotypes)
+    features_path = folder / FEATURES_FILE
+    record = json.loads(features_path.read_text()) if features_path.is_file() else {}
+    regions = build_regions(cells, result, window, sample_id=sample_id, panel=panel,
+                            config=config, slide_info=record.get("slide", {}))
+    items = slide_features(cells, result, regions, window, panel=panel, config=config)
+
+    classes = result.table()
+    classes.insert(0, "cell_id", cells["cell_id"].to_numpy() if "cell_id" in cells
+                   else np.arange(len(cells)))
+    classes.insert(2, "region", region_names(regions.code_at(cells["x_um"].to_numpy(),
+                                                              cells["y_um"].to_numpy()),
+                                             has_tumour=regions.has_tumour).astype(str))
+    atomic_write_parquet(folder / CLASSES_FILE, _to_arrow(classes))
+
+    record.update({
+        "sample_id": sample_id, "modality": modality, "stain": stain,
+        "features": {f.name: {"value": f.value, "unit": f.unit} for f in items},
+        "feature_dictionary": {f.name: {k: v for k, v in asdict(f).items()
+                                        if k not in ("name", "value")} for f in items},
+        "phenotyping": {"panel": panel.name, "panel_sha256": _panel_digest(panel),
+                        "markers": {k: c.to_json() for k, c in result.calls.items()},
+                        "phenotype_counts": {k: int(v.sum())
+                                             for k, v in result.phenotypes.items()}},
+        "regions": {"source": regions.source, "areas_mm2": regions.areas_mm2(),
+                    "grid_mpp": regions.mpp},
+        "features_config_sha256": _config_digest(config),
+    })
+    atomic_write_text(features_path, json.dumps(_jsonable(record), indent=2) + "\n")
+    return {"sample_id": sample_id, "modality": modality, "stain": stain,
+            **{f.name: f.value for f in items}}
+
+
+def build_regions(cells: pd.DataFrame, result: Phenotyping, window: Window, *, sample_id: str,
+                  panel: Panel, config: PathologyConfig, slide_info: dict) -> RegionMap:
+    """Regions of a slide: annotations if a file exists, else automatic, else tissue only."""
+    rc = config.regions
+    tumour_p = panel.phenotype(config.spatial.tumour_phenotype)
+    if rc.annotations_dir:
+        path = Path(rc.annotations_dir) / f"{sample_id}.geojson"
+        if path.is_file():
+            if rc.annotation_units == "px":
+                mpp0 = slide_info.get("mpp_x"), slide_info.get("mpp_y")
+                if None in mpp0:
+                    raise FeatureError(f"{path}: pixel coordinates need the slide's level-0 "
+                                       "pixel size (features.json 'slide'), which is missing")
+                unit = (float(mpp0[0]) + float(mpp0[1])) / 2
+            else:
+                unit = 1.0
+            tumour = read_annotation_tumour(path, window.mask.shape, mpp=window.mpp,
+                                            coordinate_um=unit)
+            return regions_from_tumour(tumour, window.mask, mpp=window.mpp,
+                                       margin_width_um=rc.margin_width_um, source="annotation")
+    if tumour_p is not None and result.phenotypes[tumour_p.name].any():
+        tumour = automatic_tumour(cells["x_um"].to_numpy(), cells["y_um"].to_numpy(),
+                                  result.phenotypes[tumour_p.name], window.mask,
+                                  mpp=window.mpp, config=rc)
+        if tumour.any():
+            return regions_from_tumour(tumour, window.mask, mpp=window.mpp,
+                                       margin_width_um=rc.margin_width_um, source="automatic")
+    codes = np.where(window.mask, CODES["stroma"], 0).astype(np.uint8)
+    return RegionMap(codes, window.mpp, "none")
+
+
+def _to_arrow(frame: pd.DataFrame):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_run_features(out: Path, *, sample_ids: Iterable[str] | None = None) -> Path:
+    """Write ``OUT/pathology_features.csv`` (one row per slide) and its data dictionary.
+
+    Parameters
+    ----------
+    out
+        The run folder.
+    sample_ids
+        Slides to include (default: every ``OUT/slides/<id>/features.json`` that holds
+        features), in this order.
+
+    Returns
+    -------
+    pathlib.Path
+        The CSV written (``pathology_features_dictionary.csv`` lies beside it).
+    """
+    out = Path(out)
+    if sample_ids is None:
+        sample_ids = sorted(p.parent.name for p in (out / "slides").glob(f"*/{FEATURES_FILE}"))
+    rows: list[dict] = []
+    dictionary: dict[str, dict] = {}
+    for sample_id in sample_ids:
+        path = out / "slides" / sample_id / FEATURES_FILE
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        if "features" not in record:
+            continue
+        row = {"sample_id": sample_id, "modality": record.get("modality", ""),
+               "stain": record.get("stain", "")}
+        for name, entry in record["features"].items():
+            row[name] = entry.get("value")
+            meta = record.get("feature_dictionary", {}).get(name, {})
+            dictionary.setdefault(name, {
+                "name": name, "label": meta.get("label", ""), "unit": meta.get("unit", ""),
+                "modality": record.get("modality", ""), "method": meta.get("method", ""),
+                "config_keys": meta.get("config_keys", ""),
+                "source": f"cells.parquet ({record.get('modality', '')} "
+                          f"{record.get('stain', '')})".replace(" )", ")")})
+        rows.append(row)
+    columns = ["sample_id", "modality", "stain"]
+    for row in rows:
+        columns.extend(c for c in row if c not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    target = out / RUN_FEATURES_FILE
+    atomic_write_text(target, buffer.getvalue())
+    base = [{"name": "sample_id", "label": "Sample identifier (manifest)", "unit": "",
+             "modality": "", "method": "manifest", "config_keys": "", "source": "manifest"},
+            {"name": "modality", "label": "Slide modality", "unit": "category",
+             "modality": "", "method": "manifest", "config_keys": "", "source": "manifest"},
+            {"name": "stain", "label": "IHC marker or multiplex panel", "unit": "category",
+             "modality": "", "method": "manifest", "config_keys": "", "source": "manifest"}]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=DICTIONARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for entry in base + list(dictionary.values()):
+        writer.writerow(entry)
+    atomic_write_text(out / DICTIONARY_FILE, buffer.getvalue())
+    return target
+
+
+@dataclass(frozen=True)
+class FeatureStatus:
+    """Outcome of features for one slide of a run folder."""
+
+    sample_id: str
+    status: str  # done | failed
+    reason: str
+
+
+def run_features(out: Path, *, config: PathologyConfig) -> list[FeatureStatus]:
+    """(Re)compute features for every segmented slide of a run folder, then the run table.
+
+    A slide is any ``OUT/slides/<id>`` holding cells.parquet and a features.json that names
+    its modality and stain. One slide failing never stops the others.
+    """
+    out = Path(out)
+    statuses: list[FeatureStatus] = []
+    for folder in sorted((out / "slides").glob("*")):
+        features_path, cells_path = folder / FEATURES_FILE, folder / CELLS_FILE
+        if not (features_path.is_file() and cells_path.is_file()):
+            continue
+        try:
+            record = json.loads(features_path.read_text())
+            compute_slide_features(out, folder.name, modality=record.get("modality", ""),
+                                   stain=record.get("stain", "") or "", config=config)
+            statuses.append(FeatureStatus(folder.name, "done", ""))
+        except (ValueError, OSError, KeyError) as error:
+            statuses.append(FeatureStatus(folder.name, "failed",
+                                          " ".join(str(error).split())))
+    write_run_features(out)
+    return statuses
