@@ -130,6 +130,48 @@ def rnaseq_run(
         raise typer.Exit(code=1)
 
 
+@app.command("integrate")
+def integrate_cmd(
+    manifest: Path = typer.Argument(..., help="Study manifest (samples.csv)."),
+    out: Path = typer.Option(..., "--out", help="Run folder holding the arms' *_features.csv."),
+) -> None:
+    """Merge the arms' feature tables into features.csv/.parquet/.dta and data_dictionary.csv."""
+    from integration.arms import FeatureTableError
+    from integration.integrate import run_integration
+    from integration.review import ReviewError
+
+    try:
+        table = run_integration(manifest, out)
+    except (ManifestError, FeatureTableError, ReviewError) as error:
+        _fail(str(error))
+    counts = table.counts
+    typer.echo(f"{counts['samples_used']} of {counts['manifest_samples']} samples used "
+               f"({counts['samples_rejected_qc']} rejected at QC review); "
+               f"{counts['patient_timepoints']} patient x time point rows: {out / 'features.csv'}")
+
+
+@app.command("analyze")
+def analyze_cmd(
+    features: Path = typer.Option(..., "--features", help="Merged features.csv (or .parquet)."),
+    clinical: Path = typer.Option(..., "--clinical", help="Clinical table (clinical.csv)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (analysis/ and report.html)."),
+    config: Path | None = typer.Option(None, "--config", help="Study YAML; its 'analysis' "
+                                       "section is used (default: built-in defaults)."),
+) -> None:
+    """Survival, response, change and subtype analyses with the study report."""
+    from integration.analyze import REPORT_FILE, run_analysis
+    from integration.clinical import ClinicalError
+    from integration.config import ConfigError, load_analysis_config
+    from integration.frame import AnalysisInputError
+
+    try:
+        result = run_analysis(features, clinical, out, config=load_analysis_config(config))
+    except (ConfigError, ClinicalError, AnalysisInputError) as error:
+        _fail(str(error))
+    typer.echo(f"{len(result.data.variables)} variables, {len(result.data.clinical.data)} "
+               f"patients; tables: {out / 'analysis'}, report: {out / REPORT_FILE}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
