@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from blood.cli import app as blood_app
 from integration.manifest import SLIDE_MODALITIES, ManifestError, read_manifest
 from transcriptome.cli import rnaseq_app
 
@@ -20,6 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 slides_app = typer.Typer(no_args_is_help=True, help="Whole-slide images: tissue, nuclei, cells.")
 app.add_typer(slides_app, name="slides")
 app.add_typer(rnaseq_app, name="rnaseq")
+app.add_typer(blood_app, name="blood")
 
 
 def _fail(message: str) -> None:
@@ -125,6 +127,37 @@ def rnaseq_run(
     for row in result.batch.itertuples():
         typer.echo(f"{row.sample_id:24s} {row.status:8s} {row.seconds:8.2f}s  {row.reason}")
     typer.echo(f"{len(records) - len(result.failed)} of {len(records)} RNA-seq samples done; "
+               f"report: {out / 'batch_report.csv'}")
+    if result.failed:
+        raise typer.Exit(code=1)
+
+
+@blood_app.command("run")
+def blood_run(
+    manifest: Path = typer.Argument(..., help="Study manifest (samples.csv)."),
+    out: Path = typer.Option(..., "--out", help="Run folder (created if needed)."),
+    config: Path | None = typer.Option(None, "--config", help="blood YAML "
+                                       "(default: configs/blood.yaml)."),
+) -> None:
+    """Process every blood sample (flow, elisa, scrna rows) of a manifest."""
+    from blood.batch import BloodJob, run_blood
+    from blood.config import load_config as load_blood_config
+    from blood.errors import ConfigError as BloodConfigError
+    from integration.manifest import BLOOD_MODALITIES
+
+    try:
+        samples = read_manifest(manifest)
+        cfg = load_blood_config(config)
+    except (ManifestError, BloodConfigError) as error:
+        _fail(str(error))
+    jobs = [BloodJob(s.sample_id, s.modality, s.stain, s.path)
+            for s in samples if s.modality in BLOOD_MODALITIES]
+    if not jobs:
+        _fail(f"{manifest}: no blood rows (modality {', '.join(BLOOD_MODALITIES)})")
+    result = run_blood(jobs, out, config=cfg)
+    for row in result.batch.itertuples():
+        typer.echo(f"{row.sample_id:24s} {row.status:8s} {row.seconds:8.2f}s  {row.reason}")
+    typer.echo(f"{len(jobs) - len(result.failed)} of {len(jobs)} blood samples done; "
                f"report: {out / 'batch_report.csv'}")
     if result.failed:
         raise typer.Exit(code=1)

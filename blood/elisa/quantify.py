@@ -1,0 +1,153 @@
+"""Standard curve QC and sample concentrations for one analyte on one plate.
+
+Input is a long table, one row per well: ``well, kind (standard|blank|sample), sample_id,
+concentration (standards), dilution (samples), value`` (OD or MFI).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from blood.elisa.curve import LogisticCurve, Model, fit_logistic
+
+BelowRule = Literal["lloq_half", "lowest_standard", "censor"]
+WELL_COLUMNS = ("well", "kind", "sample_id", "concentration", "dilution", "value")
+
+
+@dataclass(frozen=True)
+class Quantified:
+    """Result of :func:`quantify`.
+
+    Attributes
+    ----------
+    curve
+        Final curve (fitted on retained standards).
+    standards
+        One row per standard level: concentration, mean response, back-calculated,
+        recovery_pct, cv_pct, used (False = excluded for recovery outside the window).
+    samples
+        One row per sample: sample_id, dilution, mean response, cv_pct, concentration
+        (dilution applied), flag ('' | '<LLOQ' | '>ULOQ'), cv_flag.
+    lloq, uloq
+        Limits of quantification (in-well concentration): lowest / highest retained standard.
+    """
+
+    curve: LogisticCurve
+    standards: pd.DataFrame
+    samples: pd.DataFrame
+    lloq: float
+    uloq: float
+
+
+def _cv(values: pd.Series) -> float:
+    return float(100 * values.std(ddof=1) / values.mean()) if len(values) > 1 else np.nan
+
+
+def quantify(wells: pd.DataFrame, *, model: Model = "4pl", weight_power: float = 2.0,
+             recovery_window: tuple[float, float] = (70.0, 130.0), max_cv_pct: float = 15.0,
+             below_rule: BelowRule = "lloq_half") -> Quantified:
+    """Blank-correct, fit the standard curve, check recovery and back-calculate samples.
+
+    Standards whose back-calculated mean recovers outside ``recovery_window`` are excluded
+    one at a time (worst first) and the curve is refitted, while enough levels remain.
+    Samples are never extrapolated: responses below the LLOQ follow ``below_rule``
+    ('lloq_half': LLOQ/2 x dilution; 'lowest_standard': LLOQ x dilution; 'censor': NaN),
+    responses above the ULOQ are NaN; both are flagged.
+
+    Parameters
+    ----------
+    wells
+        Long table with columns ``well, kind, sample_id, concentration, dilution, value``.
+    model, weight_power
+        Curve model and weights 1/|y|^power (see :func:`fit_logistic`).
+    recovery_window
+        Accepted back-calculated recovery of standards, in percent.
+    max_cv_pct
+        Replicate CV above this is flagged (intra-assay).
+    below_rule
+        Value reported below the LLOQ.
+
+    Returns
+    -------
+    Quantified
+
+    Raises
+    ------
+    ValueError
+        Missing columns or too few standard levels.
+    """
+    missing = [c for c in WELL_COLUMNS if c not in wells.columns]
+    if missing:
+        raise ValueError(f"well table lacks column(s) {missing}")
+    wells = wells.copy()
+    blanks = wells.loc[wells["kind"] == "blank", "value"]
+    wells["signal"] = wells["value"] - (blanks.mean() if len(blanks) else 0.0)
+    std = wells[wells["kind"] == "standard"]
+    levels = (std.groupby("concentration")["signal"].agg(["mean", _cv]).rename(
+        columns={"mean": "response", "_cv": "cv_pct"}).reset_index())
+    used = np.ones(len(levels), dtype=bool)
+    n_min = 4 if model == "4pl" else 5
+    conc = levels["concentration"].to_numpy()
+
+    def fit_on(mask: np.ndarray) -> tuple[LogisticCurve, np.ndarray]:
+        keep = std["concentration"].isin(conc[mask])
+        curve = fit_logistic(std.loc[keep, "concentration"], std.loc[keep, "signal"],
+                             model=model, weight_power=weight_power)
+        return curve, 100 * curve.concentration(levels["response"].to_numpy()) / conc
+
+    def outside(recovery: np.ndarray) -> np.ndarray:
+        return ~((recovery >= recovery_window[0]) & (recovery <= recovery_window[1]))
+
+    curve, recovery = fit_on(used)
+    while (outside(recovery) & used).any() and used.sum() > n_min:
+        # leave-one-out: drop the level whose removal leaves the fewest failing levels
+        # (then the smallest weighted RSS); a gross outlier distorts the whole curve, so
+        # "worst recovery first" would drop its innocent neighbours instead
+        best = None
+        for i in np.flatnonzero(used):
+            trial = used.copy()
+            trial[i] = False
+            trial_curve, trial_recovery = fit_on(trial)
+            score = (int((outside(trial_recovery) & trial).sum()), trial_curve.rss)
+            if best is None or score < best[0]:
+                best = (score, i, trial_curve, trial_recovery)
+        _, drop, curve, recovery = best
+        used[drop] = False
+    back = recovery * conc / 100
+    levels["back_calculated"] = back
+    levels["recovery_pct"] = recovery
+    levels["used"] = used
+    lloq = float(levels.loc[used, "concentration"].min())
+    uloq = float(levels.loc[used, "concentration"].max())
+    samples = _samples(wells, curve, lloq, uloq, max_cv_pct, below_rule)
+    return Quantified(curve, levels, samples, lloq, uloq)
+
+
+def _samples(wells: pd.DataFrame, curve: LogisticCurve, lloq: float, uloq: float,
+             max_cv_pct: float, below_rule: BelowRule) -> pd.DataFrame:
+    rows = []
+    y_lloq, y_uloq = curve.response(lloq), curve.response(uloq)
+    increasing = y_uloq > y_lloq
+    for (sample_id, dilution), group in wells[wells["kind"] == "sample"].groupby(
+            ["sample_id", "dilution"], sort=False):
+        response = float(group["signal"].mean())
+        cv = _cv(group["signal"])
+        below = response < y_lloq if increasing else response > y_lloq
+        above = response > y_uloq if increasing else response < y_uloq
+        flag = "<LLOQ" if below else ">ULOQ" if above else ""
+        if below:
+            value = {"lloq_half": lloq / 2, "lowest_standard": lloq,
+                     "censor": np.nan}[below_rule] * dilution
+        elif above:
+            value = np.nan
+        else:
+            value = float(curve.concentration(response)) * dilution
+        rows.append({"sample_id": sample_id, "dilution": dilution, "response": response,
+                     "cv_pct": cv, "concentration": value, "flag": flag,
+                     "cv_flag": bool(np.isfinite(cv) and cv > max_cv_pct)})
+    return pd.DataFrame(rows, columns=["sample_id", "dilution", "response", "cv_pct",
+                                       "concentration", "flag", "cv_flag"])

@@ -1,0 +1,247 @@
+"""Flow cytometry on the real FCS files of ../shared/data/flow."""
+
+from __future__ import annotations
+
+import flowkit as fk
+import numpy as np
+import pandas as pd
+import pytest
+
+from blood.errors import BloodInputError
+from blood.flow.compensate import compensate, file_spillover, read_matrix
+from blood.flow.gates import GatesFile, build_strategy, load_gating, read_gates_yaml
+from blood.flow.pipeline import analyse_fcs, flow_features
+from blood.flow.plots import channel_values
+from blood.flow.populations import BeadCounting, add_absolute_counts
+from blood.flow.qc import acquisition_qc
+from blood.flow.read import read_fcs
+from blood.flow.transforms import TransformSpec, make_transform
+
+# (folder/file, FCS version, events, parameters) as documented in flow/SOURCE.txt
+FILES = [
+    ("fcsparser/FCS_3.0_Fortessa_PBS_Specimen_001_A1_A01.fcs", "3.0", 11585, 11),
+    ("fcsparser/HTS_BD_LSR_II_Mixed_Specimen_001_D6_D06.fcs", "3.0", 14945, 11),
+    ("fcsparser/Cytek_xP5.fcs", "3.0", 23126, 8),
+    ("fcsparser/Sample_Well_A02.fcs", "2.0", 37395, 8),
+    ("fcsparser/cyflow_cube_8.fcs", "3.0", 725, 10),
+    ("fcsparser/EY_2013-07-19_PBS_FCS_3.1_Well_A1.001.fcs", "3.1", 10000, 19),
+    ("flowkit/100715.fcs", "2.0", 65016, 16),
+]
+TCELL = "flowkit/100715.fcs"
+
+
+@pytest.fixture(scope="module")
+def gates_yaml(project_root):
+    return project_root / "configs" / "gates" / "tcell_100715.yaml"
+
+
+@pytest.fixture(scope="module")
+def tcell(shared_data):
+    return read_fcs(shared_data / "flow" / TCELL)
+
+
+@pytest.mark.parametrize(("name", "version", "events", "params"), FILES)
+def test_every_fcs_file_reads(shared_data, name, version, events, params):
+    fcs = read_fcs(shared_data / "flow" / name)
+    assert fcs.version == version
+    assert fcs.event_count == events
+    assert len(fcs.channels) == params
+    assert np.isfinite(fcs.sample.get_events(source="raw")).all()
+
+
+def test_quirky_files_are_read_and_the_quirk_recorded(shared_data):
+    miltenyi = read_fcs(shared_data / "flow/fcsparser/EY_2013-07-19_PBS_FCS_3.1_Well_A1.001.fcs")
+    assert any("offset" in q for q in miltenyi.quirks)
+    cytek = read_fcs(shared_data / "flow/fcsparser/Cytek_xP5.fcs")  # 24-bit integers
+    assert any("bit width" in q for q in cytek.quirks)
+    raw = cytek.sample.get_events(source="raw")
+    # a right decoding gives a non-decreasing time channel and 10-bit scatter values
+    assert np.all(np.diff(raw[:, cytek.sample.time_index]) >= 0)
+    fsc = raw[:, cytek.channels.index("FSC")]
+    assert fsc.min() >= 0 and fsc.max() <= 1023 and np.unique(fsc).size > 100
+
+
+def test_clean_file_has_no_quirks(tcell):
+    assert tcell.quirks == ()
+
+
+def test_missing_and_corrupt_files_name_the_file(tmp_path):
+    with pytest.raises(BloodInputError, match="not found"):
+        read_fcs(tmp_path / "absent.fcs")
+    bad = tmp_path / "bad.fcs"
+    bad.write_bytes(b"FCS3.0  garbage" * 10)
+    with pytest.raises(BloodInputError, match="bad.fcs"):
+        read_fcs(bad)
+
+
+def test_compensation_agrees_with_flowkit_and_with_the_matrix_inverse(tcell, shared_data):
+    matrix = file_spillover(tcell.sample)
+    assert matrix is not None and len(matrix.detectors) == 13
+    ours = compensate(tcell.sample, matrix)
+    reference = fk.Sample(shared_data / "flow" / TCELL)
+    reference.apply_compensation(reference.metadata["spill"])
+    np.testing.assert_allclose(ours, reference.get_events(source="comp"), rtol=1e-10)
+    # independent check: compensated = raw @ inv(spillover) on the fluorescence channels
+    raw = tcell.sample.get_events(source="raw")
+    idx = [tcell.channels.index(d) for d in matrix.detectors]
+    np.testing.assert_allclose(ours[:, idx], raw[:, idx] @ np.linalg.inv(matrix.matrix),
+                               rtol=1e-8, atol=1e-6)
+
+
+def test_transforms_agree_with_flowkit(tcell, shared_data):
+    reference = fk.Sample(shared_data / "flow" / TCELL)
+    reference.apply_compensation(reference.metadata["spill"])
+    flowkit_xform = fk.transforms.LogicleTransform(param_t=262144, param_w=0.5, param_m=4.5,
+                                                   param_a=0)
+    reference.apply_transform(flowkit_xform)
+    ours = make_transform(TransformSpec(type="logicle", t=262144, w=0.5, m=4.5, a=0))
+    comp = compensate(tcell.sample, file_spillover(tcell.sample))
+    fluoro = tcell.sample.fluoro_indices
+    np.testing.assert_allclose(ours.apply(comp[:, fluoro]),
+                               reference.get_events(source="xform")[:, fluoro], rtol=1e-10)
+    asinh = make_transform(TransformSpec(type="asinh", t=262144, m=4.5, a=0))
+    values = comp[:1000, fluoro]
+    back = asinh.inverse(asinh.apply(values))
+    np.testing.assert_allclose(back, values, rtol=1e-6, atol=1e-6)
+    # monotone: ordering of events is kept
+    column = values[:, 0]
+    assert np.all(np.diff(ours.apply(np.sort(column).reshape(-1, 1)).ravel()) >= 0)
+
+
+def test_supplied_spillover_csv_is_read_and_checked(shared_data, tcell):
+    matrix = read_matrix(shared_data / "flow/flowkit/8_color_den_comp.csv")
+    assert matrix.matrix.shape == (8, 8)
+    assert matrix.detectors[0] == "TNFa FITC FLR-A"
+    with pytest.raises(BloodInputError, match="not channels of"):
+        compensate(tcell.sample, matrix)
+
+
+def test_compensated_gate_maps_to_compensated_data(tcell, gates_yaml):
+    """A gate on compensated logicle CD3 counts exactly the events numpy finds there."""
+    gating = load_gating(gates_yaml)
+    results = gating.strategy.gate_sample(tcell.sample)
+    live = np.asarray(results.get_gate_membership("live"))
+    gate = gating.strategy.get_gate("cd3")
+    cd3_values = channel_values(tcell.sample, gating.strategy, gate.dimensions[0])
+    expected = int((live & (cd3_values >= 0.3)).sum())
+    assert results.get_gate_count("cd3") == expected
+    raw_values = tcell.sample.get_events(source="raw")[:, tcell.channels.index("R780-A")]
+    uncompensated = make_transform(TransformSpec(type="logicle")).apply(
+        raw_values.reshape(-1, 1)).ravel()
+    assert int((live & (uncompensated >= 0.3)).sum()) != expected  # compensation matters
+
+
+def test_yaml_gates_give_plausible_and_stable_cd4_cd8(tcell, gates_yaml, tmp_path):
+    result = analyse_fcs(tcell.path, gates_yaml, tmp_path, plots=False)
+    table = result.populations.set_index("population")
+    cd4, cd8 = table.loc["cd4", "pct_parent"], table.loc["cd8", "pct_parent"]
+    assert table.loc["cd4", "parent"] == "cd3" and table.loc["cd8", "parent"] == "cd3"
+    assert 40 < cd4 < 85 and 10 < cd8 < 50 and cd4 + cd8 <= 100
+    assert 1 < cd4 / cd8 < 6  # healthy adult CD4:CD8 ratio range, widened
+    # boolean gate: cd4 and cd8 are disjoint, so 'or' is their sum
+    assert table.loc["cd4_or_cd8", "count"] == table.loc["cd4", "count"] + table.loc["cd8",
+                                                                                      "count"]
+    # quadrant children of cd4 partition it
+    quadrants = ["cd4_naive", "cd4_tcm", "cd4_tem", "cd4_temra"]
+    assert table.loc[quadrants, "count"].sum() == table.loc["cd4", "count"]
+    np.testing.assert_allclose(table["pct_total"], 100 * table["count"] / tcell.event_count)
+    # stability: moving the CD4 threshold by +/-0.02 logicle units moves CD4 by < 8 points
+    spec = read_gates_yaml(gates_yaml)
+    for shift in (-0.02, 0.02):
+        gates = [g if g.id != "cd4" else g.model_copy(update={"dimensions": [
+            g.dimensions[0].model_copy(update={"min": g.dimensions[0].min + shift}),
+            g.dimensions[1]]}) for g in spec.gates]
+        strategy = build_strategy(spec.model_copy(update={"gates": gates}),
+                                  base=gates_yaml.parent)
+        moved = strategy.gate_sample(tcell.sample)
+        assert abs(moved.get_gate_relative_percent("cd4") - cd4) < 8
+
+
+def test_same_input_same_numbers(tcell, gates_yaml, tmp_path):
+    first = analyse_fcs(tcell.path, gates_yaml, tmp_path / "a", plots=False).populations
+    second = analyse_fcs(tcell.path, gates_yaml, tmp_path / "b", plots=False).populations
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_gatingml_round_trip_gives_the_same_populations(tcell, gates_yaml, tmp_path):
+    gating = load_gating(gates_yaml)
+    xml = tmp_path / "gates.xml"
+    with xml.open("wb") as handle:
+        fk.export_gatingml(gating.strategy, handle)
+    from_yaml = analyse_fcs(tcell.path, gates_yaml, tmp_path / "y", plots=False).populations
+    from_xml = analyse_fcs(tcell.path, xml, tmp_path / "x", plots=False).populations
+    assert load_gating(xml).source == "gatingml"
+    pd.testing.assert_frame_equal(from_yaml.sort_values("population").reset_index(drop=True),
+                                  from_xml.sort_values("population").reset_index(drop=True))
+
+
+def test_outputs_and_plots_are_written(tcell, gates_yaml, tmp_path):
+    result = analyse_fcs(tcell.path, gates_yaml, tmp_path)
+    assert (tmp_path / "populations.csv").is_file() and (tmp_path / "qc.json").is_file()
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert "gate_cd3.png" in pngs and "gate_cd4_memory.png" in pngs
+    on_disk = pd.read_csv(tmp_path / "populations.csv")
+    assert list(on_disk.columns[:5]) == ["population", "parent", "count", "pct_parent",
+                                         "pct_total"]
+    assert on_disk["count"].tolist() == result.populations["count"].tolist()
+
+
+def test_bead_absolute_counts(tcell, gates_yaml, tmp_path):
+    # stand-in bead gate on the real file: only the arithmetic is under test here
+    beads = BeadCounting("cd8_cd57", beads_per_test=50_000, sample_volume_ul=50)
+    table = analyse_fcs(tcell.path, gates_yaml, tmp_path, beads=beads,
+                        plots=False).populations.set_index("population")
+    bead_events = table.loc["cd8_cd57", "count"]
+    expected = table.loc["cd3", "count"] / bead_events * 50_000 / 50
+    assert table.loc["cd3", "cells_per_ul"] == pytest.approx(expected)
+    assert table.loc["cd8_cd57", "cells_per_ul"] == pytest.approx(1000.0)
+    with pytest.raises(BloodInputError, match="bead gate 'nope'"):
+        add_absolute_counts(table.reset_index(), BeadCounting("nope", 1, 1), source="f")
+
+
+def test_acquisition_qc_flags(shared_data):
+    small = acquisition_qc(read_fcs(shared_data / "flow/fcsparser/cyflow_cube_8.fcs").sample)
+    assert small.events == 725 and any("events" in f for f in small.flags)
+    clean = acquisition_qc(read_fcs(shared_data / "flow/fcsparser/Sample_Well_A02.fcs").sample)
+    assert clean.flags == () and clean.rate_cv < 0.3
+    saturated = acquisition_qc(read_fcs(
+        shared_data / "flow/fcsparser/HTS_BD_LSR_II_Mixed_Specimen_001_D6_D06.fcs").sample)
+    assert saturated.margin_fraction > 0.05 and any("margin" in f for f in saturated.flags)
+
+
+def test_gates_for_other_channels_fail_with_the_file_named(shared_data, gates_yaml, tmp_path):
+    cytek = shared_data / "flow/fcsparser/Cytek_xP5.fcs"
+    with pytest.raises(BloodInputError, match="Cytek_xP5.fcs.*do not fit"):
+        analyse_fcs(cytek, gates_yaml, tmp_path, plots=False)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("gates: [{id: a, type: rectangle, dimensions: [{channel: FSC-A, min: 1}]}, "
+     "{id: b, parent: zz, type: rectangle, dimensions: [{channel: FSC-A, min: 1}]}]",
+     "parent 'zz'"),
+    ("gates: [{id: a, type: rectangle, dimensions: [{channel: FSC-A, transform: t}]}]",
+     "transform 't'"),
+    ("gates: [{id: a, type: ellipse}]", "gates.0.type"),
+    ("gates: [{id: a, type: rectangle, colour: red}]", "colour"),
+    ("gates: [{id: a, type: polygon, x: {channel: A}, y: {channel: B}, "
+     "vertices: [[0, 0], [1, 1]]}]", "at least 3 vertices"),
+])
+def test_invalid_yaml_gates_are_refused_clearly(tmp_path, text, message):
+    path = tmp_path / "gates.yaml"
+    path.write_text(text)
+    with pytest.raises(BloodInputError, match=message):
+        load_gating(path)
+
+
+def test_features_from_populations():
+    table = pd.DataFrame({"population": ["cd3", "cd8"], "parent": ["root", "cd3"],
+                          "count": [200, 50], "pct_parent": [20.0, 25.0],
+                          "pct_total": [20.0, 5.0]})
+    from blood.config import FlowFeature
+
+    values = flow_features(table, [FlowFeature(name="flow_cd8_pct_cd3", population="cd8",
+                                               of="cd3")], source="f")
+    assert values == {"flow_cd8_pct_cd3": 25.0}
+    with pytest.raises(BloodInputError, match="population 'treg'"):
+        flow_features(table, [FlowFeature(name="x", population="treg", of="cd3")], source="f")
+    assert isinstance(GatesFile.model_json_schema(), dict)
