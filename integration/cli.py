@@ -98,6 +98,55 @@ def slides_features(
         raise typer.Exit(code=1)
 
 
+@slides_app.command("qc")
+def slides_qc(
+    out: Path = typer.Argument(..., help="Run folder of 'hccbio slides run'."),
+    config: Path | None = typer.Option(None, "--config", help="pathology YAML (qc section)."),
+) -> None:
+    """Slide QC of every finished slide: qc/ folders, OUT/qc/qc_summary.csv and index.html."""
+    from pathology.config import ConfigError, load_config
+    from pathology.qc.run import run_qc
+    from pathology.qc.summary import write_qc_summary
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as error:
+        _fail(str(error))
+    if not (out / "slides").is_dir():
+        _fail(f"{out}: no slides/ folder (run 'hccbio slides run' first)")
+    statuses = run_qc(out, config=cfg)
+    summary = write_qc_summary(out)
+    for sample_id, status in statuses.items():
+        typer.echo(f"{sample_id:24s} {status}")
+    typer.echo(f"{len(statuses)} slide(s); summary: {summary}, page: "
+               f"{summary.with_name('index.html')}")
+    if any(s.startswith("failed") for s in statuses.values()):
+        raise typer.Exit(code=1)
+
+
+@app.command("review")
+def review(
+    out: Path = typer.Argument(..., help="Run folder (with slides/*/qc from 'slides qc')."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback "
+                                      "--host (anyone who can reach it can review)."),
+    reviewer: str = typer.Option("", "--reviewer", help="Default reviewer name in the form."),
+) -> None:
+    """Review slides in the browser: QC flags, deep-zoom viewer, overlays, approve / reject."""
+    from pathology.review.server import BindError, check_bind, serve
+
+    try:
+        check_bind(host, allow_remote=allow_remote)
+        if not (out / "slides").is_dir():
+            raise FileNotFoundError(f"{out}: no slides/ folder (run 'hccbio slides run' "
+                                    "first)")
+        typer.echo(f"review app on http://{host}:{port}/ (Ctrl-C to stop)")
+        serve(out, host=host, port=port, allow_remote=allow_remote, reviewer=reviewer)
+    except (BindError, FileNotFoundError) as error:
+        _fail(str(error))
+
+
 @rnaseq_app.command("run")
 def rnaseq_run(
     manifest: Path = typer.Argument(..., help="Study manifest (samples.csv)."),

@@ -44,6 +44,7 @@ from pathology.pipeline import (
     process_tiles,
 )
 from pathology.progress import BatchProgress
+from pathology.qc.summary import write_qc_summary
 from pathology.slide import SlideError
 from pathology.store import atomic_write_text
 
@@ -197,6 +198,7 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
         finished = [r.sample_id for r in results if r.status != "failed"]
         if finished:
             write_run_features(out, sample_ids=finished)
+            write_qc_summary(out)
         _write_run_json(out, jobs, config, model_record, results, started_at, scheduler)
     return results
 

@@ -195,6 +195,78 @@ class SpatialSection(_Section):
                                                ">= this (cells/mm^2); else desert.")
 
 
+class QcSection(_Section):
+    """Slide QC: artefacts, stain and nuclei checks, overlays (``hccbio slides qc``).
+
+    Fractions are of the slide's tissue area. Every flag in ``qc/qc.json`` names the metric,
+    its value and the threshold below that made it fire (docs/qc_review.md).
+    """
+
+    overview_mpp: float = Field(4.0, gt=0, description="Resolution (um/px) of the overview on "
+                                "which pen, dark and bright areas are found and overlays drawn.")
+    focus_mpp: float = Field(0.5, gt=0, description="Resolution (um/px) at which focus is "
+                             "measured (variance of the Laplacian of intensity in [0, 1]).")
+    focus_tile_um: float = Field(128.0, gt=0, description="Side (um) of the square focus tiles.")
+    focus_min_tissue_fraction: float = Field(0.5, gt=0, le=1, description="Tiles with less "
+                                             "tissue than this are not scored for focus.")
+    focus_max_tiles: int = Field(2000, ge=1, description="At most this many tiles are read for "
+                                 "focus; a larger slide is scored on a regular sub-lattice, "
+                                 "each scored tile standing for its block.")
+    focus_min_laplacian_var: float = Field(0.0015, gt=0, description="A tile is out of focus "
+                                           "when the variance of the Laplacian over its "
+                                           "tissue pixels is below this (calibrated: sharp "
+                                           "H&E >= 0.005, Gaussian blur sigma 1 um <= 0.001).")
+    focus_max_fraction: float = Field(0.1, ge=0, le=1, description="Flag 'focus' when the "
+                                      "out-of-focus fraction of scored tissue exceeds this.")
+    pen_hue_range: tuple[float, float] = Field((0.10, 0.65), description="Brightfield: HSV "
+                                               "hues of marker ink (yellow-green-cyan-blue); "
+                                               "H&E tissue lies at 0.70-0.95.")
+    pen_min_saturation: float = Field(0.3, ge=0, le=1, description="Ink is at least this "
+                                      "saturated (HSV).")
+    pen_min_area_um2: float = Field(5000.0, ge=0, description="Ink pieces smaller than this "
+                                    "are ignored.")
+    pen_max_fraction: float = Field(0.0, ge=0, le=1, description="Flag 'pen' when the ink "
+                                    "fraction of tissue exceeds this (0: any ink).")
+    dark_min_od: float = Field(0.7, gt=0, description="Brightfield: mean RGB optical density "
+                               "above which an area is a fold or very dark (H&E tissue is "
+                               "0.1-0.6 at the overview resolution; a fold doubles it).")
+    dark_min_area_um2: float = Field(5000.0, ge=0, description="Dark pieces smaller than this "
+                                     "are ignored.")
+    dark_max_fraction: float = Field(0.02, ge=0, le=1, description="Flag 'dark' when folds "
+                                     "and very dark areas exceed this fraction of tissue.")
+    bright_max_od: float = Field(0.04, gt=0, description="Brightfield: inside the tissue mask, "
+                                 "mean optical density below this is glass (bubble, tear).")
+    bright_edge_um: float = Field(40.0, ge=0, description="Bright areas are sought this far "
+                                  "(um) inside the tissue border, so the glass that the tissue "
+                                  "mask's closing takes in is not counted.")
+    bright_min_area_um2: float = Field(5000.0, ge=0, description="Bright pieces smaller than "
+                                       "this (vessels, fat vacuoles) are ignored.")
+    bright_max_fraction: float = Field(0.05, ge=0, le=1, description="Flag 'bright' when "
+                                       "bright areas exceed this fraction of tissue.")
+    hematoxylin_median_od_range: tuple[float, float] = Field(
+        (0.05, 0.8), description="Brightfield: flag 'stain' when the median hematoxylin OD "
+        "of clean tissue (overview pixels) is outside this range (under- or over-stained).")
+    saturated_max_fraction: float = Field(0.01, ge=0, le=1, description="Fluorescence: flag "
+                                          "'stain' when more than this fraction of tissue "
+                                          "pixels is saturated in a channel.")
+    nuclei_density_range: tuple[float, float] = Field(
+        (500.0, 20000.0), description="Flag 'nuclei_density' when nuclei per mm^2 of clean "
+        "tissue fall outside this range.")
+    nuclear_area_range_um2: tuple[float, float] = Field(
+        (10.0, 150.0), description="Flag 'nuclear_area' when the median nuclear area (um^2) "
+        "falls outside this range (wrong pixel size or failed segmentation).")
+    overlay_max_points: int = Field(200_000, ge=1000, description="Detections overlay: at most "
+                                    "this many cells are drawn (a seeded random sample).")
+    density_bin_um: float = Field(100.0, gt=0, description="Bin side (um) of the density "
+                                  "heatmaps.")
+    crops: int = Field(3, ge=0, le=12, description="Number of full-resolution crops, spread "
+                       "over the tissue by farthest-point sampling.")
+    crop_um: float = Field(200.0, gt=0, description="Side (um) of each crop (at most 1024 "
+                           "level-0 pixels are read).")
+    geojson_decimals: int = Field(2, ge=0, le=6, description="Decimals of the level-0 pixel "
+                                  "coordinates in the GeoJSON exports.")
+
+
 class PathologyConfig(_Section):
     """All settings of the slide pipeline."""
 
@@ -207,6 +279,7 @@ class PathologyConfig(_Section):
     regions: RegionsSection = RegionsSection()
     spatial: SpatialSection = SpatialSection()
     batch: BatchSection = BatchSection()
+    qc: QcSection = QcSection()
 
     DOWNSTREAM: ClassVar[tuple[str, ...]] = ("batch", "phenotypes", "regions", "spatial",
                                              "qc")

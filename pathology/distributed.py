@@ -141,23 +141,31 @@ def task_finalize(plan: SlidePlan, out: Path, config: PathologyConfig, seconds: 
 
 
 def post_process_slide(job: SlideJob, out: Path, config: PathologyConfig) -> str:
-    """Everything computed from a finished slide's cells: phenotypes, regions, features.
+    """Everything computed from a finished slide's cells: phenotypes, regions, features, QC.
 
     Returns
     -------
     str
-        Empty when all steps succeeded, else the reason (the cells are kept either way, and
-        ``hccbio slides features OUT`` recomputes these steps alone).
+        Empty when all steps succeeded, else the reasons (the cells are kept either way;
+        ``hccbio slides features OUT`` and ``hccbio slides qc OUT`` redo these steps alone).
     """
     from pathology.features import compute_slide_features
     from pathology.panels import PanelError
+    from pathology.qc.run import QcError, run_slide_qc
+    from pathology.slide import SlideError
 
+    problems = []
     try:
         compute_slide_features(out, job.sample_id, modality=job.modality, stain=job.stain,
                                config=config)
     except (PanelError, ValueError, OSError, KeyError) as error:
-        return f"features: {' '.join(str(error).split())}"
-    return ""
+        problems.append(f"features: {' '.join(str(error).split())}")
+    try:
+        run_slide_qc(out, job.sample_id, slide_path=job.path, manifest_mpp=job.mpp,
+                     config=config, modality=job.modality)
+    except (QcError, SlideError, ValueError, OSError) as error:
+        problems.append(f"qc: {' '.join(str(error).split())}")
+    return "; ".join(problems)
 
 
 def tile_batches(plan: SlidePlan, size: int) -> list[list[int]]:

@@ -1,0 +1,1 @@
+"""Slide QC: artefact and stain metrics with flags, overlays, QuPath GeoJSON, summary."""

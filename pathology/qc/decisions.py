@@ -1,0 +1,149 @@
+"""The pathologist's sign-off log, ``OUT/qc/review.csv``: append-only, atomic, restart-safe.
+
+Each decision is one row ``sample_id, decision, reviewer, time, comment``; the latest row of
+a slide wins. Appending rewrites the file through a temporary file and ``os.replace`` under
+an exclusive lock, so a crash never leaves a half-written row and two writers never lose
+each other's rows. Downstream tables drop the slides in :func:`rejected_samples`.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import os
+import re
+import threading
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+REVIEW_FILE = "review.csv"
+REVIEW_COLUMNS = ("sample_id", "decision", "reviewer", "time", "comment")
+DECISIONS = ("approved", "rejected")
+SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_COMMENT = 2000
+MAX_REVIEWER = 100
+_LOCK = threading.Lock()
+
+
+class ReviewError(ValueError):
+    """A decision is invalid or the log cannot be read; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One row of ``review.csv``."""
+
+    sample_id: str
+    decision: str
+    reviewer: str
+    time: str
+    comment: str
+
+
+def valid_sample_id(sample_id: str) -> bool:
+    """Whether ``sample_id`` is a safe folder name (letters, digits, ``._-``, no ``..``)."""
+    return bool(SAMPLE_ID_RE.fullmatch(sample_id)) and ".." not in sample_id
+
+
+def review_path(out: Path) -> Path:
+    """``OUT/qc/review.csv``."""
+    return Path(out) / "qc" / REVIEW_FILE
+
+
+def read_decisions(out: Path) -> list[Decision]:
+    """Every decision in file order (empty when no review has been made).
+
+    Raises
+    ------
+    ReviewError
+        The file exists but lacks the expected columns.
+    """
+    path = review_path(out)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != REVIEW_COLUMNS:
+            raise ReviewError(f"{path}: expected columns {', '.join(REVIEW_COLUMNS)}, found "
+                              f"{', '.join(reader.fieldnames or [])}")
+        return [Decision(**{k: row[k] or "" for k in REVIEW_COLUMNS}) for row in reader]
+
+
+def latest_decisions(out: Path) -> dict[str, Decision]:
+    """The latest decision of each slide."""
+    return {d.sample_id: d for d in read_decisions(out)}
+
+
+def rejected_samples(out: Path) -> set[str]:
+    """Slides whose latest decision is ``rejected``: downstream tables exclude them."""
+    return {s for s, d in latest_decisions(out).items() if d.decision == "rejected"}
+
+
+def _clean(text: str, limit: int) -> str:
+    text = "".join(ch if ch.isprintable() or ch in "\n" else " " for ch in str(text))
+    return text.strip()[:limit]
+
+
+def append_decision(out: Path, sample_id: str, *, decision: str, reviewer: str,
+                    comment: str = "", when: datetime | None = None) -> Decision:
+    """Append one decision to ``OUT/qc/review.csv`` atomically.
+
+    Parameters
+    ----------
+    out
+        The run folder.
+    sample_id
+        The slide.
+    decision
+        ``approved`` or ``rejected``.
+    reviewer
+        Who decided (required).
+    comment
+        Free text (required when rejecting), at most 2000 characters.
+    when
+        Time of the decision (default: now, UTC).
+
+    Returns
+    -------
+    Decision
+
+    Raises
+    ------
+    ReviewError
+        Invalid sample id, decision or reviewer, or a rejection without a comment.
+    """
+    if not valid_sample_id(sample_id):
+        raise ReviewError(f"invalid sample id {sample_id!r}")
+    if decision not in DECISIONS:
+        raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
+    reviewer = _clean(reviewer, MAX_REVIEWER)
+    comment = _clean(comment, MAX_COMMENT)
+    if not reviewer:
+        raise ReviewError("a reviewer name is required")
+    if decision == "rejected" and not comment:
+        raise ReviewError("a rejection needs a comment saying why")
+    stamp = (when or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    row = Decision(sample_id, decision, reviewer, stamp, comment)
+    path = review_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _LOCK, open(path.with_name(f".{REVIEW_FILE}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            existing = path.read_bytes() if path.is_file() else b""
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=REVIEW_COLUMNS, lineterminator="\n")
+            if not existing:
+                writer.writeheader()
+            writer.writerow(asdict(row))
+            data = existing + (b"" if not existing or existing.endswith(b"\n") else b"\n")
+            tmp = path.with_name(f".{REVIEW_FILE}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as handle:
+                handle.write(data + buffer.getvalue().encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return row

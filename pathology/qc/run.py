@@ -1,0 +1,281 @@
+"""QC of one finished slide: metrics and flags, overlays and QuPath exports in ``qc/``.
+
+Called by the batch after each slide (:func:`run_slide_qc`) and by ``hccbio slides qc OUT``
+for a whole run folder (:func:`run_qc`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pathology.config import PathologyConfig
+from pathology.qc import geojson, overlays
+from pathology.qc.artefacts import ARTEFACTS
+from pathology.qc.decisions import valid_sample_id
+from pathology.qc.metrics import SlideQc, slide_qc
+from pathology.qc.shapes import REGION_CODES, mask_polygons, region_raster
+from pathology.slide import Slide
+from pathology.store import atomic_write_text
+
+log = logging.getLogger("hccbio.pathology")
+
+QC_DIR = "qc"
+QC_FILE = "qc.json"
+DETECTIONS_FILE = "detections.geojson"
+REGIONS_FILE = "regions.geojson"
+ARTEFACT_FILE = "artefact_mask.png"
+CELLS_FILE = "cells.parquet"
+CLASSES_FILE = "cell_classes.parquet"
+FEATURES_FILE = "features.json"
+KINDS = {"he": "brightfield", "ihc": "brightfield", "mif": "fluorescence"}
+QUPATH_NAMES = {"tumour": "Tumor", "margin": "Margin", "stroma": "Stroma"}
+VIEWER_LAYERS = {"tissue": "layer_tissue.png", "detections": "layer_detections.png",
+                 "regions": "layer_regions.png"}
+
+
+class QcError(ValueError):
+    """A slide cannot be checked; the message names the file and the problem."""
+
+
+def qc_digest(config: PathologyConfig) -> str:
+    """SHA-256 of the ``qc`` section (recorded in ``qc.json``)."""
+    text = json.dumps(config.qc.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _tissue_mask(folder: Path) -> tuple[np.ndarray, float]:
+    import zarr
+
+    path = folder / "store.zarr"
+    try:
+        array = zarr.open_group(str(path), mode="r")["tissue_mask"]
+        return np.asarray(array[...]).astype(bool), float(array.attrs["mpp"])
+    except (KeyError, FileNotFoundError, OSError, ValueError) as error:
+        raise QcError(f"{path}: no tissue_mask with an 'mpp' attribute ({error}); run "
+                      "'hccbio slides run' first") from error
+
+
+def _read_cells(folder: Path) -> pd.DataFrame | None:
+    path = folder / CELLS_FILE
+    if not path.is_file():
+        return None
+    names = pq.read_schema(path).names
+    wanted = [c for c in names if c in ("cell_id", "x_um", "y_um", "area_um2")
+              or (c.startswith("nucleus_") and (c.endswith("_od") or c.endswith("_mean")))]
+    wanted += ["phenotype", "region"]
+    batches = list(geojson.iter_cell_batches(path, classes_path=folder / CLASSES_FILE,
+                                             columns=wanted))
+    if not batches:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in ("x_um", "y_um", "area_um2")})
+    return pa.Table.from_batches(batches).to_pandas()
+
+
+def _kind(modality: str | None, slide: Slide) -> str:
+    if modality in KINDS:
+        return KINDS[modality]
+    info = slide.info
+    return "brightfield" if info.dtype == "uint8" and len(info.channels) == 3 else "fluorescence"
+
+
+def _region_features(qc: SlideQc, codes: np.ndarray):
+    mpp = qc.mpp
+    pixel_mm2 = mpp**2 / 1e6
+    yield "Tissue", mask_polygons(qc.tissue, mpp=mpp), {
+        "area_mm2": float(qc.tissue.sum() * pixel_mm2)}
+    for name, code in REGION_CODES.items():
+        mask = codes == code
+        if mask.any():
+            yield QUPATH_NAMES[name], mask_polygons(mask, mpp=mpp), {
+                "area_mm2": float(mask.sum() * pixel_mm2)}
+    for name in ARTEFACTS:
+        mask = qc.artefacts[name]
+        if mask.any():
+            yield f"Artefact: {name}", mask_polygons(mask, mpp=mpp), {
+                "area_mm2": float((mask & qc.tissue).sum() * pixel_mm2)}
+
+
+def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: float | None,
+                 config: PathologyConfig, modality: str | None = None) -> dict:
+    """Check one finished slide and write its ``OUT/slides/<id>/qc/`` folder.
+
+    Writes ``qc.json`` (metrics, every check with its reason, artefact areas), the artefact
+    mask (``artefact_mask.png``: bit 1 focus, 2 pen, 4 dark, 8 bright, on the overview grid),
+    the overlays (:mod:`pathology.qc.overlays`), ``detections.geojson`` (when the cells have
+    outlines) and ``regions.geojson`` (tissue, regions and artefacts as QuPath annotations).
+
+    Parameters
+    ----------
+    out
+        The run folder.
+    sample_id
+        The slide's sample id (``OUT/slides/<sample_id>`` must hold ``store.zarr``).
+    slide_path
+        The slide file.
+    manifest_mpp
+        The manifest's ``mpp`` for this slide, if any.
+    config
+        Resolved configuration (``slide`` to open the file, ``cells`` for the optical
+        density background, ``qc`` for thresholds and overlays).
+    modality
+        ``he``, ``ihc`` or ``mif``; default: ``features.json``'s, else inferred from the
+        pixel type (8-bit RGB is brightfield).
+
+    Returns
+    -------
+    dict
+        The content of ``qc.json``.
+
+    Raises
+    ------
+    QcError
+        Invalid sample id, or no tissue mask (the slide was not run).
+    pathology.slide.SlideError
+        The slide cannot be opened or read.
+    """
+    if not valid_sample_id(sample_id):
+        raise QcError(f"invalid sample id {sample_id!r}")
+    folder = Path(out) / "slides" / sample_id
+    mask, mask_mpp = _tissue_mask(folder)
+    features_path = folder / FEATURES_FILE
+    record = json.loads(features_path.read_text()) if features_path.is_file() else {}
+    modality = modality or record.get("modality")
+    qcc = config.qc
+    cells = _read_cells(folder)
+    target = folder / QC_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    with Slide(slide_path, manifest_mpp=manifest_mpp, backend=config.slide.backend,
+               mpp_range=config.slide.mpp_range, mpp_tolerance=config.slide.mpp_tolerance
+               ) as slide:
+        kind = _kind(modality, slide)
+        nuclear = None
+        if kind == "fluorescence":
+            from pathology.pipeline import nuclear_channel_index
+
+            nuclear = nuclear_channel_index(slide.info.channels, config.slide.nuclear_channels)
+        qc = slide_qc(slide, mask, tissue_mpp=mask_mpp, kind=kind, cells=cells, config=qcc,
+                      nuclear=nuclear, background=config.cells.background_intensity)
+        overlays.save_png(target / ARTEFACT_FILE, qc.artefact_codes())
+        rgb = tuple(c.upper() for c in slide.info.channels[:3]) == ("R", "G", "B")
+        display = overlays.display_rgb(qc.overview, rgb=rgb)
+        overlays.write_thumbnail(display, target / "thumbnail.png")
+        overlays.write_tissue_artefacts(display, qc.tissue, qc.artefacts,
+                                        target / "tissue_artefacts.png",
+                                        target / VIEWER_LAYERS["tissue"], mpp=qc.mpp)
+        has_cells = cells is not None and len(cells) > 0
+        classes = (cells["phenotype"].astype(str).to_numpy()
+                   if has_cells and "phenotype" in cells else
+                   np.full(len(cells) if cells is not None else 0, geojson.NUCLEUS_CLASS))
+        colors = overlays.class_colors(np.unique(classes))
+        x_um = cells["x_um"].to_numpy() if has_cells else np.zeros(0)
+        y_um = cells["y_um"].to_numpy() if has_cells else np.zeros(0)
+        overlays.write_detections(display, x_um, y_um, classes,
+                                  target / "detections.png", target / VIEWER_LAYERS["detections"],
+                                  mpp=qc.mpp, max_points=qcc.overlay_max_points)
+        codes = (region_raster(x_um, y_um, cells["region"].to_numpy(), qc.tissue, mpp=qc.mpp)
+                 if has_cells and "region" in cells else np.zeros(qc.tissue.shape, np.uint8))
+        overlays.write_regions(display, codes, target / "regions.png",
+                               target / VIEWER_LAYERS["regions"], mpp=qc.mpp)
+        overlays.write_density(x_um, y_um, classes, qc.clean, target / "density.png",
+                               mpp=qc.mpp, bin_um=qcc.density_bin_um)
+        centres = overlays.crop_centres(qc.clean if qc.clean.any() else qc.tissue,
+                                        n=qcc.crops, mpp=qc.mpp)
+        cells_path = folder / CELLS_FILE
+        has_polygons = cells_path.is_file() and "poly_x_um" in pq.read_schema(cells_path).names
+        batches = (geojson.iter_cell_batches(
+            cells_path, classes_path=folder / CLASSES_FILE,
+            columns=["x_um", "y_um", "poly_x_um", "poly_y_um", "phenotype"])
+            if has_polygons else None)
+        crops = overlays.write_crops(slide, centres, batches, target, crop_um=qcc.crop_um,
+                                     colors=colors, rgb=rgb,
+                                     scales=None if rgb else overlays.channel_scales(qc.overview))
+        info = slide.info
+    n_detections = None
+    if has_polygons:
+        n_detections = geojson.write_detections(
+            cells_path, target / DETECTIONS_FILE, mpp_x=info.pixel_size.mpp_x,
+            mpp_y=info.pixel_size.mpp_y, classes_path=folder / CLASSES_FILE, colors=colors,
+            decimals=qcc.geojson_decimals)
+    region_colors = {**{QUPATH_NAMES[k]: overlays.FIXED_COLORS[k] for k in QUPATH_NAMES},
+                     "Tissue": overlays.FIXED_COLORS["tissue"],
+                     **{f"Artefact: {k}": overlays.FIXED_COLORS[k] for k in ARTEFACTS}}
+    n_regions = geojson.write_annotations(
+        _region_features(qc, codes), target / REGIONS_FILE, mpp_x=info.pixel_size.mpp_x,
+        mpp_y=info.pixel_size.mpp_y, colors=region_colors, decimals=qcc.geojson_decimals)
+    fired = qc.fired
+    result = {
+        "sample_id": sample_id, "modality": modality, "kind": kind,
+        "status": "flagged" if fired else "pass",
+        "flags": [f.name for f in fired],
+        "reasons": [f.reason for f in fired],
+        "checks": [f.to_json() for f in qc.flags],
+        "metrics": qc.metrics,
+        "slide": {"path": str(info.path), "backend": info.backend,
+                  "dimensions": list(info.dimensions), "mpp_x": info.pixel_size.mpp_x,
+                  "mpp_y": info.pixel_size.mpp_y, "channels": list(info.channels)},
+        "overview_shape": list(qc.tissue.shape),
+        "files": {"thumbnail": "thumbnail.png", "tissue_artefacts": "tissue_artefacts.png",
+                  "detections": "detections.png", "regions": "regions.png",
+                  "density": "density.png", "artefact_mask": ARTEFACT_FILE,
+                  "layers": VIEWER_LAYERS, "crops": crops,
+                  "detections_geojson": DETECTIONS_FILE if has_polygons else None,
+                  "regions_geojson": REGIONS_FILE},
+        "n_detections": n_detections, "n_region_annotations": n_regions,
+        "classes": {name: [int(255 * c) for c in colors[name]] for name in colors},
+        "qc_config": config.qc.model_dump(mode="json"),
+        "qc_config_sha256": qc_digest(config),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(target / QC_FILE, json.dumps(result, indent=2) + "\n")
+    log.info("slide=%s qc=%s flags=%s", sample_id, result["status"],
+             ",".join(result["flags"]) or "-")
+    return result
+
+
+def slide_sources(out: Path) -> dict[str, tuple[Path, float | None, str | None]]:
+    """Slides of a run folder: sample id -> (slide file, manifest mpp, modality).
+
+    Read from each ``OUT/slides/<id>/features.json`` (written when the slide finished).
+    """
+    sources = {}
+    for folder in sorted((Path(out) / "slides").glob("*")):
+        path = folder / FEATURES_FILE
+        if not folder.is_dir() or not valid_sample_id(folder.name) or not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        slide = record.get("slide", {}).get("path")
+        if not slide:
+            continue
+        mpp = (record.get("identity") or {}).get("manifest_mpp")
+        sources[folder.name] = (Path(slide), mpp, record.get("modality"))
+    return sources
+
+
+def run_qc(out: Path, *, config: PathologyConfig) -> dict[str, str]:
+    """QC of every finished slide of a run folder; one failure never stops the others.
+
+    Returns
+    -------
+    dict
+        Sample id -> ``pass``, ``flagged`` or ``failed: <reason>``.
+    """
+    from pathology.slide import SlideError
+
+    statuses = {}
+    for sample_id, (path, mpp, modality) in slide_sources(out).items():
+        try:
+            result = run_slide_qc(out, sample_id, slide_path=path, manifest_mpp=mpp,
+                                  config=config, modality=modality)
+            statuses[sample_id] = result["status"]
+        except (QcError, SlideError, geojson.GeoJsonError, OSError, ValueError) as error:
+            log.warning("slide=%s qc failed: %s", sample_id, error)
+            statuses[sample_id] = f"failed: {' '.join(str(error).split())}"
+    return statuses

@@ -1,0 +1,60 @@
+// hccbio review: OpenSeadragon viewer with overlay layers, and the sign-off form.
+(function () {
+  "use strict";
+  var holder = document.getElementById("viewer-config");
+  if (!holder) { return; }
+  var config = JSON.parse(holder.getAttribute("data-config"));
+  var viewer = OpenSeadragon({
+    id: "viewer",
+    prefixUrl: config.prefix,
+    tileSources: config.dzi,
+    showNavigator: true,
+    imageSmoothingEnabled: false,
+    crossOriginPolicy: false,
+    drawer: "canvas"
+  });
+  var layers = {};
+  viewer.addHandler("open", function () {
+    Object.keys(config.layers).forEach(function (name) {
+      var layer = config.layers[name];
+      viewer.addTiledImage({
+        tileSource: { type: "image", url: layer.url, buildPyramid: false },
+        x: 0, y: 0, width: layer.width, opacity: 0,
+        success: function (event) { layers[name] = event.item; }
+      });
+    });
+  });
+  document.querySelectorAll(".layer-toggle").forEach(function (box) {
+    box.addEventListener("change", function () {
+      var item = layers[box.getAttribute("data-layer")];
+      if (item) { item.setOpacity(box.checked ? 0.85 : 0); }
+    });
+  });
+  window.hccbioViewer = viewer;
+  window.hccbioLayers = layers;
+
+  var message = document.getElementById("review-message");
+  function send(decision) {
+    var body = {
+      decision: decision,
+      reviewer: document.getElementById("reviewer").value,
+      comment: document.getElementById("comment").value
+    };
+    fetch(config.review, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body)
+    }).then(function (response) {
+      return response.json().then(function (data) { return [response.ok, data]; });
+    }).then(function (result) {
+      if (!result[0]) { message.textContent = "not saved: " + result[1].error; return; }
+      var status = document.querySelector("[data-status]");
+      status.textContent = result[1].decision;
+      status.className = "status " + result[1].decision;
+      message.textContent = "saved " + result[1].time;
+    }).catch(function (error) { message.textContent = "not saved: " + error; });
+  }
+  document.querySelectorAll("button[data-decision]").forEach(function (button) {
+    button.addEventListener("click", function () { send(button.getAttribute("data-decision")); });
+  });
+})();

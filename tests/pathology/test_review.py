@@ -1,0 +1,258 @@
+"""The review app: in a real headless browser (Debian's chromium driven by Playwright), and
+its safety rules and Deep Zoom tiles without one."""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from integration.cli import app as cli_app
+from pathology.features import compute_slide_features
+from pathology.pipeline import SlideJob, process_slide
+from pathology.qc.run import run_slide_qc
+from pathology.qc.summary import write_qc_summary
+from pathology.review.deepzoom import SlideDeepZoom, TileSource
+from pathology.review.server import BindError, check_bind
+from pathology.slide import Slide
+
+CHROMIUM = Path(os.environ.get("HCCBIO_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def review_run(he_tiff, small_tile_config, models, tmp_path_factory) -> Path:
+    """A run folder with two checked slides (the second a copy of the first)."""
+    out = tmp_path_factory.mktemp("review_run")
+    process_slide(SlideJob("he_1", he_tiff, "he"), out, small_tile_config, models)
+    compute_slide_features(out, "he_1", modality="he", stain="", config=small_tile_config)
+    run_slide_qc(out, "he_1", slide_path=he_tiff, manifest_mpp=None, config=small_tile_config)
+    shutil.copytree(out / "slides" / "he_1", out / "slides" / "he_2")
+    qc_path = out / "slides" / "he_2" / "qc" / "qc.json"
+    record = json.loads(qc_path.read_text())
+    record.update(sample_id="he_2", status="flagged", flags=["focus"],
+                  reasons=["out-of-focus fraction 0.5 > 0.1 <demo>"])
+    qc_path.write_text(json.dumps(record))
+    # a folder whose name is not a valid id is never served
+    shutil.copytree(out / "slides" / "he_1", out / "slides" / "bad..id")
+    write_qc_summary(out)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serving(out: Path):
+    """The review app on a free loopback port, in a thread, stopped on exit."""
+    import uvicorn
+
+    from pathology.review.app import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(out, reviewer="Dr Test"),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("review server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium through Playwright (never 'playwright install')."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{CHROMIUM} missing under CI; .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} not found: apt-get install chromium to run the browser tests")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+def test_list_page_shows_every_slide(review_run, browser):
+    with serving(review_run) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        rows = page.locator("#slides tbody tr")
+        assert sorted(rows.evaluate_all("r => r.map(x => x.dataset.sample)")) == ["he_1", "he_2"]
+        flagged = page.locator("tr[data-sample='he_2']")
+        assert "focus" in flagged.inner_text() and "<demo>" in flagged.inner_text()
+        assert page.locator("tr[data-sample='he_1'] [data-status]").inner_text() == "pending"
+        page.close()
+
+
+def test_viewer_loads_tiles_and_an_overlay_toggles(review_run, browser):
+    with serving(review_run) as url:
+        page = browser.new_page()
+        tiles = []
+        page.on("response", lambda r: tiles.append(r) if "_files/" in r.url else None)
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/slides/he_1")
+        page.wait_for_function("() => window.hccbioViewer && window.hccbioViewer.world"
+                               ".getItemCount() > 0 && window.hccbioViewer.world"
+                               ".getItemAt(0).getFullyLoaded()", timeout=30000)
+        assert tiles and all(r.status == 200 for r in tiles)
+        assert tiles[0].headers["content-type"] == "image/jpeg"
+        page.wait_for_function("() => window.hccbioLayers && window.hccbioLayers.tissue",
+                               timeout=30000)
+        opacity = "() => window.hccbioLayers.tissue.getOpacity()"
+        assert page.evaluate(opacity) == 0
+        page.locator("input.layer-toggle[data-layer='tissue']").check()
+        assert page.evaluate(opacity) == pytest.approx(0.85)
+        page.locator("input.layer-toggle[data-layer='tissue']").uncheck()
+        assert page.evaluate(opacity) == 0
+        assert errors == []
+        page.close()
+
+
+def test_an_approval_persists_across_a_restart(review_run, browser):
+    with serving(review_run) as url:
+        page = browser.new_page()
+        page.goto(url + "/slides/he_2")
+        page.fill("#reviewer", "Dr <Who>")
+        page.fill("#comment", "focus acceptable; 'fine' & signed")
+        page.click("#approve")
+        page.wait_for_function("() => document.getElementById('review-message')"
+                               ".textContent.startsWith('saved')")
+        assert page.locator("[data-status]").inner_text() == "approved"
+        page.close()
+    rows = list(csv.DictReader((review_run / "qc" / "review.csv").open()))
+    assert rows[-1]["sample_id"] == "he_2" and rows[-1]["decision"] == "approved"
+    assert rows[-1]["comment"] == "focus acceptable; 'fine' & signed"
+    with serving(review_run) as url:  # a new server process state: read back from disk
+        page = browser.new_page()
+        page.goto(url + "/")
+        row = page.locator("tr[data-sample='he_2']")
+        assert row.locator("[data-status]").inner_text() == "approved"
+        assert "Dr <Who>" in row.inner_text()  # shown as text, not markup
+        assert "Dr &lt;Who&gt;" in page.content()
+        page.close()
+    summary = list(csv.DictReader((review_run / "qc" / "qc_summary.csv").open()))
+    assert {r["sample_id"]: r["review_decision"] for r in summary}["he_2"] == "approved"
+
+
+def _raw_get(url: str, path: str) -> int:
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", path)  # sent as is: no client-side normalisation
+    status = connection.getresponse().status
+    connection.close()
+    return status
+
+
+def test_path_traversal_and_foreign_ids_are_refused(review_run, browser):
+    with serving(review_run) as url:
+        page = browser.new_page()
+        for path in ("/qc/he_1/..%2Fcells.parquet", "/qc/he_1/qc.json",
+                     "/slides/..%2F..%2Fetc%2Fpasswd", "/dzi/bad..id.dzi",
+                     "/qc/he_1/%2E%2E%2F%2E%2E%2Frun.json"):
+            assert page.goto(url + path).status == 404, path
+        assert page.goto(url + "/qc/he_1/layer_tissue.png").status == 200
+        page.close()
+        for path in ("/qc/he_1/../cells.parquet", "/slides/../../etc/passwd",
+                     "/static/../app.py", "/dzi/he_1_files/0/../../../x.jpeg",
+                     "/dzi/he_1_files/99/0_0.jpeg"):
+            assert _raw_get(url, path) == 404, path
+        assert _raw_get(url, "/slides/he_1") == 200
+        import httpx
+
+        log = review_run / "qc" / "review.csv"
+        before = log.read_bytes() if log.exists() else b""
+        post = httpx.post(url + "/api/review/he_1", data={"decision": "rejected"})
+        assert post.status_code == 415  # a cross-site form cannot sign off
+        post = httpx.post(url + "/api/review/he_1", json={"decision": "approved",
+                                                          "reviewer": "x"},
+                          headers={"Origin": "http://evil.example"})
+        assert post.status_code == 403
+        post = httpx.post(url + "/api/review/bad..id", json={"decision": "approved",
+                                                             "reviewer": "x"})
+        assert post.status_code == 404
+        assert (log.read_bytes() if log.exists() else b"") == before
+        headers = httpx.get(url + "/").headers
+        assert "script-src 'self'" in headers["content-security-policy"]
+
+
+def test_non_loopback_bind_is_refused_unless_allowed(tmp_path):
+    for host in ("127.0.0.1", "localhost", "::1"):
+        check_bind(host, allow_remote=False)
+    with pytest.raises(BindError, match="--allow-remote"):
+        check_bind("0.0.0.0", allow_remote=False)
+    check_bind("0.0.0.0", allow_remote=True)
+    result = CliRunner().invoke(cli_app, ["review", str(tmp_path), "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "allow-remote" in result.output
+
+
+def test_our_deep_zoom_matches_openslide(he_tiff):
+    from openslide.deepzoom import DeepZoomGenerator
+
+    openslide_source = TileSource(he_tiff, backend="openslide")
+    with Slide(he_tiff, backend="tiffslide") as slide:
+        ours = SlideDeepZoom(slide)
+        reference = DeepZoomGenerator(openslide_source._handle, tile_size=254, overlap=1)
+        assert ours.level_count == reference.level_count
+        assert ours.level_tiles == reference.level_tiles
+        assert ours.level_dimensions == reference.level_dimensions
+        top = ours.level_count - 1
+        for address in ((0, 0), (1, 1), (2, 1)):
+            expected = np.asarray(reference.get_tile(top, address).convert("RGB"))
+            np.testing.assert_array_equal(ours.get_tile_array(top, address), expected)
+        expected = np.asarray(reference.get_tile(top - 1, (0, 0)).convert("RGB"), float)
+        got = ours.get_tile_array(top - 1, (0, 0)).astype(float)
+        assert got.shape == expected.shape and np.abs(got - expected).mean() < 6
+        with pytest.raises(ValueError):
+            ours.get_tile_array(top, (99, 0))
+    openslide_source.close()
+
+
+def test_multichannel_slides_are_tiled_as_a_composite(shared_data):
+    path = shared_data / "slides" / "pathml-testdata" / "small_vectra.qptiff"
+    source = TileSource(path, backend="tiffslide")
+    top = source.level_count - 1
+    tile = source.tile_array(top, 0, 0)
+    assert tile.dtype == np.uint8 and tile.shape[2] == 3 and tile.shape[:2] == (255, 255)
+    assert tile[..., 2].max() > 150  # DAPI, scaled to the slide's range, shows as blue
+    with Slide(path) as slide:
+        raw = slide.read_level(0, 0, 0, 255, 255).astype(float)
+    # rendered as a composite of the channels (not their bytes taken as R, G, B)
+    assert np.corrcoef(tile[..., 2].ravel(), raw[..., 0].ravel())[0, 1] > 0.8
+    assert "<Size" in source.dzi()
+    source.close()
+
+
+def test_static_index_works_without_a_server(review_run, browser):
+    write_qc_summary(review_run)
+    page = browser.new_page()
+    page.goto((review_run / "qc" / "index.html").as_uri())
+    assert page.locator("table tbody tr").count() == 2
+    widths = page.evaluate("() => Array.from(document.images).map(i => i.naturalWidth)")
+    assert len(widths) >= 8 and all(w > 0 for w in widths)  # relative links resolve
+    assert "&lt;demo&gt;" in page.content()
+    page.close()
