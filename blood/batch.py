@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -64,11 +65,11 @@ class BloodRunResult:
         return self.batch.loc[self.batch["status"] == "failed", "sample_id"].tolist()
 
 
-Processor = Callable[[BloodJob, Path, BloodConfig],
+Processor = Callable[[BloodJob, Path, BloodConfig, dict[Path, Any]],
                      tuple[dict[str, float], dict[str, FeatureInfo]]]
 
 
-def _flow(job: BloodJob, out_dir: Path, config: BloodConfig
+def _flow(job: BloodJob, out_dir: Path, config: BloodConfig, cache: dict[Path, Any]
           ) -> tuple[dict[str, float], dict[str, FeatureInfo]]:
     from blood.flow.pipeline import analyse_fcs, beads_from_config, flow_features
 
@@ -91,7 +92,43 @@ def _flow(job: BloodJob, out_dir: Path, config: BloodConfig
     return values, infos
 
 
-PROCESSORS: dict[str, Processor] = {"flow": _flow}
+def _scrna(job: BloodJob, out_dir: Path, config: BloodConfig, cache: dict[Path, Any]
+           ) -> tuple[dict[str, float], dict[str, FeatureInfo]]:
+    """One scRNA sample; a file shared by several rows is prepared once (cached per run)."""
+    from blood.scrna.pipeline import feature_infos, prepare_scrna, sample_features
+
+    key = Path(job.path).resolve()
+    if key not in cache:
+        try:
+            cache[key] = prepare_scrna(job.path, config=config.scrna)
+        except Exception as error:  # noqa: BLE001 - remembered: the file's other rows fail too
+            cache[key] = error
+    prepared = cache[key]
+    if isinstance(prepared, Exception):
+        raise prepared
+    values = sample_features(prepared, job.sample_id, out_dir, config=config.scrna)
+    return values, feature_infos(config.scrna)
+
+
+def _elisa(job: BloodJob, out_dir: Path, config: BloodConfig, cache: dict[Path, Any]
+           ) -> tuple[dict[str, float], dict[str, FeatureInfo]]:
+    """One ELISA sample; a plate shared by several rows is quantified once (cached per run)."""
+    from blood.elisa.pipeline import PLATES_DIR, analyse_plate, sample_features
+
+    key = Path(job.path).resolve()
+    if key not in cache:
+        try:
+            cache[key] = analyse_plate(job.path, out_dir.parent / PLATES_DIR / key.stem,
+                                       config=config.elisa, default_analyte=job.stain)
+        except Exception as error:  # noqa: BLE001 - remembered: the plate's other rows fail too
+            cache[key] = error
+    result = cache[key]
+    if isinstance(result, Exception):
+        raise result
+    return sample_features(result, job.sample_id, out_dir, config=config.elisa)
+
+
+PROCESSORS: dict[str, Processor] = {"flow": _flow, "elisa": _elisa, "scrna": _scrna}
 
 
 def run_blood(jobs: Sequence[BloodJob], out: str | Path, *, config: BloodConfig
@@ -127,6 +164,7 @@ def run_blood(jobs: Sequence[BloodJob], out: str | Path, *, config: BloodConfig
     rows: dict[str, dict[str, float]] = {}
     infos: dict[str, FeatureInfo] = {}
     report = []
+    cache: dict[Path, Any] = {}  # files shared by several rows (scRNA with a sample column)
     for job in jobs:
         start = time.perf_counter()
         status, reason = "done", ""
@@ -135,7 +173,8 @@ def run_blood(jobs: Sequence[BloodJob], out: str | Path, *, config: BloodConfig
             if processor is None:
                 raise BloodInputError(f"{job.path}: modality {job.modality!r} is not "
                                       f"handled by this version (handled: {sorted(PROCESSORS)})")
-            values, new_infos = processor(job, out / SAMPLES_DIR / job.sample_id, config)
+            values, new_infos = processor(job, out / SAMPLES_DIR / job.sample_id, config,
+                                          cache)
             rows[job.sample_id] = values
             infos.update(new_infos)
         except Exception as error:  # noqa: BLE001 - one bad file never stops the batch

@@ -79,10 +79,153 @@ class FlowConfig(_Section):
                                         "written to blood_features.csv.")
 
 
+# ---------------------------------------------------------------- single-cell RNA-seq
+CELL_TYPE_KEY = re.compile(r"^[a-z][a-z0-9_]{0,20}$")  # scrna_<key>_frac stays <= 32 chars
+
+
+def _check_keys(mapping: dict[str, object]) -> dict[str, object]:
+    bad = [k for k in mapping if not CELL_TYPE_KEY.match(k)]
+    if bad:
+        raise ValueError(f"names {bad} must be lowercase [a-z0-9_], start with a letter and "
+                         "have at most 21 characters (they become scrna_<name>_frac/_score)")
+    return mapping
+
+
+class MarkerSet(_Section):
+    """Marker genes of one cell type: score = score(positive) - max(score(negative), 0)."""
+
+    label: str = Field("", description="Long name for the data dictionary.")
+    positive: list[str] = Field(min_length=1, description="Genes expressed by the type.")
+    negative: list[str] = Field(default_factory=list, description="Genes the type lacks "
+                                "(e.g. HLA-DR for MDSC-like cells); their score above background "
+                                "is subtracted.")
+
+
+DEFAULT_MARKERS: dict[str, dict[str, object]] = {
+    "cd8_t": {"label": "CD8+ T cells", "positive": ["CD8A", "CD8B", "CD3D", "CD3E"]},
+    "cd4_t": {"label": "CD4+ T cells (conventional)",
+              "positive": ["CD3D", "CD3E", "CD4", "IL7R", "LDHB", "CCR7"],
+              "negative": ["CD8A", "CD8B"]},
+    "treg": {"label": "Regulatory T cells",
+             "positive": ["FOXP3", "IL2RA", "CTLA4", "IKZF2", "TIGIT"]},
+    "nk": {"label": "NK cells", "positive": ["NKG7", "GNLY", "KLRD1", "KLRF1", "NCAM1", "PRF1"],
+           "negative": ["CD3D", "CD3E"]},
+    "b": {"label": "B cells", "positive": ["MS4A1", "CD79A", "CD79B", "CD19", "BANK1"]},
+    "cmono": {"label": "Classical monocytes (CD14+)",
+              "positive": ["CD14", "LYZ", "S100A8", "S100A9", "FCN1", "CSF3R"]},
+    "ncmono": {"label": "Non-classical monocytes (CD16+)",
+               "positive": ["FCGR3A", "MS4A7", "LST1", "CDKN1C", "RHOC"]},
+    "dc": {"label": "Dendritic cells",
+           "positive": ["FCER1A", "CST3", "CLEC10A", "CD1C", "HLA-DQA1", "LILRA4", "IL3RA"]},
+    "mdsc": {"label": "MDSC-like (monocytic, HLA-DR low)",
+             "positive": ["S100A8", "S100A9", "S100A12", "VCAN", "CD14", "ARG1"],
+             "negative": ["HLA-DRA", "HLA-DRB1", "HLA-DPA1", "CD74"]},
+}
+
+DEFAULT_SIGNATURES: dict[str, dict[str, object]] = {
+    "teff": {"label": "T-effector signature (pseudobulk)",
+             "genes": ["CD8A", "GZMA", "GZMB", "PRF1", "IFNG", "CXCL9", "CXCL10", "TBX21"]},
+    "exhaustion": {"label": "T-cell exhaustion signature (pseudobulk)",
+                   "genes": ["PDCD1", "HAVCR2", "LAG3", "TIGIT", "CTLA4", "TOX"]},
+    "ifn": {"label": "Interferon signature (pseudobulk)",
+            "genes": ["ISG15", "IFI6", "IFI44L", "MX1", "IFIT1", "IFIT3", "OAS1", "STAT1",
+                      "IRF7"]},
+}
+
+
+class Signature(_Section):
+    """A gene signature scored on the pseudobulk of each sample."""
+
+    label: str = Field("", description="Long name for the data dictionary.")
+    genes: list[str] = Field(min_length=1, description="Genes (those absent are skipped; "
+                             "at least one must be present).")
+    cell_type: str | None = Field(None, description="Pseudobulk of this annotated cell type "
+                                  "only (null = all QC-passing cells).")
+
+
+class ScrnaQcConfig(_Section):
+    """Per-cell QC filters; doublets only where raw counts exist."""
+
+    min_genes: int = Field(200, ge=0, description="Drop cells with fewer detected genes.")
+    min_counts: int = Field(500, ge=0, description="Drop cells with fewer counts (raw counts "
+                            "only; skipped for log-normalised input).")
+    max_pct_mt: float = Field(20.0, ge=0, le=100, description="Drop cells with a larger "
+                              "mitochondrial (MT-) share of counts, in percent.")
+    doublets: bool = Field(True, description="Score doublets with scanpy.pp.scrublet (raw "
+                           "counts only) and drop predicted doublets.")
+    min_cells: int = Field(50, ge=1, description="A sample with fewer QC-passing cells fails.")
+
+
+class ScrnaConfig(_Section):
+    """Single-cell RNA-seq: reading, QC, normalisation, annotation, fractions, signatures."""
+
+    sample_column: str = Field("sample", description="obs column holding manifest "
+                               "sample_ids when one file holds several samples.")
+    qc: ScrnaQcConfig = Field(default_factory=ScrnaQcConfig, description="Cell QC.")
+    target_sum: float = Field(1e4, gt=0, description="normalize_total target before log1p "
+                              "(raw counts only).")
+    markers: dict[str, MarkerSet] = Field(
+        default_factory=lambda: {k: MarkerSet.model_validate(v)
+                                 for k, v in DEFAULT_MARKERS.items()},
+        description="Cell type -> marker genes for scanpy.tl.score_genes annotation.")
+    min_score: float = Field(0.0, description="Cells whose best marker score is not above "
+                             "this are 'unassigned'.")
+    celltypist_model: Path | None = Field(None, description="CellTypist model (.pkl); when "
+                                          "set, CellTypist annotates instead of the markers.")
+    celltypist_labels: dict[str, str] = Field(default_factory=dict, description="CellTypist "
+                                              "label -> cell type key; unmapped = 'other'.")
+    signatures: dict[str, Signature] = Field(
+        default_factory=lambda: {k: Signature.model_validate(v)
+                                 for k, v in DEFAULT_SIGNATURES.items()},
+        description="Signature name -> genes, scored per sample on the pseudobulk.")
+    seed: int = Field(0, description="Random seed (score_genes control genes, scrublet).")
+
+    _markers = field_validator("markers")(_check_keys)
+    _signatures = field_validator("signatures")(_check_keys)
+
+
+# ---------------------------------------------------------------- ELISA / multiplex
+ANALYTE_KEY = re.compile(r"^[a-z][a-z0-9_]{0,19}$")  # elisa_<key>_pg_ml stays <= 32 chars
+
+
+class ElisaConfig(_Section):
+    """ELISA and Luminex-style multiplex plates: layout, curve, limits, QC, features."""
+
+    layout: Path | None = Field(None, description="Plate layout CSV used when no "
+                                "'<plate name>.layout.csv' lies beside the plate export.")
+    model: Literal["4pl", "5pl"] = Field("4pl", description="Standard-curve model.")
+    weight_power: float = Field(2.0, ge=0, description="Weights 1/|y|^power (2 = 1/Y^2).")
+    recovery_window: tuple[float, float] = Field((70.0, 130.0), description="Accepted "
+                                                 "back-calculated standard recovery (%).")
+    max_cv_pct: float = Field(15.0, gt=0, description="Flag replicate CV above this (%).")
+    below_rule: Literal["lloq_half", "lowest_standard", "censor"] = Field(
+        "lloq_half", description="Value below the LLOQ: LLOQ/2, LLOQ (lowest standard) or "
+        "NaN (censored); all are flagged '<LLOQ'. Above the ULOQ is always NaN.")
+    min_beads: int = Field(35, ge=0, description="Flag multiplex wells with fewer beads.")
+    exclude_low_beads: bool = Field(False, description="Also drop wells with too few beads.")
+    unit: Literal["pg/mL", "ng/mL"] = Field("pg/mL", description="Unit of the standards' "
+                                            "concentrations and the features.")
+    analytes: dict[str, str] = Field(default_factory=dict, description="Plate analyte name "
+                                     "-> feature key (default: lowercase alphanumerics, "
+                                     "'IL-6' -> il6).")
+    plots: bool = Field(True, description="Curve plots per plate and analyte (PNG).")
+
+    @field_validator("analytes")
+    @classmethod
+    def _keys(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [v for v in value.values() if not ANALYTE_KEY.match(v)]
+        if bad:
+            raise ValueError(f"analyte keys {bad} must be lowercase [a-z0-9_], start with a "
+                             "letter and have at most 20 characters")
+        return value
+
+
 class BloodConfig(_Section):
     """The blood arm."""
 
     flow: FlowConfig = Field(default_factory=FlowConfig, description="Flow cytometry.")
+    elisa: ElisaConfig = Field(default_factory=ElisaConfig, description="ELISA / multiplex.")
+    scrna: ScrnaConfig = Field(default_factory=ScrnaConfig, description="scRNA-seq.")
 
 
 def load_config(path: str | Path | None = None) -> BloodConfig:
@@ -119,4 +262,7 @@ def _resolve_paths(config: BloodConfig, base: Path) -> BloodConfig:
         "panels": {k: fix(v) for k, v in config.flow.panels.items()},
         "default_gates": fix(config.flow.default_gates),
     })
-    return config.model_copy(update={"flow": flow})
+    scrna = config.scrna.model_copy(update={
+        "celltypist_model": fix(config.scrna.celltypist_model)})
+    elisa = config.elisa.model_copy(update={"layout": fix(config.elisa.layout)})
+    return config.model_copy(update={"flow": flow, "elisa": elisa, "scrna": scrna})

@@ -1,0 +1,178 @@
+"""One plate export + layout -> per-analyte curves, concentrations, QC flags and plots.
+
+Plate outputs go to ``OUT/blood/elisa_plates/<plate name>/``: ``wells.csv`` (values, layout,
+bead flags), ``standards.csv`` (recovery, used), ``concentrations.csv`` (every sample and
+analyte) and ``curve_<analyte>.png``. Several manifest rows may point at one plate.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from blood.config import ANALYTE_KEY, ElisaConfig
+from blood.elisa.layout import layout_beside, read_layout, wells_for
+from blood.elisa.plate import read_plate
+from blood.elisa.quantify import quantify
+from blood.errors import BloodInputError
+from blood.features import FeatureInfo
+from blood.outputs import write_csv
+
+PLATES_DIR = "elisa_plates"
+SAMPLE_FILE = "elisa.csv"
+CONCENTRATION_COLUMNS = ("sample_id", "analyte", "dilution", "response", "cv_pct",
+                         "concentration", "flag", "cv_flag", "bead_flag", "lloq", "uloq")
+
+
+@dataclass(frozen=True)
+class PlateResult:
+    """A quantified plate.
+
+    Attributes
+    ----------
+    path, layout
+        Plate export and the layout file used.
+    concentrations
+        One row per sample, dilution and analyte (:data:`CONCENTRATION_COLUMNS`);
+        concentrations are in the sample (dilution applied).
+    standards
+        One row per analyte and standard level (recovery, used).
+    """
+
+    path: Path
+    layout: Path
+    concentrations: pd.DataFrame
+    standards: pd.DataFrame
+
+
+def analyte_key(name: str, config: ElisaConfig, *, path: str | Path = "") -> str:
+    """Feature key of an analyte: configured, or lowercase alphanumerics ('IL-6' -> 'il6').
+
+    Raises
+    ------
+    BloodInputError
+        The derived key is not a valid name part; map it in ``elisa.analytes``.
+    """
+    key = config.analytes.get(name) or re.sub(r"[^a-z0-9]", "", name.lower())
+    if not ANALYTE_KEY.match(key):
+        raise BloodInputError(f"{path}: analyte {name!r} gives no valid feature key ({key!r}); "
+                              "map it in elisa.analytes (e.g. {'" + name + "': il6})")
+    return key
+
+
+def find_layout(plate: str | Path, config: ElisaConfig) -> Path:
+    """``<name>.layout.csv`` beside the plate if present, else ``elisa.layout``.
+
+    Raises
+    ------
+    BloodInputError
+        Neither exists.
+    """
+    beside = layout_beside(plate)
+    if beside.is_file():
+        return beside
+    if config.layout is not None:
+        return config.layout
+    raise BloodInputError(f"{plate}: no plate layout: put {beside.name} beside it or set "
+                          "elisa.layout in the blood config")
+
+
+def analyse_plate(path: str | Path, out_dir: str | Path, *, config: ElisaConfig,
+                  default_analyte: str = "") -> PlateResult:
+    """Read, blank-correct, fit and quantify every analyte of one plate; write its outputs.
+
+    Parameters
+    ----------
+    path
+        Plate export (CSV / Excel grid or long / Luminex table).
+    out_dir
+        Plate output folder (created).
+    config
+        ELISA config.
+    default_analyte
+        Analyte of unlabelled grids (the manifest ``stain``).
+
+    Returns
+    -------
+    PlateResult
+
+    Raises
+    ------
+    BloodInputError
+        Unreadable plate or layout, or a curve that cannot be fitted, naming the file.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    layout_path = find_layout(path, config)
+    layout = read_layout(layout_path)
+    plate = read_plate(path, default_analyte=default_analyte)
+    concentrations, standards, wells_out = [], [], []
+    for analyte in pd.unique(plate["analyte"]):
+        wells = wells_for(layout, plate, analyte, path=path)
+        wells["low_beads"] = wells["beads"].notna() & (wells["beads"] < config.min_beads)
+        wells_out.append(wells.assign(analyte=analyte))
+        fit_wells = wells.loc[~wells["low_beads"]] if config.exclude_low_beads else wells
+        try:
+            result = quantify(fit_wells, model=config.model, weight_power=config.weight_power,
+                              recovery_window=config.recovery_window,
+                              max_cv_pct=config.max_cv_pct, below_rule=config.below_rule)
+        except ValueError as error:
+            raise BloodInputError(f"{path}: analyte {analyte!r}: {error}") from error
+        low = wells.loc[wells["low_beads"] & (wells["kind"] == "sample"), "sample_id"]
+        samples = result.samples.assign(analyte=analyte, lloq=result.lloq, uloq=result.uloq,
+                                        bead_flag=lambda t, low=set(low): t["sample_id"].isin(low))
+        concentrations.append(samples)
+        standards.append(result.standards.assign(analyte=analyte))
+        if config.plots:
+            from blood.elisa.plots import plot_curve
+
+            plot_curve(result, out_dir / f"curve_{analyte_key(analyte, config, path=path)}.png",
+                       title=f"{path.name}: {analyte}", unit=config.unit)
+    table = pd.concat(concentrations, ignore_index=True).loc[:, list(CONCENTRATION_COLUMNS)]
+    std = pd.concat(standards, ignore_index=True)
+    write_csv(pd.concat(wells_out, ignore_index=True), out_dir / "wells.csv")
+    write_csv(std, out_dir / "standards.csv")
+    write_csv(table, out_dir / "concentrations.csv")
+    return PlateResult(path, layout_path, table, std)
+
+
+def sample_features(result: PlateResult, sample_id: str, out_dir: str | Path, *,
+                    config: ElisaConfig) -> tuple[dict[str, float], dict[str, FeatureInfo]]:
+    """One sample's ``elisa_<analyte>_<unit>`` features; writes ``out_dir/elisa.csv``.
+
+    With several dilutions of a sample, in-range results are averaged; with none in range,
+    the '<LLOQ' value of the least diluted well is used (by ``below_rule``), else NaN
+    ('>ULOQ' is never extrapolated).
+
+    Raises
+    ------
+    BloodInputError
+        The sample is not on the plate's layout.
+    """
+    rows = result.concentrations.loc[result.concentrations["sample_id"] == sample_id]
+    if rows.empty:
+        raise BloodInputError(f"{result.path}: sample {sample_id!r} is not on the plate layout "
+                              f"{result.layout}")
+    write_csv(rows.assign(unit=config.unit, plate=str(result.path)),
+              Path(out_dir) / SAMPLE_FILE)
+    suffix = config.unit.lower().replace("/", "_")
+    values: dict[str, float] = {}
+    infos: dict[str, FeatureInfo] = {}
+    for analyte, group in rows.groupby("analyte", sort=False):
+        in_range = group.loc[group["flag"] == ""]
+        below = group.loc[group["flag"] == "<LLOQ"].sort_values("dilution")
+        value = float(in_range["concentration"].mean()) if len(in_range) else \
+            float(below["concentration"].iloc[0]) if len(below) else np.nan
+        name = f"elisa_{analyte_key(str(analyte), config, path=result.path)}_{suffix}"
+        values[name] = value
+        infos[name] = FeatureInfo(
+            name, f"{analyte} concentration ({config.unit})", config.unit, "elisa",
+            f"{config.model.upper()} standard curve (weights 1/y^{config.weight_power:g}), "
+            f"blank-corrected, dilution applied; <LLOQ by rule {config.below_rule}, >ULOQ "
+            "NaN; flags in OUT/blood/<sample_id>/elisa.csv",
+            "elisa.model; elisa.weight_power; elisa.recovery_window; elisa.below_rule; "
+            "elisa.layout; elisa.analytes", "blood.elisa")
+    return values, infos

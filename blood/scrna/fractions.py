@@ -1,0 +1,83 @@
+"""Per-sample cell-type fractions and pseudobulk signature scores."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from blood.config import Signature
+from blood.errors import BloodInputError
+
+FRACTION_COLUMNS = ("cell_type", "n_cells", "fraction")
+SIGNATURE_COLUMNS = ("signature", "score", "n_genes", "genes_missing", "n_cells")
+
+
+def cell_type_fractions(labels: pd.Series, cell_types: list[str]) -> pd.DataFrame:
+    """Fraction of cells of each type among all QC-passing cells of one sample.
+
+    Types listed in ``cell_types`` always get a row (zero when absent); other labels
+    ('unassigned', 'other') follow; fractions sum to one.
+
+    Examples
+    --------
+    >>> cell_type_fractions(pd.Series(["b", "b", "nk", "unassigned"]), ["b", "nk", "dc"])
+         cell_type  n_cells  fraction
+    0            b        2      0.50
+    1           nk        1      0.25
+    2           dc        0      0.00
+    3   unassigned        1      0.25
+    """
+    counts = labels.value_counts()
+    order = [*cell_types, *sorted(set(counts.index) - set(cell_types))]
+    n = np.array([int(counts.get(t, 0)) for t in order])
+    total = max(int(n.sum()), 1)
+    return pd.DataFrame({"cell_type": order, "n_cells": n, "fraction": n / total})
+
+
+def pseudobulk_scores(adata: ad.AnnData, labels: pd.Series, signatures: dict[str, Signature]
+                      ) -> pd.DataFrame:
+    """Score gene signatures on the pseudobulk of one sample.
+
+    The pseudobulk of a gene is ``log1p(mean over cells of expm1(x))``, i.e. the log of its
+    mean normalised expression (counts per ``target_sum`` for raw input); the score is the
+    mean pseudobulk over the signature's genes present in the data.
+
+    Parameters
+    ----------
+    adata
+        One sample's QC-passing cells, log-normalised ``X``.
+    labels
+        Cell types of those cells (for signatures restricted to one type).
+    signatures
+        Name -> signature.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per signature: ``signature, score, n_genes, genes_missing, n_cells``
+        (score NaN when a restricted type has no cells).
+
+    Raises
+    ------
+    BloodInputError
+        A signature has none of its genes in the data.
+    """
+    genes = pd.Index(adata.var_names)
+    rows = []
+    for name, signature in signatures.items():
+        present = [g for g in signature.genes if g in genes]
+        if not present:
+            raise BloodInputError(f"signature {name!r}: none of its genes {signature.genes} "
+                                  "are in the data")
+        cells = np.ones(adata.n_obs, dtype=bool) if signature.cell_type is None else \
+            (labels.to_numpy() == signature.cell_type)
+        score = np.nan
+        if cells.any():
+            x = adata[cells, present].X
+            x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+            score = float(np.log1p(np.expm1(x.astype(float)).mean(axis=0)).mean())
+        rows.append({"signature": name, "score": score, "n_genes": len(present),
+                     "genes_missing": " ".join(g for g in signature.genes if g not in genes),
+                     "n_cells": int(cells.sum())})
+    return pd.DataFrame(rows, columns=list(SIGNATURE_COLUMNS))

@@ -1,0 +1,190 @@
+"""scRNA-seq of one file -> per-sample cell types, fractions, signatures and features.
+
+A file is prepared once (read, detect the kind of values, QC, normalise, annotate) and then
+split into samples by ``scrna.sample_column``; several manifest rows may share one file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+
+from blood.config import ScrnaConfig
+from blood.errors import BloodInputError
+from blood.features import FeatureInfo
+from blood.outputs import write_csv, write_json
+from blood.scrna.annotate import CELL_TYPE, Annotation, annotate
+from blood.scrna.fractions import cell_type_fractions, pseudobulk_scores
+from blood.scrna.normalise import log_normalise
+from blood.scrna.qc import QcSummary, cell_qc
+from blood.scrna.read import DataKind, expression, read_scrna
+
+QC_FILE = "scrna_qc.json"
+CELLS_FILE = "scrna_cells.csv"
+FRACTIONS_FILE = "cell_types.csv"
+SIGNATURES_FILE = "signatures.csv"
+N_CELLS = "scrna_n_cells"
+
+
+@dataclass(frozen=True)
+class PreparedScrna:
+    """One file after QC, normalisation and annotation (all cells, QC flags in obs).
+
+    Attributes
+    ----------
+    path
+        Input file.
+    adata
+        Log-normalised cells x genes; obs holds QC metrics and ``cell_type``.
+    kind, source
+        Kind of the input values ("raw_counts" | "log_normalised") and where they came from.
+    qc
+        QC summary over the whole file.
+    annotation
+        Cell types of all cells.
+    """
+
+    path: Path
+    adata: ad.AnnData
+    kind: DataKind
+    source: str
+    qc: QcSummary
+    annotation: Annotation
+
+
+def prepare_scrna(path: str | Path, *, config: ScrnaConfig) -> PreparedScrna:
+    """Read, QC, normalise and annotate one single-cell file.
+
+    Parameters
+    ----------
+    path
+        h5ad, 10x matrix folder or 10x .h5.
+    config
+        scRNA config.
+
+    Returns
+    -------
+    PreparedScrna
+
+    Raises
+    ------
+    BloodInputError
+        Unreadable file, unusable values or no marker genes, naming the file.
+    """
+    path = Path(path)
+    data = expression(read_scrna(path), path=path)
+    adata = data.adata
+    batch_key = config.sample_column if config.sample_column in adata.obs else None
+    if batch_key is not None:
+        adata.obs[batch_key] = adata.obs[batch_key].astype(str)
+    qc = cell_qc(adata, kind=data.kind, config=config.qc, batch_key=batch_key,
+                 seed=config.seed)
+    adata = log_normalise(adata, kind=data.kind, target_sum=config.target_sum)
+    try:
+        annotation = annotate(adata, config=config)
+    except BloodInputError as error:
+        raise BloodInputError(f"{path}: {error}") from error
+    adata.obs[CELL_TYPE] = annotation.labels.to_numpy()
+    return PreparedScrna(path, adata, data.kind, data.source, qc, annotation)
+
+
+def _sample_cells(prepared: PreparedScrna, sample_id: str, column: str) -> ad.AnnData:
+    obs = prepared.adata.obs
+    if column not in obs:
+        return prepared.adata
+    values = obs[column].astype(str)
+    if sample_id in set(values):
+        return prepared.adata[(values == sample_id).to_numpy()]
+    if values.nunique() == 1:
+        return prepared.adata
+    found = sorted(values.unique())
+    raise BloodInputError(f"{prepared.path}: sample {sample_id!r} not found in obs column "
+                          f"{column!r} (values: {found[:10]}{' ...' if len(found) > 10 else ''})")
+
+
+def cell_types_of(config: ScrnaConfig) -> list[str]:
+    """Cell-type keys reported as fractions: marker keys, or mapped CellTypist keys."""
+    if config.celltypist_model is not None:
+        return sorted(set(config.celltypist_labels.values()))
+    return list(config.markers)
+
+
+def sample_features(prepared: PreparedScrna, sample_id: str, out_dir: str | Path, *,
+                    config: ScrnaConfig) -> dict[str, float]:
+    """Write one sample's outputs and return its features.
+
+    Writes ``scrna_qc.json`` (data kind, QC, annotation method), ``scrna_cells.csv`` (one
+    row per cell: QC metrics, pass flag, cell type), ``cell_types.csv`` and
+    ``signatures.csv`` under ``out_dir``.
+
+    Returns
+    -------
+    dict
+        ``scrna_n_cells``, ``scrna_<type>_frac`` per cell type, ``scrna_<name>_score`` per
+        signature.
+
+    Raises
+    ------
+    BloodInputError
+        Sample not in the file, or fewer QC-passing cells than ``qc.min_cells``.
+    """
+    out_dir = Path(out_dir)
+    cells = _sample_cells(prepared, sample_id, config.sample_column)
+    passed = cells[cells.obs["qc_pass"].to_numpy(dtype=bool)]
+    if passed.n_obs < config.qc.min_cells:
+        raise BloodInputError(f"{prepared.path}: sample {sample_id!r} has {passed.n_obs} cells "
+                              f"passing QC (< scrna.qc.min_cells = {config.qc.min_cells})")
+    types = cell_types_of(config)
+    fractions = cell_type_fractions(passed.obs[CELL_TYPE], types)
+    signatures = pseudobulk_scores(passed, passed.obs[CELL_TYPE], config.signatures)
+    fails = cells.obs["qc_fail"].astype(str).str.split(";").explode()
+    qc = {"file": str(prepared.path), "sample_id": sample_id, "data_kind": prepared.kind,
+          "values_from": prepared.source, "n_cells_in": int(cells.n_obs),
+          "n_cells_pass": int(passed.n_obs),
+          "removed": {k: int(v) for k, v in fails[fails != ""].value_counts().items()},
+          "notes": prepared.qc.notes, "annotation": prepared.annotation.method,
+          "marker_genes_missing": prepared.annotation.missing_genes,
+          "normalisation": (f"normalize_total(target_sum={config.target_sum:g}) + log1p"
+                            if prepared.kind == "raw_counts" else "none (input log-normalised)")}
+    write_json(qc, out_dir / QC_FILE)
+    columns = [c for c in ("n_genes", "total_counts", "pct_mt", "doublet_score", "qc_pass",
+                           "qc_fail", CELL_TYPE) if c in cells.obs]
+    write_csv(cells.obs[columns].rename_axis("barcode").reset_index(), out_dir / CELLS_FILE)
+    write_csv(fractions, out_dir / FRACTIONS_FILE)
+    write_csv(signatures, out_dir / SIGNATURES_FILE)
+    values: dict[str, float] = {N_CELLS: float(passed.n_obs)}
+    by_type = fractions.set_index("cell_type")["fraction"]
+    values.update({f"scrna_{t}_frac": float(by_type[t]) for t in types})
+    values.update({f"scrna_{row.signature}_score": float(row.score)
+                   for row in signatures.itertuples()})
+    return values
+
+
+def feature_infos(config: ScrnaConfig, *, source: str = "blood.scrna"
+                  ) -> dict[str, FeatureInfo]:
+    """Data-dictionary entries of every scRNA feature column the config produces."""
+    method = ("CellTypist model " + config.celltypist_model.name
+              if config.celltypist_model is not None else
+              "argmax of scanpy.tl.score_genes marker scores (positive - negative markers)")
+    infos = {N_CELLS: FeatureInfo(N_CELLS, "Cells passing scRNA-seq QC", "cells", "scrna",
+                                  "cells passing gene, count, MT and doublet filters "
+                                  "(data kind per sample in scrna_qc.json)", "scrna.qc", source)}
+    for key in cell_types_of(config):
+        name = f"scrna_{key}_frac"
+        marker = config.markers.get(key)
+        label = (marker.label if marker is not None and marker.label else key)
+        infos[name] = FeatureInfo(name, f"{label}, fraction of QC-passing cells", "fraction",
+                                  "scrna", method,
+                                  f"scrna.markers.{key}; scrna.min_score; scrna.celltypist_model",
+                                  source)
+    for key, signature in config.signatures.items():
+        name = f"scrna_{key}_score"
+        cells = "all cells" if signature.cell_type is None else f"{signature.cell_type} cells"
+        infos[name] = FeatureInfo(
+            name, signature.label or key, "log1p(normalised expression)", "scrna",
+            f"mean over genes {' '.join(signature.genes)} of log1p(mean expm1 expression) of "
+            f"the pseudobulk of {cells}", f"scrna.signatures.{key}; scrna.target_sum", source)
+    return infos
+
