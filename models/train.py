@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-per-epoch", type=int, default=100)
     parser.add_argument("--patch", type=int, default=256)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from this model folder's weights_best.h5 (continue training)")
+    parser.add_argument("--previous-steps", type=int, default=0,
+                        help="steps already trained by --init (recorded in the card)")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -186,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     model = StarDist2D(config, name=args.out.name, basedir=str(args.out.parent))
+    if args.init is not None:
+        model.keras_model.load_weights(str(args.init / "weights_best.h5"))
     started = time.time()
     model.train(x_train, y_train, validation_data=(x_val, y_val), augmenter=augmenter(args.kind))
     train_seconds = time.time() - started
@@ -202,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_images": [i.name for i in train],
         "val_images": [i.name for i in val],
         "val_sources": sorted({i.source for i in val}),
-        "steps": args.steps, "patch": patch, "batch": args.batch, "seed": SEED,
+        "steps": args.steps + args.previous_steps, "patch": patch, "batch": args.batch,
+        "seed": SEED,
         "train_seconds": round(train_seconds, 1),
         "thresholds": json.loads((args.out / "thresholds.json").read_text()),
         "metrics_val": metrics, "watershed_val": baseline,
