@@ -254,6 +254,36 @@ def analyze_cmd(
                f"patients; tables: {out / 'analysis'}, report: {out / REPORT_FILE}")
 
 
+study_app = typer.Typer(no_args_is_help=True, help="A whole study from one YAML.")
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("run")
+def study_run(
+    study: Path = typer.Argument(..., help="Study YAML (sections 'study' and 'analysis', "
+                                 "e.g. configs/study.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Recompute finished slides."),
+    quiet: bool = typer.Option(False, "--quiet", help="No live progress; log lines only."),
+) -> None:
+    """Slides, blood, RNA-seq, integration and analysis of a study, into its 'out' folder."""
+    from integration.study import StudyError, run_study
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        summary = run_study(study, force=force, show_progress=not quiet)
+    except StudyError as error:
+        _fail(str(error))
+    for arm, counts in summary["arms"].items():
+        typer.echo(f"{arm:16s} {counts}")
+    for key in ("batch_report", "features", "data_dictionary", "report", "qc"):
+        typer.echo(f"{key:16s} {summary.get(key) or '-'}")
+    if summary["failed"]:
+        typer.echo(f"{len(summary['failed'])} sample(s) failed; reasons in "
+                   f"{summary['batch_report']}")
+        raise typer.Exit(code=1)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

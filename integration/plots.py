@@ -71,7 +71,8 @@ def forest_figure(table: pd.DataFrame, *, title: str, label_column: str = "label
     title
         Axis title.
     """
-    rows = table.dropna(subset=["hr", "ci_low", "ci_high"]).head(max_rows)
+    finite = np.isfinite(table[["hr", "ci_low", "ci_high"]].astype(float)).all(axis=1)
+    rows = table[finite].head(max_rows)  # infinite ratios (separation) cannot be drawn
     height = 1.2 + 0.28 * max(len(rows), 1)
     fig, ax = plt.subplots(figsize=(7.5, height))
     y = np.arange(len(rows))[::-1]

@@ -33,7 +33,7 @@ from pathology.distributed import (
 )
 from pathology.features import write_run_features
 from pathology.lock import RunLock
-from pathology.nuclei import ModelError
+from pathology.nuclei import ModelError, file_sha256, resolve_model_path
 from pathology.pipeline import (
     FEATURES_FILE,
     ModelCache,
@@ -98,7 +98,16 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _is_complete(out: Path, job: SlideJob, config_hash: str) -> bool:
+def _configured_model_sha(job: SlideJob, config: PathologyConfig) -> str | None:
+    """SHA-256 of the weights the config names for this slide (None for pretrained names)."""
+    seg = config.segmentation
+    spec = seg.fluorescence_model if job.modality == "mif" else seg.brightfield_model
+    folder = resolve_model_path(spec)
+    weights = folder / "weights_best.h5" if folder is not None else None
+    return file_sha256(weights) if weights is not None and weights.is_file() else None
+
+
+def _is_complete(out: Path, job: SlideJob, config: PathologyConfig) -> bool:
     """Whether a previous run finished this slide with the same input file and configuration."""
     folder = out / "slides" / job.sample_id
     features = folder / FEATURES_FILE
@@ -111,7 +120,10 @@ def _is_complete(out: Path, job: SlideJob, config_hash: str) -> bool:
     if not job.path.exists():
         return False
     identity = recorded.get("identity", {})
-    return (recorded.get("config_sha256") == config_hash
+    weights_sha = _configured_model_sha(job, config)
+    if weights_sha is not None and identity.get("model") != weights_sha:
+        return False  # the model's weights changed: segment again
+    return (recorded.get("config_sha256") == config.digest()
             and identity.get("input") == file_signature(job.path)
             and identity.get("manifest_mpp") == job.mpp
             and identity.get("modality") == job.modality)
@@ -154,7 +166,6 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
     sched = parse_scheduler(scheduler)
     with RunLock(out):
         report = read_report(out)
-        config_hash = config.digest()
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         rows: dict[str, BatchRow] = {}
 
@@ -171,7 +182,7 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
         progress = BatchProgress(len(jobs), live=show_progress)
         try:
             for job in jobs:
-                if not force and _is_complete(out, job, config_hash):
+                if not force and _is_complete(out, job, config):
                     # Segmentation is reused; the cheap downstream steps follow the config.
                     problem = post_process_slide(job, out, config)
                     record(BatchRow(job.sample_id, "failed" if problem else "skipped",

@@ -52,7 +52,8 @@ class NucleusModel:
                 "nms_thresh": self.nms_thresh, "mpp": self.mpp}
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -104,7 +105,7 @@ def load_model(spec: str, *, prob_thresh: float | None = None,
             model = StarDist2D(None, name=folder.name, basedir=str(folder.parent))
         except Exception as error:
             raise ModelError(f"{folder}: StarDist could not load this model: {error}") from error
-        source, sha, mpp = str(folder), _sha256(weights), meta.get("mpp")
+        source, sha, mpp = str(folder), file_sha256(weights), meta.get("mpp")
     elif spec in PRETRAINED:
         try:
             model = StarDist2D.from_pretrained(spec)
@@ -116,7 +117,7 @@ def load_model(spec: str, *, prob_thresh: float | None = None,
             raise ModelError(f"pretrained StarDist model {spec!r} is not registered")
         normalization, source, mpp = PRETRAINED[spec], f"pretrained:{spec}", None
         weights = Path(model.logdir) / "weights_best.h5"
-        sha = _sha256(weights) if weights.is_file() else "unknown"
+        sha = file_sha256(weights) if weights.is_file() else "unknown"
     else:
         raise ModelError(f"segmentation model {spec!r} is neither a model folder (with "
                          f"config.json) nor a pretrained name ({', '.join(PRETRAINED)})")
