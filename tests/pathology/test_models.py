@@ -41,9 +41,7 @@ def test_shipped_model_reaches_stated_accuracy(name, project_root, shared_data, 
     measured = train.evaluate(model.model, images, [item.labels for item in val])
     assert measured["f1_iou50"] == pytest.approx(stated["f1_iou50"], abs=0.01)
     assert measured["ap_iou50"] == pytest.approx(stated["ap_iou50"], abs=0.01)
-    # The card reports the classical baseline on the same images; the brightfield model must
-    # clearly beat it and reach the target (the fluorescence model has no target).
-    assert 0 < meta["watershed_val"]["f1_iou50"] < 1
+    # Clearly better than the classical baseline on the same images.
+    assert measured["f1_iou50"] > meta["watershed_val"]["f1_iou50"] + 0.05
     if name == "he_nuclei":
-        assert measured["f1_iou50"] > meta["watershed_val"]["f1_iou50"] + 0.05
-        assert measured["f1_iou50"] >= 0.75
+        assert measured["f1_iou50"] >= 0.75  # the target for brightfield
