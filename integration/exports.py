@@ -16,6 +16,9 @@ import pandas as pd
 
 from integration.table import FeatureTable
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask; files get the usual mode
+
 STATA_LABEL_MAX = 80
 FEATURES_STEM = "features"
 LONG_STEM = "features_long"
@@ -33,6 +36,7 @@ def atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -19,6 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask; files get the usual mode
+
 TISSUE_MASK = "tissue_mask"
 TILE_DONE = "tile_done"
 PARTS_DIR = "cell_parts"
@@ -31,6 +34,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -11,6 +11,9 @@ from typing import Any
 
 import pandas as pd
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask; files get the usual mode
+
 BATCH_REPORT = "batch_report.csv"
 BATCH_COLUMNS = ("sample_id", "status", "reason", "seconds")
 
@@ -36,6 +39,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(handle)
     try:
         write(Path(temp))
+        os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
