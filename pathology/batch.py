@@ -184,7 +184,7 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
             for job in jobs:
                 if not force and _is_complete(out, job, config):
                     # Segmentation is reused; the cheap downstream steps follow the config.
-                    problem = post_process_slide(job, out, config)
+                    problem = post_process_slide(job, out, config, reuse_qc=True)
                     record(BatchRow(job.sample_id, "failed" if problem else "skipped",
                                     problem or "already done with this input and config", 0.0))
                 else:

@@ -8,6 +8,7 @@ cluster), so results never travel through the scheduler.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -140,8 +141,16 @@ def task_finalize(plan: SlidePlan, out: Path, config: PathologyConfig, seconds: 
                           tiles_computed=computed)
 
 
-def post_process_slide(job: SlideJob, out: Path, config: PathologyConfig) -> str:
+def post_process_slide(job: SlideJob, out: Path, config: PathologyConfig, *,
+                       reuse_qc: bool = False) -> str:
     """Everything computed from a finished slide's cells: phenotypes, regions, features, QC.
+
+    Parameters
+    ----------
+    reuse_qc
+        For slides whose segmentation was reused: keep the existing ``qc/`` folder when the QC
+        settings and the cell classes it was drawn from are unchanged (QC re-reads the slide,
+        the costliest step of a resumed batch).
 
     Returns
     -------
@@ -149,23 +158,39 @@ def post_process_slide(job: SlideJob, out: Path, config: PathologyConfig) -> str
         Empty when all steps succeeded, else the reasons (the cells are kept either way;
         ``hccbio slides features OUT`` and ``hccbio slides qc OUT`` redo these steps alone).
     """
-    from pathology.features import compute_slide_features
+    from pathology.features import CLASSES_FILE, compute_slide_features
+    from pathology.nuclei import file_sha256
     from pathology.panels import PanelError
-    from pathology.qc.run import QcError, run_slide_qc
+    from pathology.qc.run import QcError, qc_digest, run_slide_qc
     from pathology.slide import SlideError
 
+    folder = out / "slides" / job.sample_id
+    classes = folder / CLASSES_FILE
+    classes_before = file_sha256(classes) if reuse_qc and classes.is_file() else None
     problems = []
     try:
         compute_slide_features(out, job.sample_id, modality=job.modality, stain=job.stain,
                                config=config)
     except (PanelError, ValueError, OSError, KeyError) as error:
         problems.append(f"features: {' '.join(str(error).split())}")
+    if classes_before is not None and _qc_current(folder, config, qc_digest) and (
+            classes.is_file() and file_sha256(classes) == classes_before):
+        return "; ".join(problems)
     try:
         run_slide_qc(out, job.sample_id, slide_path=job.path, manifest_mpp=job.mpp,
                      config=config, modality=job.modality)
     except (QcError, SlideError, ValueError, OSError) as error:
         problems.append(f"qc: {' '.join(str(error).split())}")
     return "; ".join(problems)
+
+
+def _qc_current(folder: Path, config: PathologyConfig, qc_digest) -> bool:
+    """Whether the slide's qc.json was made with the current QC settings."""
+    path = folder / "qc" / "qc.json"
+    try:
+        return json.loads(path.read_text()).get("qc_config_sha256") == qc_digest(config)
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def tile_batches(plan: SlidePlan, size: int) -> list[list[int]]:
