@@ -10,16 +10,15 @@ import re
 
 import numpy as np
 import pyarrow as pa
+from scipy import ndimage as ndi
+from scipy.spatial import ConvexHull, QhullError
 from skimage.color import hed_from_rgb
-from skimage.measure import regionprops_table
+from skimage.measure import grid_points_in_poly
 from skimage.segmentation import expand_labels
 
 from pathology.nuclei import TileNuclei
 from pathology.tiles import Tile
 
-# What regionprops computes; moments and mean intensities come from np.bincount (the same
-# definitions as scikit-image, without its per-region Python loop).
-SHAPE_PROPERTIES = ("label", "perimeter", "solidity")
 STAIN_NAMES = ("hematoxylin", "eosin", "dab")
 
 
@@ -91,9 +90,11 @@ def intensity_image(image: np.ndarray, *, kind: str, channels: tuple[str, ...],
 def label_measurements(labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.ndarray]:
     """Shape and mean intensity of every label, as scikit-image's regionprops defines them.
 
-    ``area``, ``centroid``, ``eccentricity`` and the axis lengths follow from pixel moments
-    gathered with ``np.bincount`` in one pass over the image; ``perimeter`` and ``solidity``
-    come from ``regionprops_table``.
+    Everything is computed for all labels at once, from the labelled pixels only: area,
+    centroid, eccentricity and axis lengths from pixel moments (``np.bincount``), perimeter
+    by scikit-image's 4-neighbourhood border weighting, solidity from the convex hull of the
+    pixels' diamond corners (scikit-image's ``convex_hull_image``). Tested equal to
+    ``regionprops_table`` on real nuclei.
 
     Returns
     -------
@@ -105,34 +106,94 @@ def label_measurements(labels: np.ndarray, intensity: np.ndarray) -> dict[str, n
     --------
     >>> lab = np.zeros((6, 6), int); lab[1:3, 1:5] = 1
     >>> m = label_measurements(lab, np.ones((6, 6, 1)))
-    >>> m["area"].tolist(), m["centroid-1"].tolist()
-    ([8.0], [2.5])
+    >>> m["area"].tolist(), m["centroid-1"].tolist(), m["perimeter"].tolist()
+    ([8.0], [2.5], [6.0])
     """
     labels = np.asarray(labels, dtype=np.int64)
-    props = regionprops_table(labels, properties=SHAPE_PROPERTIES)
-    ids = np.asarray(props["label"], dtype=np.int64)
     size = int(labels.max()) + 1 if labels.size else 1
-    flat = labels.ravel()
-    rows, cols = np.indices(labels.shape, dtype=np.float64)
+    foreground = labels > 0
+    flat = labels[foreground]
+    rows, cols = (index.astype(np.float64) for index in np.nonzero(foreground))
     area = np.bincount(flat, minlength=size).astype(np.float64)
-    mean_r = np.bincount(flat, rows.ravel(), size) / np.maximum(area, 1)
-    mean_c = np.bincount(flat, cols.ravel(), size) / np.maximum(area, 1)
-    dr, dc = rows.ravel() - mean_r[flat], cols.ravel() - mean_c[flat]
-    var_r = np.bincount(flat, dr * dr, size) / np.maximum(area, 1)
-    var_c = np.bincount(flat, dc * dc, size) / np.maximum(area, 1)
-    cov = np.bincount(flat, dr * dc, size) / np.maximum(area, 1)
+    ids = np.flatnonzero(area[1:]) + 1
+    safe_area = np.maximum(area, 1)
+    mean_r = np.bincount(flat, rows, size) / safe_area
+    mean_c = np.bincount(flat, cols, size) / safe_area
+    dr, dc = rows - mean_r[flat], cols - mean_c[flat]
+    var_r = np.bincount(flat, dr * dr, size) / safe_area
+    var_c = np.bincount(flat, dc * dc, size) / safe_area
+    cov = np.bincount(flat, dr * dc, size) / safe_area
     half_sum, root = (var_r + var_c) / 2, np.sqrt(((var_r - var_c) / 2) ** 2 + cov**2)
     major, minor = half_sum + root, np.clip(half_sum - root, 0, None)
     with np.errstate(invalid="ignore", divide="ignore"):
         eccentricity = np.where(major > 0, np.sqrt(np.clip(1 - minor / major, 0, 1)), 0.0)
+    border, perimeter = _borders_and_perimeters(labels, size)
     out = {"label": ids, "area": area[ids], "centroid-0": mean_r[ids],
-           "centroid-1": mean_c[ids], "perimeter": np.asarray(props["perimeter"]),
-           "eccentricity": eccentricity[ids], "solidity": np.asarray(props["solidity"]),
+           "centroid-1": mean_c[ids], "perimeter": perimeter[ids],
+           "eccentricity": eccentricity[ids],
+           "solidity": area[ids] / _convex_areas(labels, border, ids),
            "axis_major_length": 4 * np.sqrt(major[ids]),
            "axis_minor_length": 4 * np.sqrt(minor[ids])}
     for c in range(intensity.shape[-1]):
-        sums = np.bincount(flat, intensity[..., c].ravel().astype(np.float64), size)
-        out[f"intensity_mean-{c}"] = sums[ids] / np.maximum(area[ids], 1)
+        sums = np.bincount(flat, intensity[..., c][foreground].astype(np.float64), size)
+        out[f"intensity_mean-{c}"] = sums[ids] / area[ids]
+    return out
+
+
+# scikit-image's perimeter (neighbourhood 4): border pixels coded 1 + 2 x (4-neighbours on the
+# border) + 10 x (diagonal neighbours on the border), each code weighted by its edge length.
+_PERIMETER_WEIGHTS = np.zeros(50, dtype=np.float64)
+_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1
+_PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2)
+_PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
+_FOUR = ((-1, 0), (1, 0), (0, -1), (0, 1))
+_DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+_DIAMOND2 = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.int64)  # half-pixels
+
+
+def _borders_and_perimeters(labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Border pixels of every label (a 4-neighbour outside it) and its perimeter."""
+    height, width = labels.shape
+    padded = np.pad(labels, 1)
+
+    def shifted(array: np.ndarray, dy: int, dx: int) -> np.ndarray:
+        return array[1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
+
+    inside = labels > 0
+    interior = inside.copy()
+    for dy, dx in _FOUR:
+        interior &= shifted(padded, dy, dx) == labels
+    border = inside & ~interior
+    padded_border = np.pad(border, 1)
+    code = border.astype(np.int64)
+    for weight, offsets in ((2, _FOUR), (10, _DIAGONAL)):
+        for dy, dx in offsets:
+            code += weight * (shifted(padded_border, dy, dx) & (shifted(padded, dy, dx) == labels))
+    histogram = np.bincount(labels[border] * 50 + code[border], minlength=size * 50)
+    return border, histogram.reshape(size, 50).astype(np.float64) @ _PERIMETER_WEIGHTS
+
+
+def _convex_areas(labels: np.ndarray, border: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Pixel count of each label's convex hull image, as scikit-image's ``area_convex``: the
+    hull of the border pixels' diamond corners, pixel centres inside or on it."""
+    slices = ndi.find_objects(labels)
+    out = np.empty(len(ids), dtype=np.float64)
+    for k, label in enumerate(ids):
+        box = slices[label - 1]
+        ys, xs = np.nonzero(border[box] & (labels[box] == label))
+        # Diamond corners in half-pixel units shifted to be >= 0, deduplicated as
+        # scikit-image does (one integer key per corner).
+        keys = np.unique(((2 * ys[:, None] + 1 + _DIAMOND2[:, 0]) << 32)
+                         + (2 * xs[:, None] + 1 + _DIAMOND2[:, 1]))
+        corners = (np.stack([keys >> 32, keys & 0xFFFFFFFF], axis=1) - 1) / 2.0
+        try:
+            hull = ConvexHull(corners)
+        except QhullError:  # cannot happen with diamond corners; keep regionprops' meaning
+            out[k] = np.nan
+            continue
+        inside = grid_points_in_poly(labels[box].shape, hull.points[hull.vertices],
+                                     binarize=False)
+        out[k] = np.count_nonzero(inside >= 1)
     return out
 
 

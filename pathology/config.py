@@ -125,6 +125,12 @@ class BatchSection(_Section):
                                 "split into tasks so that several workers share it.")
     retries: int = Field(1, ge=0, description="Retries of a failed task (a worker that died "
                          "or ran out of memory) before the slide is marked failed.")
+    tiles_per_forward: int | None = Field(None, ge=1, description="Tiles of equal size "
+                                          "stacked into one network forward pass; empty = 1 "
+                                          "on a CPU, 8 when TensorFlow sees a GPU.")
+    read_ahead: bool = Field(True, description="Read the next tiles and run the network on "
+                             "them in a second thread while this tile's nuclei are measured "
+                             "and written (one batch ahead; memory: one more batch).")
     slurm: SlurmSection = SlurmSection()
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,7 +23,15 @@ import pyarrow.parquet as pq
 
 from pathology.cells import measure_tile
 from pathology.config import PathologyConfig
-from pathology.nuclei import NucleusModel, load_model, normalization_range, segment_tile
+from pathology.nuclei import (
+    NucleusModel,
+    Prediction,
+    gpu_available,
+    instances_from_prediction,
+    load_model,
+    normalization_range,
+    predict_tiles,
+)
 from pathology.slide import Slide, SlideError
 from pathology.store import SlideStore, atomic_write_parquet, atomic_write_text
 from pathology.tiles import Tile, tile_grid
@@ -35,6 +44,7 @@ CELLS_FILE = "cells.parquet"
 FEATURES_FILE = "features.json"
 NORM_SAMPLE_SPACING = 2048  # px at working resolution; fixed so normalisation ignores tiling
 NORM_SAMPLE_SIZE = 256
+GPU_TILES_PER_FORWARD = 8  # tiles of 1024 + halo: about 4 GB of activations
 
 
 @dataclass(frozen=True)
@@ -227,7 +237,10 @@ def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: M
     """Segment and measure the plan's unfinished tiles (or the given subset).
 
     Several processes may work on disjoint subsets of one slide at once: each tile has its
-    own Parquet part and its own progress chunk.
+    own Parquet part and its own progress chunk. Within the process, reading and the network
+    forward pass of the next batch of tiles run in a second thread while the current tiles'
+    nuclei are separated (non-maximum suppression), measured and written
+    (``batch.read_ahead``); results are the same either way.
 
     Returns
     -------
@@ -236,21 +249,61 @@ def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: M
     """
     store = SlideStore(out / "slides" / plan.job.sample_id, plan.identity)
     wanted = None if tile_indices is None else set(tile_indices)
+    todo = [tile for tile in plan.tiles
+            if (wanted is None or tile.index in wanted) and not store.tile_done(tile.index)]
+    if max_tiles is not None:
+        todo = todo[:max_tiles]
+    if not todo:
+        return 0
     model = models.get(plan.kind)
-    computed = 0
-    with _open(plan.job, config) as slide:
-        for tile in plan.tiles:
-            if wanted is not None and tile.index not in wanted:
-                continue
-            if store.tile_done(tile.index):
-                continue
-            if max_tiles is not None and computed >= max_tiles:
-                break
-            table = _process_tile(slide, tile, model, plan.norm_range, kind=plan.kind,
-                                  nuclear=plan.nuclear, config=config)
-            store.save_tile(tile.index, table)
-            computed += 1
-    return computed
+    per_forward = tiles_per_forward(config)
+    batches = [todo[i:i + per_forward] for i in range(0, len(todo), per_forward)]
+    with _open(plan.job, config) as slide, ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="hccbio-read-ahead") as ahead:
+        level0_mpp, channels = slide.info.pixel_size.mpp, slide.info.channels
+
+        def read_and_predict(batch: list[Tile]) -> list[tuple[Tile, np.ndarray, Prediction]]:
+            images = [_read_tile(slide, tile, config) for tile in batch]
+            predictions = predict_tiles(
+                model, [_segmentation_input(image, plan.kind, plan.nuclear) for image in images],
+                plan.norm_range, batch_size=per_forward)
+            return list(zip(batch, images, predictions, strict=True))
+
+        run = ahead.submit if config.batch.read_ahead else _run_now
+        pending = run(read_and_predict, batches[0])
+        for number in range(len(batches)):
+            results = pending.result()
+            if number + 1 < len(batches):
+                pending = run(read_and_predict, batches[number + 1])
+            for tile, image, prediction in results:
+                nuclei = instances_from_prediction(model, prediction)
+                store.save_tile(tile.index, measure_tile(
+                    tile, nuclei, image, kind=plan.kind, working_mpp=config.slide.working_mpp,
+                    level0_mpp=level0_mpp, channels=channels,
+                    min_area_um2=config.segmentation.min_area_um2,
+                    background=config.cells.background_intensity,
+                    ring_width_um=config.cells.ring_width_um))
+    return len(todo)
+
+
+def tiles_per_forward(config: PathologyConfig) -> int:
+    """Tiles per network forward pass: the configured value, else 1 on a CPU and
+    ``GPU_TILES_PER_FORWARD`` when TensorFlow sees a GPU."""
+    if config.batch.tiles_per_forward is not None:
+        return config.batch.tiles_per_forward
+    return GPU_TILES_PER_FORWARD if gpu_available() else 1
+
+
+def _run_now(function, *args) -> Future:
+    """Run ``function`` here and now, as a finished future (no read-ahead)."""
+    future: Future = Future()
+    future.set_result(function(*args))
+    return future
+
+
+def _read_tile(slide: Slide, tile: Tile, config: PathologyConfig) -> np.ndarray:
+    return slide.read_region_at(tile.read_x, tile.read_y, tile.read_width, tile.read_height,
+                                mpp=config.slide.working_mpp)
 
 
 def finalize_slide(plan: SlidePlan, out: Path, config: PathologyConfig, models: ModelCache, *,
@@ -320,20 +373,6 @@ def process_slide(job: SlideJob, out: Path, config: PathologyConfig, models: Mod
                            "interrupted (max_tiles)")
     return finalize_slide(plan, out, config, models, seconds=time.perf_counter() - started,
                           tiles_computed=computed)
-
-
-def _process_tile(slide: Slide, tile: Tile, model: NucleusModel,
-                  norm_range: tuple[float, float], *, kind: str, nuclear: int | None,
-                  config: PathologyConfig) -> pa.Table:
-    working_mpp = config.slide.working_mpp
-    image = slide.read_region_at(tile.read_x, tile.read_y, tile.read_width, tile.read_height,
-                                 mpp=working_mpp)
-    nuclei = segment_tile(model, _segmentation_input(image, kind, nuclear), norm_range)
-    return measure_tile(tile, nuclei, image, kind=kind, working_mpp=working_mpp,
-                        level0_mpp=slide.info.pixel_size.mpp, channels=slide.info.channels,
-                        min_area_um2=config.segmentation.min_area_um2,
-                        background=config.cells.background_intensity,
-                        ring_width_um=config.cells.ring_width_um)
 
 
 def consolidate_cells(store: SlideStore, tiles: list[Tile], target: Path) -> int:

@@ -1,0 +1,95 @@
+"""The direct network path equals StarDist's own predict_instances; batching and read-ahead
+change nothing; shape measurements equal regionprops on StarDist's nuclei."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from skimage.measure import regionprops_table
+
+from pathology.cells import label_measurements
+from pathology.config import BatchSection, PathologyConfig, TilingSection
+from pathology.nuclei import (
+    instances_from_prediction,
+    network_input,
+    predict_tiles,
+    segment_tile,
+)
+from pathology.pipeline import SlideJob, process_slide
+
+
+@pytest.fixture(scope="module")
+def he_image():
+    from stardist.data import test_image_he_2d
+
+    return test_image_he_2d()  # real H&E, 512 x 512, not a multiple of the network divisor
+
+
+@pytest.fixture(scope="module")
+def he_model(models):
+    return models.get("brightfield")
+
+
+def test_segment_tile_equals_stardist_predict_instances(he_model, he_image):
+    image = he_image[:300, :471]  # odd size: padding at the end, as StarDist pads
+    ours = segment_tile(he_model, image, (0.0, 255.0))
+    labels, details = he_model.model.predict_instances(
+        image.astype(np.float32) / 255.0, prob_thresh=he_model.prob_thresh,
+        nms_thresh=he_model.nms_thresh, show_tile_progress=False, verbose=False)
+    assert len(ours.prob) > 50
+    np.testing.assert_array_equal(ours.labels, labels)
+    np.testing.assert_array_equal(ours.points, details["points"])
+    np.testing.assert_array_equal(ours.prob, details["prob"].astype(np.float32))
+    np.testing.assert_array_equal(ours.coord, details["coord"].astype(np.float32))
+
+
+def test_network_input_pads_to_the_divisor_by_reflection(he_model, he_image):
+    x = network_input(he_model, he_image[:100, :130], (0.0, 255.0))
+    assert x.shape == (112, 144, 3) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[100], x[98])  # reflect, not zeros
+    with pytest.raises(ValueError, match="expects 3 channel"):
+        network_input(he_model, he_image[..., :1], (0.0, 255.0))
+
+
+def test_batched_forward_pass_equals_one_tile_at_a_time(he_model, he_image):
+    tiles = [he_image[:256, :256], he_image[256:, 256:], he_image[:200, 300:],
+             he_image[256:, :256]]  # three of one size, one of another
+    alone = [predict_tiles(he_model, [t], (0.0, 255.0))[0] for t in tiles]
+    batched = predict_tiles(he_model, tiles, (0.0, 255.0), batch_size=3)
+    for a, b in zip(alone, batched, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a.prob, b.prob, atol=1e-5)
+        np.testing.assert_allclose(a.dist, b.dist, atol=1e-4)
+        na, nb = instances_from_prediction(he_model, a), instances_from_prediction(he_model, b)
+        assert len(na.prob) == len(nb.prob)
+
+
+def test_read_ahead_and_batching_give_the_same_cells(he_tiff, models, tmp_path):
+    tables = {}
+    for read_ahead, per_forward in ((False, 1), (True, 1), (True, 4)):
+        config = PathologyConfig(tiling=TilingSection(tile_size=128, halo=48),
+                                 batch=BatchSection(read_ahead=read_ahead,
+                                                    tiles_per_forward=per_forward))
+        out = tmp_path / f"{read_ahead}-{per_forward}"
+        process_slide(SlideJob("he", he_tiff, "he"), out, config, models)
+        tables[(read_ahead, per_forward)] = pq.read_table(
+            out / "slides" / "he" / "cells.parquet").to_pandas()
+    reference = tables[(False, 1)]
+    assert len(reference) > 100
+    assert tables[(True, 1)].equals(reference)  # read-ahead: bit for bit
+    batched = tables[(True, 4)]  # batches may round differently in the last float bit
+    assert abs(len(batched) - len(reference)) <= 1
+    np.testing.assert_allclose(np.sort(batched.area_um2)[:50], np.sort(reference.area_um2)[:50])
+
+
+def test_shape_measurements_equal_regionprops_on_stardist_nuclei(he_model, he_image):
+    labels = segment_tile(he_model, he_image, (0.0, 255.0)).labels  # touching, clipped nuclei
+    ours = label_measurements(labels, np.ones(labels.shape + (1,), np.float32))
+    reference = regionprops_table(labels, properties=("label", "area", "perimeter",
+                                                      "solidity", "eccentricity"))
+    assert len(reference["label"]) > 100
+    for key, values in reference.items():
+        np.testing.assert_allclose(ours[key], values, rtol=1e-9, atol=1e-9, err_msg=key)
+
+
