@@ -32,6 +32,44 @@ def _clipped_otsu(values: np.ndarray, low: float, high: float) -> float:
     return float(np.clip(threshold_otsu(values), low, high))
 
 
+def brightfield_od_and_saturation(rgb: np.ndarray, *, background: float = 255.0
+                                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean optical density over R, G, B and HSV saturation of every pixel.
+
+    8-bit images go through lookup tables (per value for the density, per (max, min) pair
+    for the saturation, built with scikit-image's ``rgb2hsv``), so the values equal the
+    direct computation while memory holds two single-channel float32 planes instead of
+    several float copies of the whole RGB overview.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``od`` and ``saturation``, ``(H, W)`` float32.
+
+    Examples
+    --------
+    >>> od, sat = brightfield_od_and_saturation(np.array([[[255, 255, 255], [255, 0, 0]]],
+    ...                                                  np.uint8))
+    >>> sat.tolist()
+    [[0.0, 1.0]]
+    """
+    rgb = rgb[..., :3]
+    if rgb.dtype != np.uint8:
+        values = rgb.astype(np.float32)
+        od = -np.log10(np.clip(values, 1, background) / background).mean(axis=2)
+        return od, rgb2hsv(np.clip(values / 255.0, 0, 1))[..., 1]
+    levels = np.arange(256, dtype=np.float32)
+    od_table = -np.log10(np.clip(levels, 1, background) / background)
+    high, low = np.meshgrid(levels, levels, indexing="ij")
+    pairs = np.stack([high, low, low], axis=-1) / 255.0  # saturation depends on max, min only
+    saturation_table = rgb2hsv(np.clip(pairs, 0, 1))[..., 1].astype(np.float32)
+    od = od_table[rgb[..., 0]]
+    od += od_table[rgb[..., 1]]
+    od += od_table[rgb[..., 2]]
+    od /= np.float32(3)
+    return od, saturation_table[rgb.max(axis=2), rgb.min(axis=2)]
+
+
 def detect_tissue(overview: np.ndarray, *, kind: Kind, mpp: float, config: TissueSection,
                   nuclear_channel: int = 0, background: float = 255.0) -> np.ndarray:
     """Boolean tissue mask of a slide overview.
@@ -67,14 +105,13 @@ def detect_tissue(overview: np.ndarray, *, kind: Kind, mpp: float, config: Tissu
     if overview.ndim != 3:
         raise ValueError(f"overview must be (H, W, C), got shape {overview.shape}")
     if kind == "brightfield":
-        rgb = overview[..., :3].astype(np.float32)
-        od = -np.log10(np.clip(rgb, 1, background) / background).mean(axis=2)
-        saturation = rgb2hsv(np.clip(rgb / 255.0, 0, 1))[..., 1]
+        od, saturation = brightfield_od_and_saturation(overview, background=background)
         od_threshold = _clipped_otsu(od, *config.od_threshold_range)
         sat_threshold = _clipped_otsu(saturation, *config.saturation_threshold_range)
         # Dark, unsaturated pixels are tissue too (hematoxylin-dense areas), but pure black
         # (scanner padding) is not.
-        mask = ((od > od_threshold) | (saturation > sat_threshold)) & (rgb.max(axis=2) > 8)
+        mask = ((od > od_threshold) | (saturation > sat_threshold)) & (
+            overview[..., :3].max(axis=2) > 8)
     elif kind == "fluorescence":
         channel = overview[..., nuclear_channel].astype(np.float32)
         sigma = config.fluorescence_smooth_um / mpp

@@ -8,7 +8,7 @@ import pytest
 from pathology.config import TissueSection
 from pathology.slide import Slide
 from pathology.tiles import tile_grid
-from pathology.tissue import detect_tissue
+from pathology.tissue import brightfield_od_and_saturation, detect_tissue
 
 
 def test_brightfield_tissue_mask_on_real_svs(shared_data):
@@ -21,6 +21,20 @@ def test_brightfield_tissue_mask_on_real_svs(shared_data):
     # Bright glass is almost never called tissue; dark stained pixels almost always are.
     assert mask[glass].mean() < 0.15
     assert mask[overview.mean(axis=2) < 170].mean() > 0.95
+
+
+def test_lookup_table_density_and_saturation_equal_the_direct_formulas(shared_data):
+    from skimage.color import rgb2hsv
+
+    with Slide(shared_data / "slides" / "pathml-testdata" / "small_HE.svs") as slide:
+        overview = slide.read_overview(2.0)  # real H&E, 400k pixels of glass and tissue
+    rgb = overview[..., :3].astype(np.float32)
+    od, saturation = brightfield_od_and_saturation(overview)
+    np.testing.assert_array_equal(od, -np.log10(np.clip(rgb, 1, 255) / 255).mean(axis=2))
+    np.testing.assert_array_equal(saturation, rgb2hsv(np.clip(rgb / 255.0, 0, 1))[..., 1])
+    # Non-8-bit input takes the direct path.
+    od16, _ = brightfield_od_and_saturation(overview.astype(np.uint16))
+    np.testing.assert_allclose(od16, od, rtol=1e-6)
 
 
 def test_all_tissue_image_is_not_split_in_half():
