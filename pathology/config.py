@@ -127,7 +127,9 @@ class BatchSection(_Section):
                          "or ran out of memory) before the slide is marked failed.")
     tiles_per_forward: int | None = Field(None, ge=1, description="Tiles of equal size "
                                           "stacked into one network forward pass; empty = 1 "
-                                          "on a CPU, 8 when TensorFlow sees a GPU.")
+                                          "on a CPU and, when TensorFlow sees a GPU, about "
+                                          "10 Mpx of read boxes (8 tiles of 1024 px, 2 of "
+                                          "2048 px); halved when GPU memory runs out.")
     read_ahead: bool = Field(True, description="Read the next tiles and run the network on "
                              "them in a second thread while this tile's nuclei are measured "
                              "and written (one batch ahead; memory: one more batch).")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ PRETRAINED = {
     "2D_paper_dsb2018": {"method": "percentile", "low": 1.0, "high": 99.8},
 }
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("hccbio.pathology")
 CANDIDATE_BORDER = 2  # grid cells; StarDist's own default (b=2)
 
 
@@ -91,6 +93,7 @@ def load_model(spec: str, *, prob_thresh: float | None = None,
         downloaded (no network).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    allow_gpu_memory_growth()
     from stardist.models import StarDist2D
 
     folder = resolve_model_path(spec)
@@ -177,6 +180,19 @@ def gpu_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def allow_gpu_memory_growth() -> None:
+    """Let TensorFlow take GPU memory as it needs it rather than all of it at start, so that
+    several processes (Dask workers, QC) can share a GPU. No effect once TensorFlow has used
+    the GPU in this process."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError):  # already initialised
+            pass
+
+
 def network_input(model: NucleusModel, image: np.ndarray,
                   norm_range: tuple[float, float]) -> np.ndarray:
     """Normalise ``image`` and pad it at the end (reflect, as StarDist does) to the size the
@@ -193,7 +209,11 @@ def network_input(model: NucleusModel, image: np.ndarray,
         raise ValueError(f"model {model.name} expects {model.n_channel_in} channel(s), the tile "
                          f"has {image.shape[2]}")
     low, high = norm_range
-    x = (image.astype(np.float32) - np.float32(low)) / np.float32(high - low)
+    # (x - low) / (high - low) in float32, in place: the same numbers without temporaries.
+    x = image.astype(np.float32)
+    if low:
+        np.subtract(x, np.float32(low), out=x)
+    np.divide(x, np.float32(high - low), out=x)
     divisor = _divisor(model)
     pad = [(0, (-size) % div) for size, div in zip(x.shape[:2], divisor, strict=True)] + [(0, 0)]
     return np.pad(x, pad, mode="reflect") if any(p[1] for p in pad) else x
@@ -257,10 +277,29 @@ def predict_tiles(model: NucleusModel, images: list[np.ndarray],
     for indices in by_shape.values():
         for start in range(0, len(indices), max(1, batch_size)):
             chunk = indices[start:start + max(1, batch_size)]
-            prob, dist = forward_pass(model, np.stack([prepared[i] for i in chunk]))
-            for k, i in enumerate(chunk):
-                out[i] = Prediction(tuple(images[i].shape[:2]), prob[k], dist[k])
+            for i, (prob, dist) in zip(chunk, _forward_halving(model, [prepared[i] for i in chunk]),
+                                       strict=True):
+                out[i] = Prediction(tuple(images[i].shape[:2]), prob, dist)
     return out  # type: ignore[return-value]
+
+
+def _forward_halving(model: NucleusModel, inputs: list[np.ndarray]
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One forward pass over ``inputs``; a batch that does not fit in (GPU) memory is split in
+    halves until it does (a single tile that does not fit is an error)."""
+    import tensorflow as tf
+
+    try:
+        prob, dist = forward_pass(model, inputs[0][None] if len(inputs) == 1 else
+                                  np.stack(inputs))
+    except tf.errors.ResourceExhaustedError:
+        if len(inputs) == 1:
+            raise
+        half = len(inputs) // 2
+        log.warning("out of memory for %d tiles in one forward pass; trying %d", len(inputs),
+                    half)
+        return _forward_halving(model, inputs[:half]) + _forward_halving(model, inputs[half:])
+    return [(prob[k], dist[k]) for k in range(len(inputs))]
 
 
 def instances_from_prediction(model: NucleusModel, prediction: Prediction) -> TileNuclei:

@@ -44,7 +44,9 @@ CELLS_FILE = "cells.parquet"
 FEATURES_FILE = "features.json"
 NORM_SAMPLE_SPACING = 2048  # px at working resolution; fixed so normalisation ignores tiling
 NORM_SAMPLE_SIZE = 256
-GPU_TILES_PER_FORWARD = 8  # tiles of 1024 + halo: about 4 GB of activations
+# About 10.6 Mpx per forward pass on a GPU (8 read boxes of 1152 px): a few GB of U-Net
+# activations; a batch that does not fit is halved (pathology.nuclei).
+GPU_PIXELS_PER_FORWARD = 8 * 1152**2
 
 
 @dataclass(frozen=True)
@@ -287,11 +289,15 @@ def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: M
 
 
 def tiles_per_forward(config: PathologyConfig) -> int:
-    """Tiles per network forward pass: the configured value, else 1 on a CPU and
-    ``GPU_TILES_PER_FORWARD`` when TensorFlow sees a GPU."""
+    """Tiles per network forward pass: the configured value, else 1 on a CPU and, when
+    TensorFlow sees a GPU, as many read boxes as make ``GPU_PIXELS_PER_FORWARD`` pixels
+    (8 tiles of 1024 px, 2 of 2048 px with the default halo)."""
     if config.batch.tiles_per_forward is not None:
         return config.batch.tiles_per_forward
-    return GPU_TILES_PER_FORWARD if gpu_available() else 1
+    if not gpu_available():
+        return 1
+    side = config.tiling.tile_size + 2 * config.tiling.halo
+    return max(1, GPU_PIXELS_PER_FORWARD // side**2)
 
 
 def _run_now(function, *args) -> Future:

@@ -53,8 +53,9 @@ def test_network_input_pads_to_the_divisor_by_reflection(he_model, he_image):
 
 
 def test_batched_forward_pass_equals_one_tile_at_a_time(he_model, he_image):
-    tiles = [he_image[:256, :256], he_image[256:, 256:], he_image[:200, 300:],
-             he_image[256:, :256]]  # three of one size, one of another
+    tiles = [he_image[:160, :160], he_image[:160, 160:320], he_image[140:, 300:460],
+             he_image[:200, 300:]]  # three of one size, one of another
+    assert len({t.shape for t in tiles}) == 2
     alone = [predict_tiles(he_model, [t], (0.0, 255.0))[0] for t in tiles]
     batched = predict_tiles(he_model, tiles, (0.0, 255.0), batch_size=3)
     for a, b in zip(alone, batched, strict=True):
@@ -93,3 +94,48 @@ def test_shape_measurements_equal_regionprops_on_stardist_nuclei(he_model, he_im
         np.testing.assert_allclose(ours[key], values, rtol=1e-9, atol=1e-9, err_msg=key)
 
 
+
+
+def test_batch_that_runs_out_of_memory_is_halved(he_model, he_image, monkeypatch):
+    import tensorflow as tf
+
+    import pathology.nuclei as nuclei
+
+    real = nuclei.forward_pass
+    sizes = []
+
+    def forward_that_fits_one(model, batch):  # a GPU with room for one tile at a time
+        sizes.append(len(batch))
+        if len(batch) > 1:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return real(model, batch)
+
+    monkeypatch.setattr(nuclei, "forward_pass", forward_that_fits_one)
+    tiles = [he_image[:128, :128], he_image[:128, 128:256], he_image[:128, 256:384]]
+    batched = predict_tiles(he_model, tiles, (0.0, 255.0), batch_size=3)
+    assert sizes[0] == 3 and sizes.count(1) == 3
+    monkeypatch.setattr(nuclei, "forward_pass", real)
+    for tile, prediction in zip(tiles, batched, strict=True):
+        np.testing.assert_array_equal(prediction.prob,
+                                      predict_tiles(he_model, [tile], (0.0, 255.0))[0].prob)
+
+    def forward_that_fits_nothing(model, batch):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    monkeypatch.setattr(nuclei, "forward_pass", forward_that_fits_nothing)
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        predict_tiles(he_model, tiles[:2], (0.0, 255.0), batch_size=2)
+
+
+def test_tiles_per_forward_defaults(monkeypatch):
+    import pathology.pipeline as pipeline
+
+    config = PathologyConfig()
+    monkeypatch.setattr(pipeline, "gpu_available", lambda: False)
+    assert pipeline.tiles_per_forward(config) == 1
+    monkeypatch.setattr(pipeline, "gpu_available", lambda: True)
+    assert pipeline.tiles_per_forward(config) == 8  # 1024 px tiles, 64 px halo
+    large = PathologyConfig(tiling=TilingSection(tile_size=2048, halo=64))
+    assert pipeline.tiles_per_forward(large) == 2
+    fixed = PathologyConfig(batch=BatchSection(tiles_per_forward=3))
+    assert pipeline.tiles_per_forward(fixed) == 3
