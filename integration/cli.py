@@ -24,6 +24,23 @@ app.add_typer(rnaseq_app, name="rnaseq")
 app.add_typer(blood_app, name="blood")
 
 
+
+LIBRARY_LOGGERS = ("distributed", "tornado", "bokeh", "asyncio", "absl", "tensorflow")
+
+
+def configure_logging() -> None:
+    """hccbio's own lines (``slide=S01 status=done ...``) at INFO, libraries at WARNING.
+
+    The same with and without ``--quiet``, which only leaves out the live display; Dask's
+    scheduler chatter and TensorFlow's start-up notes never reach the log.
+    """
+    import distributed  # noqa: F401  (it sets its own levels on import: import it first)
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("hccbio").setLevel(logging.INFO)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
@@ -46,8 +63,7 @@ def slides_run(
     from pathology.config import ConfigError, load_config
     from pathology.pipeline import SlideJob
 
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging()
     try:
         samples = read_manifest(manifest)
         cfg = load_config(config)
@@ -268,8 +284,7 @@ def study_run(
     """Slides, blood, RNA-seq, integration and analysis of a study, into its 'out' folder."""
     from integration.study import StudyError, run_study
 
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging()
     try:
         summary = run_study(study, force=force, show_progress=not quiet)
     except StudyError as error:

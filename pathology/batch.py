@@ -65,6 +65,7 @@ class BatchRow:
     status: str  # done | skipped | failed
     reason: str
     seconds: float
+    cells: int | None = None  # nuclei found (done slides; not in the report, in the log)
 
 
 def read_report(out: Path) -> dict[str, BatchRow]:
@@ -175,8 +176,9 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
             write_report(out, report)
             progress.slide_finished(row.status)
             level = logging.WARNING if row.status == "failed" else logging.INFO
-            log.log(level, "slide=%s status=%s seconds=%.1f reason=%s", row.sample_id,
-                    row.status, row.seconds, row.reason or "-")
+            log.log(level, "slide=%s status=%s cells=%s seconds=%.1f reason=%s",
+                    row.sample_id, row.status, "-" if row.cells is None else row.cells,
+                    row.seconds, row.reason or "-")
 
         todo = []
         progress = BatchProgress(len(jobs), live=show_progress)
@@ -228,7 +230,7 @@ def _run_one_sync(job: SlideJob, out: Path, config: PathologyConfig, models: Mod
                                 seconds=time.perf_counter() - started, tiles_computed=computed)
         problem = post_process_slide(job, out, config)
         return BatchRow(job.sample_id, "failed" if problem else "done", problem or result.note,
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, result.n_cells)
     except Exception as error:  # one slide never stops the batch
         return _failed(job, error, time.perf_counter() - started)
 
@@ -285,7 +287,7 @@ def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
             if not batches:
                 submit("finalize", job, task_finalize, value, out, config, 0.0, 0)
         elif step == "finalize":
-            slide["note"] = value.note
+            slide["note"], slide["cells"] = value.note, value.n_cells
             submit("post", job, post_process_slide, job, out, config)
         elif step == "tiles":
             slide["computed"] += value
@@ -296,7 +298,8 @@ def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
                        time.perf_counter() - slide["started"], slide["computed"])
         else:
             record(BatchRow(job.sample_id, "failed" if value else "done",
-                            value or slide["note"], time.perf_counter() - slide["started"]))
+                            value or slide["note"], time.perf_counter() - slide["started"],
+                            slide.get("cells")))
     models: dict = {}
     for slide in state.values():
         plan = slide.get("plan")

@@ -32,7 +32,9 @@ log = logging.getLogger("hccbio.pathology")
 
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                      "OPENBLAS_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
-                     "TF_NUM_INTEROP_THREADS": "1"}
+                     "TF_NUM_INTEROP_THREADS": "1",
+                     # TensorFlow's start-up notes, printed before its logging starts.
+                     "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
 _LOCAL = re.compile(r"^local(?::(\d+))?$")
 
 

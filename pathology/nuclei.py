@@ -8,7 +8,9 @@ pretrained name (``2D_versatile_he``, ``2D_versatile_fluo``), loaded with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -106,7 +108,9 @@ def load_model(spec: str, *, prob_thresh: float | None = None,
         normalization = meta.get("normalization", {"method": "percentile", "low": 1.0,
                                                    "high": 99.8})
         try:
-            model = StarDist2D(None, name=folder.name, basedir=str(folder.parent))
+            with contextlib.redirect_stdout(io.StringIO()) as printed:  # stardist prints
+                model = StarDist2D(None, name=folder.name, basedir=str(folder.parent))
+            log.debug("%s: %s", folder, " ".join(printed.getvalue().split()))
         except Exception as error:
             raise ModelError(f"{folder}: StarDist could not load this model: {error}") from error
         source, sha, mpp = str(folder), file_sha256(weights), meta.get("mpp")

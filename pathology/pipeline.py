@@ -337,7 +337,7 @@ def finalize_slide(plan: SlidePlan, out: Path, config: PathologyConfig, models: 
     }
     atomic_write_text(folder / FEATURES_FILE, json.dumps(features, indent=2) + "\n")
     note = str(store.group.attrs.get("reset_reason", "") or "")
-    log.info("slide=%s status=done cells=%d tiles=%d computed=%d seconds=%.1f",
+    log.info("slide=%s step=segmentation cells=%d tiles=%d computed=%d seconds=%.1f",
              job.sample_id, n_cells, len(plan.tiles), tiles_computed, seconds)
     return SlideResult(job.sample_id, n_cells, len(plan.tiles), tiles_computed, area, note)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -110,6 +111,12 @@ def test_killed_batch_resumes_without_losing_finished_slides(three_slides, tmp_p
 
     result = subprocess.run(command + [str(killed)], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+    # --quiet: one structured status line per slide, no library chatter.
+    lines = [line for line in result.stderr.splitlines() if " status=" in line]
+    assert len(lines) == 3, result.stderr
+    assert all(re.search(r"slide=s\d status=(done|skipped) cells=\S+ seconds=", line)
+               for line in lines), lines
+    assert "distributed." not in result.stderr
     statuses = _statuses(killed)
     assert all(statuses[s] == "skipped" for s in finished)
     assert set(statuses.values()) <= {"done", "skipped"}
