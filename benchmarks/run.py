@@ -26,6 +26,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = "models/he_nuclei"
+FAST_MODEL = "models/he_nuclei_fast"
+FAST_KEYS = ("model", "n_nuclei", "pipeline_s", "raw_forward_s", "predict_instances_big_s",
+             "nuclei_per_s", "nuclei_per_s_per_core", "vs_raw_forward",
+             "vs_predict_instances_big", "stage_s")
 TARGETS = {"vs_raw_forward": ">= 0.9", "vs_predict_instances_big": ">= 1.0",
            "nuclei_per_s_per_core": ">= 2000", "peak_rss_gb_large": "< 2.5 and < 1.2 x small",
            "scaling_2_workers": ">= 1.7"}
@@ -38,10 +43,16 @@ def _shared_data() -> Path:
     return root
 
 
-def _config(tile_size: int):
-    from pathology.config import BatchSection, PathologyConfig, TilingSection
+def _config(tile_size: int, brightfield_model: str = DEFAULT_MODEL):
+    from pathology.config import (
+        BatchSection,
+        PathologyConfig,
+        SegmentationSection,
+        TilingSection,
+    )
 
     return PathologyConfig(tiling=TilingSection(tile_size=tile_size, halo=64),
+                           segmentation=SegmentationSection(brightfield_model=brightfield_model),
                            batch=BatchSection(tiles_per_task=1))
 
 
@@ -52,13 +63,14 @@ def _real_region(size: int) -> np.ndarray:
         return slide.read_region_at(100, 600, size, size, mpp=0.5)
 
 
-def bench_segmentation(work: Path, region_path: Path, tile_size: int) -> dict:
+def bench_segmentation(work: Path, region_path: Path, tile_size: int,
+                       brightfield_model: str = DEFAULT_MODEL) -> dict:
     """Pipeline vs raw network forward pass vs stardist's predict_instances_big."""
     from pathology.nuclei import forward_pass, network_input
     from pathology.pipeline import ModelCache, SlideJob, prepare_slide, process_tiles
     from pathology.slide import Slide
 
-    config = _config(tile_size)
+    config = _config(tile_size, brightfield_model)
     models = ModelCache(config)
     model = models.get("brightfield")
     job = SlideJob("bench", region_path, "he")
@@ -96,6 +108,7 @@ def bench_segmentation(work: Path, region_path: Path, tile_size: int) -> dict:
     big_s = time.perf_counter() - started
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
+        "model": brightfield_model,
         "stage_s": _stage_seconds(model, plan, boxes),
         "region_px": list(whole.shape[:2]), "tile_size": tile_size, "n_tiles": len(plan.tiles),
         "n_nuclei": n_nuclei, "pipeline_s": round(pipeline_s, 2),
@@ -220,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         region_path = work / "region.tiff"
         write_pyramidal_tiff(region_path, region, mpp=0.5)
         print("segmentation ...", flush=True)
-        results.update(bench_segmentation(work, region_path, 1024))
+        results.update(bench_segmentation(work / "default", region_path, 1024))
+        if (ROOT / FAST_MODEL).is_dir():
+            print("segmentation, fast model ...", flush=True)
+            fast = bench_segmentation(work / "fast", region_path, 1024, FAST_MODEL)
+            results["fast_model"] = {key: fast[key] for key in FAST_KEYS}
         print("scaling ...", flush=True)
         results.update(bench_scaling(region_path, work))
         for name, size in (("small", small_size), ("large", large_size)):

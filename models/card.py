@@ -37,9 +37,14 @@ def render(folder: Path) -> str:
                  "gives the same output wherever a tile is cut" if norm["method"] == "fixed"
                  else f"percentiles {norm['low']:g}-{norm['high']:g} (per image in training, "
                  "once per slide in the pipeline)")
+    architecture = "".join(
+        f" --{flag} {config[key]}" for flag, key, default in
+        (("filters", "unet_n_filter_base", 32), ("head", "net_conv_after_unet", 128))
+        if config[key] != default)
     lines = [
         f"# Model card: `{folder.name}` (StarDist 2D, {kind})", "",
         f"**Intended use.** {USE[kind]} Research use; not a medical device.", "",
+        *([f"**Variant.** {meta['variant']}", ""] if meta.get("variant") else []),
         "## Data", "", DATA[kind], "",
         f"- Training images ({len(meta['train_images'])}): " + ", ".join(
             f"`{n[:16]}`" for n in meta["train_images"]),
@@ -56,6 +61,7 @@ def render(folder: Path) -> str:
         f"- StarDist {meta['versions']['stardist']}, TensorFlow {meta['versions']['tensorflow']}"
         f" (CPU), {config['n_rays']} rays, grid {tuple(config['grid'])}, U-Net depth "
         f"{config['unet_n_depth']}, {config['unet_n_filter_base']} base filters, "
+        f"{config['net_conv_after_unet']} filters after the U-Net, "
         f"{config['n_channel_in']} input channel(s)",
         f"- {meta['steps']} steps, batch {meta['batch']}, patch {meta['patch']} px, "
         f"learning rate {config['train_learning_rate']}, seed {meta['seed']}, "
@@ -85,8 +91,8 @@ def render(folder: Path) -> str:
         "expect lower accuracy on unusual stains, heavy pigment or out-of-focus areas. Retrain "
         "with `python models/train.py` when annotated HCC tiles are available.", "",
         "## Reproduce", "",
-        f"```\npython models/train.py {kind} --steps {meta['steps']} --out models/{folder.name}"
-        f"\npython models/card.py models/{folder.name}\n```", "",
+        f"```\npython models/train.py {kind} --steps {meta['steps']}{architecture} "
+        f"--out models/{folder.name}\npython models/card.py models/{folder.name}\n```", "",
     ]
     return "\n".join(lines)
 
