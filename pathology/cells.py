@@ -233,7 +233,7 @@ def ring_means(labels: np.ndarray, intensity: np.ndarray, label_ids: np.ndarray,
         return out
     ring = expand_labels(labels, distance=ring_px)
     ring[labels > 0] = 0
-    ring[~np.isin(ring, label_ids)] = 0
+    ring[~_member_lookup(label_ids, int(ring.max()))[ring]] = 0
     flat = ring.ravel()
     size = int(labels.max()) + 1
     counts = np.bincount(flat, minlength=size)[label_ids].astype(np.float64)
@@ -242,6 +242,14 @@ def ring_means(labels: np.ndarray, intensity: np.ndarray, label_ids: np.ndarray,
             sums = np.bincount(flat, weights=intensity[..., c].ravel(), minlength=size)
             out[:, c] = np.where(counts > 0, sums[label_ids] / counts, np.nan)
     return out
+
+
+def _member_lookup(members: np.ndarray, largest: int) -> np.ndarray:
+    """Boolean table over labels 0..largest, True for ``members`` (``table[labels]`` is
+    ``np.isin(labels, members)`` without sorting the image)."""
+    table = np.zeros(max(largest, int(np.max(members, initial=0))) + 1, dtype=bool)
+    table[np.asarray(members, dtype=np.int64)] = True
+    return table
 
 
 def measure_labels(labels: np.ndarray, image: np.ndarray, *, kind: str, mpp: float,
@@ -346,7 +354,7 @@ def measure_tile(tile: Tile, nuclei: TileNuclei, image: np.ndarray, *, kind: str
     intensity, stems = intensity_image(image, kind=kind, channels=channels,
                                        background=background, unmixing=unmixing)
     intensity_names = [f"nucleus_{stem}" for stem in stems]
-    keep = np.isin(nuclei.labels, owned + 1)
+    keep = _member_lookup(owned + 1, int(nuclei.labels.max(initial=0)))[nuclei.labels]
     labels = np.where(keep, nuclei.labels, 0)
     props = label_measurements(labels, intensity)
     label_ids = np.asarray(props["label"], dtype=np.int64)
