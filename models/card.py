@@ -86,6 +86,12 @@ def render(folder: Path) -> str:
         "`tests/pathology/test_models.py` recomputes these numbers from the shipped weights. "
         "The thresholds were tuned on the same validation images, so the figures are slightly "
         "optimistic; the images themselves never entered training.", "",
+        *([f"On unseen tissue (CRCHistoPhenotypes, colorectal H&E at 0.55 um/px, 14 images): "
+           f"{meta['crc_centroid_coverage']['coverage']:.1%} of "
+           f"{meta['crc_centroid_coverage']['annotated']} annotated nucleus centroids fall "
+           f"inside a detected nucleus ({meta['crc_centroid_coverage']['detected']} nuclei "
+           "detected; `models/train_lymphocytes.py:centroid_coverage`).", ""]
+          if meta.get("crc_centroid_coverage") else []),
         "## Limitations", "",
         "Few training images (no MoNuSeg training split is available here, no liver tissue); "
         "expect lower accuracy on unusual stains, heavy pigment or out-of-focus areas. Retrain "
