@@ -44,6 +44,22 @@ def test_segment_tile_equals_stardist_predict_instances(he_model, he_image):
     np.testing.assert_array_equal(ours.coord, details["coord"].astype(np.float32))
 
 
+def test_fluorescence_segment_tile_equals_stardist_predict_instances(models):
+    from stardist.data import test_image_nuclei_2d
+
+    model = models.get("fluorescence")
+    image = test_image_nuclei_2d()[:250, :333, None]  # real nuclei, one channel, odd size
+    low, high = np.percentile(image, [1, 99.8])
+    ours = segment_tile(model, image, (float(low), float(high)))
+    x = (image[..., 0].astype(np.float32) - low) / (high - low)
+    labels, details = model.model.predict_instances(
+        x, prob_thresh=model.prob_thresh, nms_thresh=model.nms_thresh,
+        show_tile_progress=False, verbose=False)
+    assert len(ours.prob) > 20
+    np.testing.assert_array_equal(ours.labels, labels)
+    np.testing.assert_array_equal(ours.coord, details["coord"].astype(np.float32))
+
+
 def test_network_input_pads_to_the_divisor_by_reflection(he_model, he_image):
     x = network_input(he_model, he_image[:100, :130], (0.0, 255.0))
     assert x.shape == (112, 144, 3) and x.dtype == np.float32
