@@ -159,6 +159,28 @@ def bench_tissue(slide_path: Path) -> dict:
             "tissue_slide_px": [height, width], "tissue_s": round(seconds, 2)}
 
 
+def bench_end_to_end(slide_path: Path, work: Path) -> dict:
+    """One whole slide through ``run_slides`` as a lab runs it: default configuration, a Dask
+    LocalCluster with one worker per core; tissue, segmentation, cells, phenotypes, regions,
+    spatial features, QC and the run tables, cluster and model start-up included."""
+    from pathology.batch import run_slides
+    from pathology.config import PathologyConfig
+    from pathology.pipeline import SlideJob
+    from pathology.slide import Slide
+
+    with Slide(slide_path) as slide:
+        height, width = slide.working_shape(0.5)
+    started = time.perf_counter()
+    (row,) = run_slides([SlideJob("e2e", slide_path, "he")], work, PathologyConfig(),
+                        scheduler="local")
+    seconds = time.perf_counter() - started
+    if row.status != "done":
+        raise RuntimeError(f"end-to-end benchmark slide failed: {row.reason}")
+    return {"end_to_end_s": round(seconds, 1), "end_to_end_slide_px": [height, width],
+            "end_to_end_cells": row.cells,
+            "end_to_end_mm2_per_hour": round(height * width * 0.25e-6 / seconds * 3600, 1)}
+
+
 def bench_rss(slide_path: Path, work: Path, max_tiles: int) -> float:
     """Peak RSS (GB) of a fresh process that prepares the slide and segments a few tiles."""
     code = (
@@ -245,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             path = write_large_slide(work / f"{name}.tiff", region, size, mpp=0.5)
             if name == "large":
                 results.update(bench_tissue(path))
+            else:
+                print("end to end ...", flush=True)
+                results.update(bench_end_to_end(path, work / "e2e"))
             results[f"peak_rss_gb_{name}"] = bench_rss(path, work / f"rss_{name}", 4)
             results[f"slide_px_{name}"] = size
             path.unlink()
