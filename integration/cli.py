@@ -23,8 +23,6 @@ app.add_typer(slides_app, name="slides")
 app.add_typer(rnaseq_app, name="rnaseq")
 app.add_typer(blood_app, name="blood")
 
-
-
 LIBRARY_LOGGERS = ("distributed", "tornado", "bokeh", "asyncio", "absl", "tensorflow")
 
 
@@ -40,6 +38,7 @@ def configure_logging() -> None:
     logging.getLogger("hccbio").setLevel(logging.INFO)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
 
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)

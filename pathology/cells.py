@@ -107,7 +107,7 @@ def label_measurements(labels: np.ndarray, intensity: np.ndarray) -> dict[str, n
     >>> lab = np.zeros((6, 6), int); lab[1:3, 1:5] = 1
     >>> m = label_measurements(lab, np.ones((6, 6, 1)))
     >>> m["area"].tolist(), m["centroid-1"].tolist(), m["perimeter"].tolist()
-    ([8.0], [2.5], [6.0])
+    ([8.0], [2.5], [8.0])
     """
     labels = np.asarray(labels, dtype=np.int64)
     size = int(labels.max()) + 1 if labels.size else 1

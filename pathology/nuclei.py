@@ -278,9 +278,10 @@ def predict_tiles(model: NucleusModel, images: list[np.ndarray],
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, x in enumerate(prepared):
         by_shape.setdefault(x.shape, []).append(index)
+    batch_size = max(1, batch_size)
     for indices in by_shape.values():
-        for start in range(0, len(indices), max(1, batch_size)):
-            chunk = indices[start:start + max(1, batch_size)]
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
             for i, (prob, dist) in zip(chunk, _forward_halving(model, [prepared[i] for i in chunk]),
                                        strict=True):
                 out[i] = Prediction(tuple(images[i].shape[:2]), prob, dist)

@@ -17,6 +17,7 @@ from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import closing, disk, opening, remove_small_holes
 
+from pathology.cells import optical_density
 from pathology.config import TissueSection
 
 Kind = Literal["brightfield", "fluorescence"]
@@ -56,10 +57,10 @@ def brightfield_od_and_saturation(rgb: np.ndarray, *, background: float = 255.0
     rgb = rgb[..., :3]
     if rgb.dtype != np.uint8:
         values = rgb.astype(np.float32)
-        od = -np.log10(np.clip(values, 1, background) / background).mean(axis=2)
+        od = optical_density(values, background=background).mean(axis=2)
         return od, rgb2hsv(np.clip(values / 255.0, 0, 1))[..., 1]
     levels = np.arange(256, dtype=np.float32)
-    od_table = -np.log10(np.clip(levels, 1, background) / background)
+    od_table = optical_density(levels, background=background)
     high, low = np.meshgrid(levels, levels, indexing="ij")
     pairs = np.stack([high, low, low], axis=-1) / 255.0  # saturation depends on max, min only
     saturation_table = rgb2hsv(np.clip(pairs, 0, 1))[..., 1].astype(np.float32)
