@@ -23,7 +23,7 @@ from pathology.pipeline import SlideJob, process_slide
 def he_image():
     from stardist.data import test_image_he_2d
 
-    return test_image_he_2d()  # real H&E, 512 x 512, not a multiple of the network divisor
+    return test_image_he_2d()  # real H&E, 300 x 500, not a multiple of the network divisor
 
 
 @pytest.fixture(scope="module")
