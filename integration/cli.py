@@ -243,7 +243,8 @@ def integrate_cmd(
         _fail(str(error))
     counts = table.counts
     typer.echo(f"{counts['samples_used']} of {counts['manifest_samples']} samples used "
-               f"({counts['samples_rejected_qc']} rejected at QC review); "
+               f"({counts['samples_rejected_qc']} rejected at QC review, "
+               f"{counts['slides_not_reviewed']} slide(s) not yet reviewed); "
                f"{counts['patient_timepoints']} patient x time point rows: {out / 'features.csv'}")
 
 

@@ -22,6 +22,10 @@ ID_ENTRIES = (
     {"name": "timepoint", "label": "Time point (baseline, on_treatment, progression)",
      "unit": "category", "modality": "", "method": "study manifest", "config_keys": "",
      "source": "samples.csv"},
+    {"name": "qc_review", "label": "QC review of the row's slides: approved (all signed off) "
+     "or not_reviewed (at least one without a decision); empty without slides",
+     "unit": "category", "modality": "", "method": "pathologist's review log (rejected "
+     "slides are left out, see exclusions.csv)", "config_keys": "", "source": "qc/review.csv"},
 )
 
 

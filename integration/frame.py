@@ -28,6 +28,7 @@ from integration.scores import ON_TREATMENT_CLINICAL
 ANALYSED_SCORES = ("crafity", "albi", "albi_grade", "nlr", "afp_w6_chg_pct", "afp_resp",
                    "afp_nonprog")
 TIMEPOINT_ORDER = ("clinical", "baseline", "on_treatment", "change")
+NON_FEATURE_COLUMNS = ("patient_id", "timepoint", "qc_review")  # keys and the QC review state
 
 
 class AnalysisInputError(ValueError):
@@ -175,7 +176,7 @@ def build_analysis_data(wide: pd.DataFrame, clinical: ClinicalTable, *,
             columns[name] = clinical.data[name].astype(float)
             variables.append(Variable(name, name, "on_treatment" if landmark else "clinical",
                                       landmark, spec.label, spec.unit, "clinical"))
-    feature_columns = [c for c in wide.columns if c not in ("patient_id", "timepoint")]
+    feature_columns = [c for c in wide.columns if c not in NON_FEATURE_COLUMNS]
     skipped = [c for c in feature_columns
                if not pd.api.types.is_numeric_dtype(wide[c]) or info(c).get("unit") == "category"]
     if skipped:

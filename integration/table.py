@@ -1,10 +1,11 @@
 """Merge the arms' per-sample features into one table per patient and time point.
 
 Samples map to patients and time points through the manifest. Slides rejected at QC review are
-excluded with the reason, as are manifest samples without features. The wide table has one row
-per patient x time point, the features of all that patient's samples at that time point, and
-``d_<feature>`` = value at this time point minus the patient's baseline value (empty on baseline
-rows). The long form has one row per patient x time point x feature.
+excluded with the reason, as are manifest samples without features; slides used without a QC
+review decision are flagged (column ``qc_review`` = ``not_reviewed``), never read as approved.
+The wide table has one row per patient x time point, the features of all that patient's samples
+at that time point, and ``d_<feature>`` = value at this time point minus the patient's baseline
+value (empty on baseline rows). The long form has one row per patient x time point x feature.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import pandas as pd
 
 from integration.arms import ArmFeatures, FeatureTableError
 from integration.dictionary import build_dictionary, delta_name
-from integration.manifest import TIMEPOINTS, Sample
-from integration.review import Decision
+from integration.manifest import SLIDE_MODALITIES, TIMEPOINTS, Sample
+from integration.review import APPROVED, NOT_REVIEWED, REJECTED, Decision, review_state
 
 ID_COLUMNS = ("patient_id", "timepoint")
+QC_REVIEW_COLUMN = "qc_review"
 EXCLUSION_COLUMNS = ("sample_id", "patient_id", "timepoint", "modality", "stain", "reason")
 
 
@@ -30,10 +32,13 @@ class FeatureTable:
     Attributes
     ----------
     wide
-        One row per patient x time point: ``patient_id, timepoint``, features, ``d_`` changes.
+        One row per patient x time point: ``patient_id, timepoint, qc_review``, features,
+        ``d_`` changes. ``qc_review`` is ``approved`` when every slide of the row was signed
+        off, ``not_reviewed`` when at least one was not reviewed, empty without slides.
     long
-        ``patient_id, timepoint, sample_id, modality, feature, value, level`` (``level`` holds
-        categorical values, ``value`` numeric ones).
+        ``patient_id, timepoint, sample_id, modality, qc_review, feature, value, level``
+        (``level`` holds categorical values, ``value`` numeric ones; ``qc_review`` is the
+        slide's review state, empty for other modalities).
     dictionary
         One row per column of ``wide``.
     exclusions
@@ -95,7 +100,7 @@ def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
         decision = review.get(sample.sample_id)
         if sample.sample_id not in arms.values.index:
             reason = "no features (not processed, failed, or modality without an arm yet)"
-        elif decision is not None and decision.decision == "reject":
+        elif decision is not None and decision.decision == REJECTED:
             reason = decision.reason()
         else:
             used.append(sample)
@@ -106,10 +111,19 @@ def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
     notes: list[str] = []
     feature_columns = list(arms.values.columns)
     values = arms.values.loc[[s.sample_id for s in used]]
+    states = [review_state(review.get(s.sample_id)) if s.modality in SLIDE_MODALITIES else None
+              for s in used]
     keys = pd.DataFrame({"patient_id": [s.patient_id for s in used],
                          "timepoint": [s.timepoint for s in used],
                          "sample_id": [s.sample_id for s in used],
-                         "modality": [s.modality for s in used]}, index=values.index)
+                         "modality": [s.modality for s in used],
+                         QC_REVIEW_COLUMN: states}, index=values.index)
+    unreviewed = [s.sample_id for s, state in zip(used, states, strict=True)
+                  if state == NOT_REVIEWED]
+    if unreviewed:
+        notes.append(f"{len(unreviewed)} slide(s) used without a QC review decision "
+                     f"(qc_review = {NOT_REVIEWED}): {', '.join(unreviewed[:20])}"
+                     f"{' ...' if len(unreviewed) > 20 else ''}")
     wide = _wide(values, keys, feature_columns, notes)
     categorical = set(arms.dictionary.loc[arms.dictionary["unit"] == "category", "name"])
     numeric = [c for c in feature_columns
@@ -124,6 +138,7 @@ def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
               "samples_with_features": int(sum(s.sample_id in arms.values.index
                                                for s in samples)),
               "samples_rejected_qc": rejected,
+              "slides_not_reviewed": len(unreviewed),
               "samples_used": len(used),
               "patients_with_features": int(wide["patient_id"].nunique()),
               "patient_timepoints": len(wide)}
@@ -134,11 +149,12 @@ def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
 
 def _wide(values: pd.DataFrame, keys: pd.DataFrame, features: list[str],
           notes: list[str]) -> pd.DataFrame:
-    frame = pd.concat([keys[["patient_id", "timepoint"]], values], axis=1)
+    frame = pd.concat([keys[["patient_id", "timepoint", QC_REVIEW_COLUMN]], values], axis=1)
     rows = []
     order = {t: i for i, t in enumerate(TIMEPOINTS)}
     for (patient, timepoint), group in frame.groupby(["patient_id", "timepoint"], sort=False):
-        row: dict[str, object] = {"patient_id": patient, "timepoint": timepoint}
+        row: dict[str, object] = {"patient_id": patient, "timepoint": timepoint,
+                                  QC_REVIEW_COLUMN: _row_review(group[QC_REVIEW_COLUMN])}
         for column in features:
             present = group[column].dropna()
             if present.empty:
@@ -155,13 +171,21 @@ def _wide(values: pd.DataFrame, keys: pd.DataFrame, features: list[str],
                 notes.append(f"{patient} {timepoint}: {column} from {len(present)} samples "
                              f"({how})")
         rows.append(row)
-    wide = pd.DataFrame(rows, columns=["patient_id", "timepoint", *features])
+    wide = pd.DataFrame(rows, columns=["patient_id", "timepoint", QC_REVIEW_COLUMN, *features])
     for column in features:
         if pd.api.types.is_float_dtype(values[column]):
             wide[column] = wide[column].astype(float)
     wide["_order"] = wide["timepoint"].map(order)
     wide = wide.sort_values(["patient_id", "_order"], kind="stable").drop(columns="_order")
     return wide.reset_index(drop=True)
+
+
+def _row_review(states: pd.Series) -> str | None:
+    """Review state of a patient x time point row from its slides' states."""
+    present = [s for s in states if isinstance(s, str)]
+    if not present:
+        return None
+    return APPROVED if all(s == APPROVED for s in present) else NOT_REVIEWED
 
 
 def _add_deltas(wide: pd.DataFrame, numeric: list[str]) -> pd.DataFrame:
@@ -176,7 +200,8 @@ def _add_deltas(wide: pd.DataFrame, numeric: list[str]) -> pd.DataFrame:
 
 def _long(values: pd.DataFrame, keys: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     frame = pd.concat([keys, values], axis=1)
-    long = frame.melt(id_vars=["patient_id", "timepoint", "sample_id", "modality"],
+    long = frame.melt(id_vars=["patient_id", "timepoint", "sample_id", "modality",
+                               QC_REVIEW_COLUMN],
                       value_vars=features, var_name="feature", value_name="raw")
     long = long[long["raw"].notna()]
     numeric = pd.to_numeric(long["raw"], errors="coerce")

@@ -1,9 +1,10 @@
-"""The pathologist's sign-off log, ``OUT/qc/review.csv``: append-only, atomic, restart-safe.
+"""Writing the pathologist's sign-off log, ``OUT/qc/review.csv``: append-only, atomic.
 
-Each decision is one row ``sample_id, decision, reviewer, time, comment``; the latest row of
-a slide wins. Appending rewrites the file through a temporary file and ``os.replace`` under
-an exclusive lock, so a crash never leaves a half-written row and two writers never lose
-each other's rows. Downstream tables drop the slides in :func:`rejected_samples`.
+The log's format and vocabulary (columns, ``approved`` / ``rejected``, which row stands) are
+defined once in :mod:`pathology.qc.review_log`, which the study table reads through too.
+Appending rewrites the file through a temporary file and ``os.replace`` under an exclusive
+lock, so a crash never leaves a half-written row and two writers never lose each other's
+rows. Downstream tables leave out the slides in :func:`rejected_samples`.
 """
 
 from __future__ import annotations
@@ -14,32 +15,26 @@ import io
 import os
 import re
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-REVIEW_FILE = "review.csv"
-REVIEW_COLUMNS = ("sample_id", "decision", "reviewer", "time", "comment")
-DECISIONS = ("approved", "rejected")
+from pathology.qc.review_log import (
+    DECISIONS,
+    REJECTED,
+    REVIEW_COLUMNS,
+    Decision,
+    ReviewError,
+    read_log,
+    read_review,
+    review_path,
+)
+
+REVIEW_FILE = review_path(".").name
 SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_COMMENT = 2000
 MAX_REVIEWER = 100
 _LOCK = threading.Lock()
-
-
-class ReviewError(ValueError):
-    """A decision is invalid or the log cannot be read; the message names the problem."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One row of ``review.csv``."""
-
-    sample_id: str
-    decision: str
-    reviewer: str
-    time: str
-    comment: str
 
 
 def valid_sample_id(sample_id: str) -> bool:
@@ -47,38 +42,25 @@ def valid_sample_id(sample_id: str) -> bool:
     return bool(SAMPLE_ID_RE.fullmatch(sample_id)) and ".." not in sample_id
 
 
-def review_path(out: Path) -> Path:
-    """``OUT/qc/review.csv``."""
-    return Path(out) / "qc" / REVIEW_FILE
-
-
 def read_decisions(out: Path) -> list[Decision]:
-    """Every decision in file order (empty when no review has been made).
+    """Every decision of a run folder in file order (empty when no review has been made).
 
     Raises
     ------
     ReviewError
-        The file exists but lacks the expected columns.
+        The log breaks its contract (:func:`pathology.qc.review_log.read_log`).
     """
-    path = review_path(out)
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != REVIEW_COLUMNS:
-            raise ReviewError(f"{path}: expected columns {', '.join(REVIEW_COLUMNS)}, found "
-                              f"{', '.join(reader.fieldnames or [])}")
-        return [Decision(**{k: row[k] or "" for k in REVIEW_COLUMNS}) for row in reader]
+    return read_log(review_path(out))
 
 
 def latest_decisions(out: Path) -> dict[str, Decision]:
-    """The latest decision of each slide."""
-    return {d.sample_id: d for d in read_decisions(out)}
+    """The standing decision of each reviewed slide (see :mod:`pathology.qc.review_log`)."""
+    return read_review(review_path(out))
 
 
 def rejected_samples(out: Path) -> set[str]:
-    """Slides whose latest decision is ``rejected``: downstream tables exclude them."""
-    return {s for s, d in latest_decisions(out).items() if d.decision == "rejected"}
+    """Slides whose standing decision is ``rejected``: downstream tables exclude them."""
+    return {s for s, d in latest_decisions(out).items() if d.decision == REJECTED}
 
 
 def _clean(text: str, limit: int) -> str:
@@ -122,7 +104,7 @@ def append_decision(out: Path, sample_id: str, *, decision: str, reviewer: str,
     comment = _clean(comment, MAX_COMMENT)
     if not reviewer:
         raise ReviewError("a reviewer name is required")
-    if decision == "rejected" and not comment:
+    if decision == REJECTED and not comment:
         raise ReviewError("a rejection needs a comment saying why")
     stamp = (when or datetime.now(timezone.utc)).isoformat(timespec="seconds")
     row = Decision(sample_id, decision, reviewer, stamp, comment)

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pathology.qc.decisions import latest_decisions, valid_sample_id
+from pathology.qc.review_log import NOT_REVIEWED
 from pathology.qc.run import QC_DIR, QC_FILE
 from pathology.store import atomic_write_text
 
@@ -56,7 +57,7 @@ def summary_row(record: dict, decision=None) -> dict:
         "hematoxylin_od_p50": metrics["stain"].get("hematoxylin", {}).get("p50"),
         "n_nuclei": nuclei["n"], "nuclei_density_per_mm2": nuclei["density_per_mm2"],
         "median_nuclear_area_um2": nuclei["median_area_um2"],
-        "review_decision": decision.decision if decision else "pending",
+        "review_decision": decision.decision if decision else NOT_REVIEWED,
         "reviewer": decision.reviewer if decision else "",
         "review_time": decision.time if decision else "",
         "review_comment": decision.comment if decision else "",

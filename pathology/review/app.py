@@ -35,6 +35,7 @@ from pathology.qc.decisions import (
     latest_decisions,
     valid_sample_id,
 )
+from pathology.qc.review_log import NOT_REVIEWED
 from pathology.qc.run import QC_DIR, QC_FILE, slide_sources
 from pathology.qc.summary import write_qc_summary
 from pathology.review.deepzoom import TileSource
@@ -111,7 +112,7 @@ class ReviewState:
         decision = decisions.get(sample_id)
         return {"sample_id": sample_id, "qc_status": qc.get("status", "no qc"),
                 "flags": qc.get("flags", []), "reasons": qc.get("reasons", []),
-                "decision": decision.decision if decision else "pending",
+                "decision": decision.decision if decision else NOT_REVIEWED,
                 "reviewer": decision.reviewer if decision else "",
                 "time": decision.time if decision else ""}
 

@@ -41,10 +41,10 @@ def run(tmp_path):
     (tmp_path / "qc").mkdir()
     (tmp_path / "qc" / "review.csv").write_text(
         "sample_id,decision,reviewer,time,comment\n"
-        "p2_he_1,reject,dr a,2026-01-02T09:00,folded tissue\n"
-        "p2_he_1,approve,dr a,2026-01-01T09:00,\n"   # earlier: the later reject wins
-        "p1_he_1,reject,dr b,2026-01-01T09:00,blurred\n"
-        "p1_he_1,approve,dr b,2026-01-03T09:00,rescanned\n")
+        "p2_he_1,rejected,dr a,2026-01-02T09:00,folded tissue\n"
+        "p2_he_1,approved,dr a,2026-01-01T09:00,\n"   # earlier: the later rejection wins
+        "p1_he_1,rejected,dr b,2026-01-01T09:00,blurred\n"
+        "p1_he_1,approved,dr b,2026-01-03T09:00,rescanned\n")
     return tmp_path
 
 
@@ -70,8 +70,13 @@ def test_wide_table_deltas_and_exclusions(run):
                                                  "(2026-01-02T09:00): folded tissue")
     assert table.counts["samples_rejected_qc"] == 1 and table.counts["samples_used"] == 6
     long = table.long
-    assert set(long.columns) == {"patient_id", "timepoint", "sample_id", "modality", "feature",
-                                 "value", "level"}
+    assert set(long.columns) == {"patient_id", "timepoint", "sample_id", "modality",
+                                 "qc_review", "feature", "value", "level"}
+    # p1_he_1 was approved; p1_he_0 and p2_he_0 were never reviewed: flagged, not approved
+    assert wide.loc[("P1", "on_treatment"), "qc_review"] == "approved"
+    assert wide.loc[("P1", "baseline"), "qc_review"] == "not_reviewed"
+    assert table.counts["slides_not_reviewed"] == 2
+    assert any("without a QC review decision" in n and "p1_he_0" in n for n in table.notes)
     assert len(long[long["feature"] == "he_lym_density"]) == 3
     assert long.loc[long["feature"] == "he_immune_class", "level"].tolist()[0] == "inflamed"
     miss = table.missingness.set_index(["feature", "timepoint"])
@@ -128,7 +133,7 @@ def test_review_errors_name_line_and_column(run):
     path.write_text("sample_id,decision,reviewer,time,comment\np1_he_0,maybe,x,2026-01-01,\n")
     with pytest.raises(ReviewError, match="line 2, column 'decision': 'maybe'"):
         read_review(path)
-    path.write_text("sample_id,decision,reviewer,time,comment\np1_he_0,reject,x,yesterday,\n")
+    path.write_text("sample_id,decision,reviewer,time,comment\np1_he_0,rejected,x,yesterday,\n")
     with pytest.raises(ReviewError, match="line 2, column 'time'"):
         read_review(path)
 

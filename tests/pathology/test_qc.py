@@ -221,7 +221,7 @@ def test_summary_and_review_log(qc_run, tmp_path):
     rows = list(csv.DictReader(target.open()))
     assert tuple(rows[0]) == SUMMARY_COLUMNS
     assert [r["sample_id"] for r in rows] == ["he_1"]
-    assert rows[0]["qc_status"] == "pass" and rows[0]["review_decision"] == "pending"
+    assert rows[0]["qc_status"] == "pass" and rows[0]["review_decision"] == "not_reviewed"
     append_decision(out, "he_1", decision="rejected", reviewer="Dr <b>", comment="fold <x>")
     write_qc_summary(out)
     rows = list(csv.DictReader(target.open()))

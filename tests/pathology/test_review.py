@@ -104,7 +104,7 @@ def test_list_page_shows_every_slide(review_run, browser):
         assert sorted(rows.evaluate_all("r => r.map(x => x.dataset.sample)")) == ["he_1", "he_2"]
         flagged = page.locator("tr[data-sample='he_2']")
         assert "focus" in flagged.inner_text() and "<demo>" in flagged.inner_text()
-        assert page.locator("tr[data-sample='he_1'] [data-status]").inner_text() == "pending"
+        assert page.locator("tr[data-sample='he_1'] [data-status]").inner_text() == "not_reviewed"
         page.close()
 
 
