@@ -145,14 +145,20 @@ def task_finalize(plan: SlidePlan, out: Path, config: PathologyConfig, seconds: 
 
 def post_process_slide(job: SlideJob, out: Path, config: PathologyConfig, *,
                        reuse_qc: bool = False) -> str:
-    """Everything computed from a finished slide's cells: phenotypes, regions, features, QC.
+    """Everything computed from a finished slide's cells: QC artefacts, then phenotypes,
+    regions and features on clean tissue, then the QC overlays.
+
+    The order makes every density per mm^2 of clean tissue: QC finds the artefacts first
+    (:func:`pathology.qc.run.measure_slide_qc`), the features step removes their areas and
+    cells, and the overlays are drawn last, with the cells' phenotypes and regions.
 
     Parameters
     ----------
     reuse_qc
-        For slides whose segmentation was reused: keep the existing ``qc/`` folder when the QC
-        settings and the cell classes it was drawn from are unchanged (QC re-reads the slide,
-        the costliest step of a resumed batch).
+        For slides whose segmentation was reused: keep the artefact mask when it was found
+        with the current QC settings, and the ``qc/`` folder when the cell classes it was
+        drawn from are unchanged too (QC re-reads the slide, the costliest step of a resumed
+        batch).
 
     Returns
     -------
@@ -163,13 +169,26 @@ def post_process_slide(job: SlideJob, out: Path, config: PathologyConfig, *,
     from pathology.features import CLASSES_FILE, compute_slide_features
     from pathology.nuclei import file_sha256
     from pathology.panels import PanelError
-    from pathology.qc.run import QcError, qc_digest, run_slide_qc
+    from pathology.qc.artefacts import load_artefact_mask
+    from pathology.qc.run import QcError, measure_slide_qc, qc_digest, run_slide_qc
     from pathology.slide import SlideError
 
     folder = out / "slides" / job.sample_id
     classes = folder / CLASSES_FILE
     classes_before = file_sha256(classes) if reuse_qc and classes.is_file() else None
     problems = []
+    measured = None
+    qc_failed = False
+    stored = load_artefact_mask(folder) if reuse_qc else None
+    if stored is None or stored.qc_config_sha256 != qc_digest(config):
+        classes_before = None  # new artefacts: the overlays are redrawn
+        try:
+            measured = measure_slide_qc(out, job.sample_id, slide_path=job.path,
+                                        manifest_mpp=job.mpp, config=config,
+                                        modality=job.modality)
+        except (QcError, SlideError, ValueError, OSError) as error:
+            problems.append(f"qc: {' '.join(str(error).split())}")
+            qc_failed = True
     try:
         compute_slide_features(out, job.sample_id, modality=job.modality, stain=job.stain,
                                config=config)
@@ -178,9 +197,11 @@ def post_process_slide(job: SlideJob, out: Path, config: PathologyConfig, *,
     if classes_before is not None and _qc_current(folder, config, qc_digest) and (
             classes.is_file() and file_sha256(classes) == classes_before):
         return "; ".join(problems)
+    if qc_failed:
+        return "; ".join(problems)  # QC could not read the slide: no overlays either
     try:
         run_slide_qc(out, job.sample_id, slide_path=job.path, manifest_mpp=job.mpp,
-                     config=config, modality=job.modality)
+                     config=config, modality=job.modality, measured=measured)
     except (QcError, SlideError, ValueError, OSError) as error:
         problems.append(f"qc: {' '.join(str(error).split())}")
     return "; ".join(problems)

@@ -28,6 +28,7 @@ from pathology.config import PathologyConfig
 from pathology.lymphocytes import BASE_COLUMNS as LYMPHOCYTE_COLUMNS
 from pathology.panels import Panel, Phenotype, resolve_panel
 from pathology.phenotypes import Phenotyping, classify_cells, marker_column
+from pathology.qc.artefacts import ArtefactMask, load_artefact_mask
 from pathology.regions import (
     CODES,
     REGIONS,
@@ -96,6 +97,11 @@ class _Features:
         self.items.append(Feature(name, value, label, unit, method, keys))
 
 
+def _region_source_label(regions: RegionMap) -> str:
+    """How the regions were found, as the data dictionary says it."""
+    return regions.source
+
+
 def _part(panel: Panel, phenotype: Phenotype) -> str:
     """Name fragment of a phenotype; empty for an IHC marker's plain positive cells."""
     if (panel.modality == "ihc" and not phenotype.min and not phenotype.max
@@ -113,9 +119,81 @@ def _label(phenotype: Phenotype) -> str:
     return phenotype.label or phenotype.name.replace("_", " ")
 
 
+@dataclass(frozen=True)
+class CleanTissue:
+    """Regions less QC's artefacts: what every count and density is computed on.
+
+    Attributes
+    ----------
+    on_artefact
+        Per cell: whether it lies on an artefact (left out of every count).
+    raw_mm2, excluded_mm2, clean_mm2
+        Per region (``tissue`` and each of :data:`~pathology.regions.REGIONS`): the region's
+        tissue area, the part of it under artefacts, and the rest (the density denominator).
+        NaN for tumour / margin / stroma when no tumour is known.
+    window
+        The tissue window less artefacts (spatial statistics).
+    checked
+        Whether QC's artefact mask was available (else nothing is removed).
+    """
+
+    on_artefact: np.ndarray
+    raw_mm2: dict[str, float]
+    excluded_mm2: dict[str, float]
+    clean_mm2: dict[str, float]
+    window: Window
+    checked: bool
+
+
+def clean_tissue(x_um: np.ndarray, y_um: np.ndarray, regions: RegionMap, window: Window,
+                 artefacts: ArtefactMask | None) -> CleanTissue:
+    """Remove QC's artefact areas from every region's area and their cells from the counts.
+
+    Each artefact pixel (QC overview grid) counts in the region at its centre, so the
+    excluded area is measured at QC's resolution, not the coarser region grid's.
+
+    Examples
+    --------
+    >>> from pathology.regions import regions_from_tumour
+    >>> tissue = np.ones((4, 4), bool); tumour = np.zeros_like(tissue); tumour[:, :2] = True
+    >>> regions = regions_from_tumour(tumour, tissue, mpp=10.0, margin_width_um=1.0,
+    ...                               source="test")
+    >>> codes = np.zeros((8, 8), np.uint8); codes[:, 6:] = 2  # pen over the right quarter
+    >>> clean = clean_tissue(np.array([5.0, 35.0]), np.array([5.0, 5.0]), regions,
+    ...                      Window(tissue, 10.0), ArtefactMask(codes, 5.0, ""))
+    >>> round(clean.raw_mm2["stroma"] * 1e6), round(clean.excluded_mm2["stroma"] * 1e6)
+    (800, 400)
+    >>> clean.on_artefact.tolist()
+    [False, True]
+    """
+    raw = regions.areas_mm2()
+    if artefacts is None:
+        excluded = {name: 0.0 if np.isfinite(area) else np.nan for name, area in raw.items()}
+        return CleanTissue(np.zeros(len(x_um), dtype=bool), raw, excluded, dict(raw), window,
+                           False)
+    ax, ay = artefacts.pixel_centres_um()
+    counts = np.bincount(regions.code_at(ax, ay), minlength=len(CODES)).astype(np.float64)
+    pixel_mm2 = artefacts.mpp**2 / 1e6
+    excluded = {"tissue": float(counts[1:].sum() * pixel_mm2)}
+    for name in REGIONS:
+        excluded[name] = (float(counts[CODES[name]] * pixel_mm2) if regions.has_tumour
+                          else np.nan)
+    clean = {name: max(0.0, raw[name] - excluded[name]) if np.isfinite(raw[name]) else np.nan
+             for name in raw}
+    rows, cols = np.indices(window.mask.shape)
+    on_grid = artefacts.at((cols.ravel() + 0.5) * window.mpp,
+                           (rows.ravel() + 0.5) * window.mpp).reshape(window.mask.shape)
+    return CleanTissue(artefacts.at(x_um, y_um), raw, excluded, clean,
+                       Window(window.mask & ~on_grid, window.mpp), True)
+
+
 def slide_features(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap,
-                   window: Window, *, panel: Panel, config: PathologyConfig) -> list[Feature]:
+                   window: Window, *, panel: Panel, config: PathologyConfig,
+                   artefacts: ArtefactMask | None = None) -> list[Feature]:
     """Every slide-level feature of one slide (pure computation, no files).
+
+    Cells on QC's artefacts are left out of every count, and the artefact areas out of every
+    region's area (:func:`clean_tissue`): densities are per mm^2 of clean tissue.
 
     Parameters
     ----------
@@ -131,6 +209,8 @@ def slide_features(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap,
         The slide's panel (prefix, phenotypes).
     config
         ``spatial`` and ``regions`` settings.
+    artefacts
+        QC's artefact mask (None: not checked, nothing removed).
 
     Returns
     -------
@@ -140,16 +220,32 @@ def slide_features(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap,
     out = _Features(panel.prefix, panel.name)
     xy = np.column_stack([cells["x_um"].to_numpy(np.float64), cells["y_um"].to_numpy(np.float64)])
     codes = regions.code_at(xy[:, 0], xy[:, 1])
-    on_tissue = codes > 0
-    areas = regions.areas_mm2()
+    clean = clean_tissue(xy[:, 0], xy[:, 1], regions, window, artefacts)
+    on_tissue = (codes > 0) & ~clean.on_artefact
+    areas = clean.clean_mm2
+    window = clean.window
     region_keys = "regions.margin_width_um, regions.annotations_dir, spatial.tumour_phenotype"
-    masks = {"tissue": on_tissue, **{r: codes == CODES[r] for r in REGIONS}}
+    masks = {"tissue": on_tissue, **{r: (codes == CODES[r]) & ~clean.on_artefact
+                                     for r in REGIONS}}
+    source = _region_source_label(regions)
 
-    out.add(["n", "cells"], int(on_tissue.sum()), "Cells (nuclei) on tissue", "cells",
-            "count of cells.parquet rows on the tissue mask")
+    out.add(["n", "cells"], int(on_tissue.sum()), "Cells (nuclei) on clean tissue", "cells",
+            "count of cells.parquet rows on the tissue mask, off QC artefacts")
+    out.add(["n", "cells", "excl"], int(np.count_nonzero((codes > 0) & clean.on_artefact)),
+            "Cells (nuclei) on QC artefacts, left out of every count", "cells",
+            "cells on the artefact mask (focus, pen, dark, bright)", "qc.*")
     for region in ALL_REGIONS:
-        out.add([region, "mm2"], areas[region], f"Tissue area of the {region} region", "mm^2",
-                f"tissue mask pixels in the region ({regions.source})", region_keys)
+        out.add([region, "mm2"], areas[region],
+                f"Clean tissue area of the {region} region (density denominator)", "mm^2",
+                f"tissue mask pixels in the region ({source}) minus QC artefact areas",
+                region_keys)
+        out.add([region, "raw", "mm2"], clean.raw_mm2[region],
+                f"Tissue area of the {region} region before artefacts were removed", "mm^2",
+                f"tissue mask pixels in the region ({source})", region_keys)
+        out.add([region, "excl", "mm2"], clean.excluded_mm2[region],
+                f"Area of the {region} region under QC artefacts (excluded)", "mm^2",
+                "QC artefact mask pixels (focus, pen, dark, bright) in the region",
+                "qc.*")
 
     def density(mask: np.ndarray, region: str) -> float:
         area = areas[region]
@@ -166,7 +262,8 @@ def slide_features(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap,
                     f"{label} cells in {region}", "cells", "phenotype rule, count", region_keys)
             out.add([part, region, "density"], density(cells_p, region),
                     f"{label} density in {region}", "cells/mm^2",
-                    "count / tissue area of the region", region_keys)
+                    "count / clean tissue area of the region (QC artefacts removed)",
+                    region_keys)
 
     for marker in panel.markers:
         call = result.calls[marker.name]
@@ -359,9 +456,11 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
     """Phenotypes, regions and features of one finished slide.
 
     Reads ``OUT/slides/<id>/cells.parquet`` and the tissue mask in ``store.zarr``; writes
-    ``cell_classes.parquet`` (cell_id, phenotype, region, marker calls) and adds the keys
-    ``features``, ``feature_dictionary``, ``phenotyping``, ``regions`` and
-    ``features_config_sha256`` to ``features.json`` (existing keys are kept).
+    ``cell_classes.parquet`` (cell_id, phenotype, region, artefact, marker calls) and adds the
+    keys ``features``, ``feature_dictionary``, ``phenotyping``, ``regions``, ``artefacts`` and
+    ``features_config_sha256`` to ``features.json`` (existing keys are kept). QC's artefact
+    mask (``qc/artefact_mask.png``, from :func:`pathology.qc.run.measure_slide_qc`) is
+    subtracted when present.
 
     Parameters
     ----------
@@ -403,7 +502,11 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
     record = json.loads(features_path.read_text()) if features_path.is_file() else {}
     regions = build_regions(cells, result, window, sample_id=sample_id, panel=panel,
                             config=config, slide_info=record.get("slide", {}))
-    items = slide_features(cells, result, regions, window, panel=panel, config=config)
+    artefacts = load_artefact_mask(folder)
+    clean = clean_tissue(cells["x_um"].to_numpy(np.float64), cells["y_um"].to_numpy(np.float64),
+                         regions, window, artefacts)
+    items = slide_features(cells, result, regions, window, panel=panel, config=config,
+                           artefacts=artefacts)
 
     classes = result.table()
     classes.insert(0, "cell_id", cells["cell_id"].to_numpy() if "cell_id" in cells
@@ -411,6 +514,7 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
     classes.insert(2, "region", region_names(regions.code_at(cells["x_um"].to_numpy(),
                                                               cells["y_um"].to_numpy()),
                                              has_tumour=regions.has_tumour).astype(str))
+    classes.insert(3, "artefact", clean.on_artefact)
     atomic_write_parquet(folder / CLASSES_FILE, _to_arrow(classes))
 
     record.update({
@@ -424,6 +528,16 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
                                              for k, v in result.phenotypes.items()}},
         "regions": {"source": regions.source, "areas_mm2": regions.areas_mm2(),
                     "grid_mpp": regions.mpp},
+        "artefacts": {
+            "checked": clean.checked,
+            "raw_area_mm2": clean.raw_mm2, "excluded_area_mm2": clean.excluded_mm2,
+            "clean_area_mm2": clean.clean_mm2,
+            "cells_excluded": int(np.count_nonzero(clean.on_artefact)),
+            "qc_config_sha256": artefacts.qc_config_sha256 if artefacts is not None else None,
+            "note": ("densities are per mm^2 of clean tissue: QC artefact areas (focus, pen, "
+                     "dark, bright) removed from each region, their cells from the counts"
+                     if clean.checked else "QC has not run on this slide: nothing removed, "
+                     "densities are per mm^2 of the raw tissue mask")},
         "features_config_sha256": _config_digest(config),
     })
     atomic_write_text(features_path, json.dumps(_jsonable(record), indent=2) + "\n")

@@ -7,8 +7,11 @@ bounded by one tile whatever the slide size. Every mask lives on the overview gr
 
 from __future__ import annotations
 
+import io
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -19,6 +22,79 @@ from pathology.slide import Slide
 
 ARTEFACTS = ("focus", "pen", "dark", "bright")
 ARTEFACT_CODES = {"focus": 1, "pen": 2, "dark": 4, "bright": 8}
+ARTEFACT_MASK_FILE = "artefact_mask.png"  # in OUT/slides/<id>/qc/
+ARTEFACT_META_FILE = "artefacts.json"
+
+
+@dataclass(frozen=True)
+class ArtefactMask:
+    """A slide's artefacts as QC found them: the bit mask the features step subtracts.
+
+    Attributes
+    ----------
+    codes
+        ``uint8`` bit mask on the QC overview grid (focus 1, pen 2, dark 4, bright 8).
+    mpp
+        Pixel size (um) of the grid, origin at the slide's top-left corner.
+    qc_config_sha256
+        Hash of the ``qc`` settings that found them.
+    """
+
+    codes: np.ndarray
+    mpp: float
+    qc_config_sha256: str
+
+    def at(self, x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
+        """Whether points (um) lie on an artefact (False outside the grid).
+
+        Examples
+        --------
+        >>> m = ArtefactMask(np.array([[0, 2]], np.uint8), 10.0, "")
+        >>> m.at(np.array([5.0, 15.0, 99.0]), np.array([5.0, 5.0, 5.0])).tolist()
+        [False, True, False]
+        """
+        rows = np.floor(np.asarray(y_um, dtype=np.float64) / self.mpp).astype(np.int64)
+        cols = np.floor(np.asarray(x_um, dtype=np.float64) / self.mpp).astype(np.int64)
+        inside = (rows >= 0) & (cols >= 0) & (rows < self.codes.shape[0]) & (
+            cols < self.codes.shape[1])
+        out = np.zeros(rows.shape, dtype=bool)
+        out[inside] = self.codes[rows[inside], cols[inside]] > 0
+        return out
+
+    def pixel_centres_um(self) -> tuple[np.ndarray, np.ndarray]:
+        """Centres (um) of the artefact pixels, x then y."""
+        rows, cols = np.nonzero(self.codes)
+        return (cols + 0.5) * self.mpp, (rows + 0.5) * self.mpp
+
+
+def save_artefact_mask(folder: Path, codes: np.ndarray, *, mpp: float, qc_config_sha256: str,
+                       names: dict[str, int] | None = None) -> None:
+    """Write ``qc/artefact_mask.png`` and ``qc/artefacts.json`` (grid size, hash) atomically."""
+    from PIL import Image
+
+    from pathology.store import atomic_write_bytes, atomic_write_text
+
+    target = Path(folder) / "qc"
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(codes, dtype=np.uint8)).save(buffer, format="PNG")
+    atomic_write_bytes(target / ARTEFACT_MASK_FILE, buffer.getvalue())
+    meta = {"file": ARTEFACT_MASK_FILE, "mpp": float(mpp), "shape": list(codes.shape),
+            "codes": names or ARTEFACT_CODES, "qc_config_sha256": qc_config_sha256}
+    atomic_write_text(target / ARTEFACT_META_FILE, json.dumps(meta, indent=2) + "\n")
+
+
+def load_artefact_mask(folder: Path) -> ArtefactMask | None:
+    """The artefact mask QC saved for a slide folder, or None when QC has not run."""
+    from PIL import Image
+
+    target = Path(folder) / "qc"
+    meta_path, png = target / ARTEFACT_META_FILE, target / ARTEFACT_MASK_FILE
+    if not (meta_path.is_file() and png.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    with Image.open(png) as image:
+        codes = np.asarray(image, dtype=np.uint8)
+    return ArtefactMask(codes, float(meta["mpp"]), str(meta.get("qc_config_sha256", "")))
 
 
 def resize_mask(mask: np.ndarray, shape: tuple[int, int], *, mask_mpp: float,

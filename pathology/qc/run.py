@@ -1,7 +1,11 @@
 """QC of one finished slide: metrics and flags, overlays and QuPath exports in ``qc/``.
 
-Called by the batch after each slide (:func:`run_slide_qc`) and by ``hccbio slides qc OUT``
-for a whole run folder (:func:`run_qc`).
+Two steps, with the features step between them in the batch: :func:`measure_slide_qc` finds
+the artefacts and saves their mask (``qc/artefact_mask.png`` + ``qc/artefacts.json``), which
+the features step subtracts from every region's area and count; :func:`run_slide_qc` then
+draws the overlays (with the cells' phenotypes and regions) and writes ``qc.json``. Called by
+the batch after each slide and by ``hccbio slides qc OUT`` for a whole run folder
+(:func:`run_qc`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pathology.config import PathologyConfig
 from pathology.qc import geojson, overlays
-from pathology.qc.artefacts import ARTEFACTS
+from pathology.qc.artefacts import ARTEFACT_MASK_FILE, ARTEFACTS, save_artefact_mask
 from pathology.qc.decisions import valid_sample_id
 from pathology.qc.metrics import SlideQc, slide_qc
 from pathology.qc.shapes import REGION_CODES, mask_polygons, region_raster
@@ -32,7 +36,7 @@ QC_DIR = "qc"
 QC_FILE = "qc.json"
 DETECTIONS_FILE = "detections.geojson"
 REGIONS_FILE = "regions.geojson"
-ARTEFACT_FILE = "artefact_mask.png"
+ARTEFACT_FILE = ARTEFACT_MASK_FILE
 CELLS_FILE = "cells.parquet"
 CLASSES_FILE = "cell_classes.parquet"
 FEATURES_FILE = "features.json"
@@ -103,8 +107,54 @@ def _region_features(qc: SlideQc, codes: np.ndarray):
                 "area_mm2": float((mask & qc.tissue).sum() * pixel_mm2)}
 
 
+def _open_slide(slide_path: Path, manifest_mpp: float | None, config: PathologyConfig) -> Slide:
+    return Slide(slide_path, manifest_mpp=manifest_mpp, backend=config.slide.backend,
+                 mpp_range=config.slide.mpp_range, mpp_tolerance=config.slide.mpp_tolerance)
+
+
+def _measure(slide: Slide, folder: Path, mask: np.ndarray, mask_mpp: float, *, kind: str,
+             cells: pd.DataFrame | None, config: PathologyConfig) -> SlideQc:
+    nuclear = None
+    if kind == "fluorescence":
+        from pathology.pipeline import nuclear_channel_index
+
+        nuclear = nuclear_channel_index(slide.info.channels, config.slide.nuclear_channels)
+    qc = slide_qc(slide, mask, tissue_mpp=mask_mpp, kind=kind, cells=cells, config=config.qc,
+                  nuclear=nuclear, background=config.cells.background_intensity)
+    save_artefact_mask(folder, qc.artefact_codes(), mpp=qc.mpp,
+                       qc_config_sha256=qc_digest(config))
+    return qc
+
+
+def measure_slide_qc(out: Path, sample_id: str, *, slide_path: Path,
+                     manifest_mpp: float | None, config: PathologyConfig,
+                     modality: str | None = None) -> SlideQc:
+    """Find a finished slide's artefacts and save their mask for the features step.
+
+    Writes ``qc/artefact_mask.png`` (bit 1 focus, 2 pen, 4 dark, 8 bright, on the QC overview
+    grid) and ``qc/artefacts.json`` (its pixel size and the QC settings' hash). Parameters as
+    :func:`run_slide_qc`; pass the result to it as ``measured`` to draw the overlays without
+    measuring twice.
+
+    Returns
+    -------
+    pathology.qc.metrics.SlideQc
+    """
+    if not valid_sample_id(sample_id):
+        raise QcError(f"invalid sample id {sample_id!r}")
+    folder = Path(out) / "slides" / sample_id
+    mask, mask_mpp = _tissue_mask(folder)
+    features_path = folder / FEATURES_FILE
+    record = json.loads(features_path.read_text()) if features_path.is_file() else {}
+    cells = _read_cells(folder)
+    with _open_slide(slide_path, manifest_mpp, config) as slide:
+        kind = _kind(modality or record.get("modality"), slide)
+        return _measure(slide, folder, mask, mask_mpp, kind=kind, cells=cells, config=config)
+
+
 def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: float | None,
-                 config: PathologyConfig, modality: str | None = None) -> dict:
+                 config: PathologyConfig, modality: str | None = None,
+                 measured: SlideQc | None = None) -> dict:
     """Check one finished slide and write its ``OUT/slides/<id>/qc/`` folder.
 
     Writes ``qc.json`` (metrics, every check with its reason, artefact areas), the artefact
@@ -128,6 +178,9 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
     modality
         ``he``, ``ihc`` or ``mif``; default: ``features.json``'s, else inferred from the
         pixel type (8-bit RGB is brightfield).
+    measured
+        The result of :func:`measure_slide_qc` for this slide and config (default: measure
+        here).
 
     Returns
     -------
@@ -152,18 +205,10 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
     cells = _read_cells(folder)
     target = folder / QC_DIR
     target.mkdir(parents=True, exist_ok=True)
-    with Slide(slide_path, manifest_mpp=manifest_mpp, backend=config.slide.backend,
-               mpp_range=config.slide.mpp_range, mpp_tolerance=config.slide.mpp_tolerance
-               ) as slide:
+    with _open_slide(slide_path, manifest_mpp, config) as slide:
         kind = _kind(modality, slide)
-        nuclear = None
-        if kind == "fluorescence":
-            from pathology.pipeline import nuclear_channel_index
-
-            nuclear = nuclear_channel_index(slide.info.channels, config.slide.nuclear_channels)
-        qc = slide_qc(slide, mask, tissue_mpp=mask_mpp, kind=kind, cells=cells, config=qcc,
-                      nuclear=nuclear, background=config.cells.background_intensity)
-        overlays.save_png(target / ARTEFACT_FILE, qc.artefact_codes())
+        qc = measured if measured is not None else _measure(
+            slide, folder, mask, mask_mpp, kind=kind, cells=cells, config=config)
         rgb = tuple(c.upper() for c in slide.info.channels[:3]) == ("R", "G", "B")
         display = overlays.display_rgb(qc.overview, rgb=rgb)
         overlays.write_thumbnail(display, target / "thumbnail.png")
@@ -262,20 +307,32 @@ def slide_sources(out: Path) -> dict[str, tuple[Path, float | None, str | None]]
 def run_qc(out: Path, *, config: PathologyConfig) -> dict[str, str]:
     """QC of every finished slide of a run folder; one failure never stops the others.
 
+    As in the batch, each slide's artefacts are found first, its features recomputed on the
+    clean tissue (and ``pathology_features.csv`` rewritten), then its overlays drawn.
+
     Returns
     -------
     dict
         Sample id -> ``pass``, ``flagged`` or ``failed: <reason>``.
     """
+    from pathology.features import compute_slide_features, write_run_features
     from pathology.slide import SlideError
 
     statuses = {}
     for sample_id, (path, mpp, modality) in slide_sources(out).items():
         try:
+            measured = measure_slide_qc(out, sample_id, slide_path=path, manifest_mpp=mpp,
+                                        config=config, modality=modality)
+            record = json.loads((Path(out) / "slides" / sample_id / FEATURES_FILE).read_text())
+            if "features" in record and modality:
+                compute_slide_features(out, sample_id, modality=modality,
+                                       stain=record.get("stain", "") or "", config=config)
             result = run_slide_qc(out, sample_id, slide_path=path, manifest_mpp=mpp,
-                                  config=config, modality=modality)
+                                  config=config, modality=modality, measured=measured)
             statuses[sample_id] = result["status"]
         except (QcError, SlideError, geojson.GeoJsonError, OSError, ValueError) as error:
             log.warning("slide=%s qc failed: %s", sample_id, error)
             statuses[sample_id] = f"failed: {' '.join(str(error).split())}"
+    if statuses:
+        write_run_features(out)
     return statuses

@@ -210,3 +210,44 @@ def test_he_slide_features_use_the_lymphocyte_classifier(tmp_path, project_root)
     assert row["he_lym_pct"] == pytest.approx(100 * n_lym / row["he_n_cells"])
     classes = pd.read_parquet(out / "slides" / "he" / CLASSES_FILE)
     assert classes["lymphocyte_pos"].sum() == n_lym
+
+
+def test_densities_are_per_clean_tissue_when_qc_found_artefacts(cd8_run):
+    """A pen stroke over the right third of the stroma: its area leaves the stroma's and the
+    tissue's areas, its cells leave the counts; raw and excluded areas are reported."""
+    from pathology.qc.artefacts import save_artefact_mask
+
+    out, config = cd8_run
+    folder = out / "slides" / "cd8_slide"
+    before = compute_slide_features(out, "cd8_slide", modality="ihc", stain="CD8",
+                                    config=config)
+    codes = np.zeros((200, 300), np.uint8)  # QC overview grid, 4 um/px
+    codes[:, 200:] = 2  # pen at x >= 800 um: 400 x 800 um of stroma
+    save_artefact_mask(folder, codes, mpp=4.0, qc_config_sha256="test")
+    row = compute_slide_features(out, "cd8_slide", modality="ihc", stain="CD8", config=config)
+    assert row["ihc_cd8_stroma_raw_mm2"] == pytest.approx(AREAS["stroma"])
+    assert row["ihc_cd8_stroma_excl_mm2"] == pytest.approx(0.32)
+    assert row["ihc_cd8_stroma_mm2"] == pytest.approx(AREAS["stroma"] - 0.32)
+    assert row["ihc_cd8_tissue_mm2"] == pytest.approx(AREAS["tissue"] - 0.32)
+    assert row["ihc_cd8_tumour_mm2"] == pytest.approx(AREAS["tumour"])  # untouched
+    assert row["ihc_cd8_tumour_excl_mm2"] == 0
+    cells = pd.read_parquet(folder / "cells.parquet")
+    classes = pd.read_parquet(folder / CLASSES_FILE)
+    on_pen = cells["x_um"].to_numpy() >= 800
+    assert classes["artefact"].tolist() == on_pen.tolist()
+    cd8 = (classes["phenotype"] == "cd8_t").to_numpy()
+    stroma = (classes["region"] == "stroma").to_numpy()
+    n_clean = int((cd8 & stroma & ~on_pen).sum())
+    assert 0 < n_clean < before["ihc_cd8_stroma_n"]
+    assert row["ihc_cd8_stroma_n"] == n_clean
+    assert row["ihc_cd8_stroma_density"] == pytest.approx(n_clean / (AREAS["stroma"] - 0.32))
+    assert row["ihc_cd8_n_cells_excl"] == int(on_pen.sum())
+    assert row["ihc_cd8_tumour_density"] == before["ihc_cd8_tumour_density"]
+    record = json.loads((folder / "features.json").read_text())
+    assert record["artefacts"]["checked"] is True
+    assert record["artefacts"]["excluded_area_mm2"]["stroma"] == pytest.approx(0.32)
+    entry = record["feature_dictionary"]["ihc_cd8_stroma_density"]
+    assert "clean tissue" in entry["method"]
+    write_run_features(out)
+    names = {r["name"] for r in csv.DictReader((out / DICTIONARY_FILE).open())}
+    assert {"ihc_cd8_stroma_raw_mm2", "ihc_cd8_stroma_excl_mm2"} <= names
