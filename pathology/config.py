@@ -173,6 +173,12 @@ class RegionsSection(_Section):
                                        "of all (smoothed) cells.")
     tumour_min_area_um2: float = Field(40000.0, ge=0, description="Automatic tumour pieces "
                                        "smaller than this are stroma.")
+    tumour_proxy: bool = Field(False, description="Without annotations, a registered serial "
+                               "section or a tumour marker, find the tumour from a proxy "
+                               "phenotype (panel 'proxy: true', e.g. nuclei >= 40 um^2, which "
+                               "normal hepatocytes also reach); named 'proxy:nuclear_size' in "
+                               "features.json, the dictionary and the report. Off: such slides "
+                               "report tissue-level features only, and say why.")
 
 
 class SpatialSection(_Section):

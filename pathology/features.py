@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +27,19 @@ from scipy.spatial import cKDTree
 from pathology.config import PathologyConfig
 from pathology.lymphocytes import BASE_COLUMNS as LYMPHOCYTE_COLUMNS
 from pathology.panels import Panel, Phenotype, resolve_panel
-from pathology.phenotypes import Phenotyping, classify_cells, marker_column
+from pathology.phenotypes import OTHER, Phenotyping, classify_cells, marker_column
 from pathology.qc.artefacts import ArtefactMask, load_artefact_mask
 from pathology.regions import (
     CODES,
     REGIONS,
     RegionMap,
+    annotation_masks,
     automatic_tumour,
-    read_annotation_tumour,
+    read_annotation_classes,
     region_names,
     regions_from_tumour,
 )
+from pathology.scores import hscore, pdl1_cps, pdl1_tps
 from pathology.spatial import (
     Window,
     fraction_within,
@@ -59,6 +61,7 @@ DICTIONARY_COLUMNS = ("name", "label", "unit", "modality", "method", "config_key
 KINDS = {"he": "brightfield", "ihc": "brightfield", "mif": "fluorescence"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 ALL_REGIONS = ("tissue", *REGIONS)
+PROXY_SOURCE = "proxy:nuclear_size"
 
 
 class FeatureError(ValueError):
@@ -77,14 +80,20 @@ class Feature:
     config_keys: str
 
 
+PROXY_TOKENS = {"tumour", "margin", "stroma", "tps", "cps", "immune", "mh"}
+PROXY_NOTE = " [tumour from the nuclear-size PROXY]"
+
+
 class _Features:
-    def __init__(self, prefix: str, panel: str) -> None:
+    def __init__(self, prefix: str, panel: str, *, proxy: bool = False) -> None:
         self.prefix = prefix
         self.panel = panel
+        self.proxy = proxy
         self.items: list[Feature] = []
 
     def add(self, parts: Iterable[str], value, label: str, unit: str, method: str,
             keys: str = "") -> None:
+        parts = list(parts)
         name = "_".join(p for p in (self.prefix, *parts) if p)
         if not NAME_RE.match(name):
             raise FeatureError(f"feature name {name!r} ({len(name)} characters) is not "
@@ -94,6 +103,10 @@ class _Features:
             value = float(value) if math.isfinite(value) else None
         elif isinstance(value, (int, np.integer)):
             value = int(value)
+        tokens = set(parts)
+        if self.proxy and (tokens & PROXY_TOKENS or any(
+                t.startswith(("xl", "tum", "nn")) for t in tokens)):
+            label += PROXY_NOTE  # features that depend on the tumour say it is a proxy
         self.items.append(Feature(name, value, label, unit, method, keys))
 
 
@@ -216,8 +229,7 @@ def slide_features(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap,
     -------
     list of Feature
     """
-    sp = config.spatial
-    out = _Features(panel.prefix, panel.name)
+    out = _Features(panel.prefix, panel.name, proxy=regions.source == PROXY_SOURCE)
     xy = np.column_stack([cells["x_um"].to_numpy(np.float64), cells["y_um"].to_numpy(np.float64)])
     codes = regions.code_at(xy[:, 0], xy[:, 1])
     clean = clean_tissue(xy[:, 0], xy[:, 1], regions, window, artefacts)
@@ -229,6 +241,10 @@ def slide_features(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap,
                                      for r in REGIONS}}
     source = _region_source_label(regions)
 
+    out.add(["regions", "src"], source.split(":")[0] if source != PROXY_SOURCE else "proxy",
+            "Source of the tumour region: annotation, registered (serial H&E), marker, proxy "
+            "(nuclear size, regions.tumour_proxy) or none (tissue-level features only)",
+            "category", "features.json regions.source and regions.reason", region_keys)
     out.add(["n", "cells"], int(on_tissue.sum()), "Cells (nuclei) on clean tissue", "cells",
             "count of cells.parquet rows on the tissue mask, off QC artefacts")
     out.add(["n", "cells", "excl"], int(np.count_nonzero((codes > 0) & clean.on_artefact)),
@@ -274,6 +290,16 @@ def slide_features(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap,
         out.add([part, "pct"], 100.0 * np.count_nonzero(positive & on_tissue) / n_tissue
                 if n_tissue else None, f"{marker.name}+ cells (% of cells)", "%",
                 f"{call.method} threshold {call.threshold:.4g} on {call.column}", keys)
+        if marker.key in ("pdl1", "pd_l1"):
+            tumour, immune, immune_rule = pdl1_cell_classes(cells, result, masks, panel=panel,
+                                                            config=config)
+            out.add(["tps"], pdl1_tps(positive, tumour), "PD-L1 tumour proportion score", "%",
+                    "PD-L1+ viable tumour cells / all viable tumour cells x 100 (tumour "
+                    "cells: features.json regions.tumour_cells)", keys)
+            out.add(["cps"], pdl1_cps(positive, tumour, immune),
+                    "PD-L1 combined positive score", "0-100",
+                    "PD-L1+ tumour cells, lymphocytes and macrophages / viable tumour cells "
+                    f"x 100, capped at 100; immune cells: {immune_rule}", keys)
         if panel.modality != "ihc":
             continue
         for region in REGIONS:
@@ -284,29 +310,51 @@ def slide_features(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap,
                     "positive / all cells of the region", keys)
         bins = result.intensity_bin.get(marker.name)
         if bins is not None and n_tissue:
-            counts = np.bincount(bins[on_tissue], minlength=4)
-            out.add(["hscore"], float((counts * np.arange(4)).sum() * 100.0 / n_tissue),
-                    f"{marker.name} H-score", "0-300", "1 x %1+ + 2 x %2+ + 3 x %3+", keys)
+            out.add(["hscore"], hscore(bins, on_tissue), f"{marker.name} H-score of all cells "
+                    "on clean tissue", "0-300", "1 x %1+ + 2 x %2+ + 3 x %3+ (% of all cells "
+                    "on clean tissue; bins from the marker's OD bins)", keys)
         pigment = result.pigment.get(marker.name)
         if pigment is not None:
             out.add(["pigment", "n"], call.n_pigment_excluded,
                     f"{marker.name}: brown cells excluded as pigment", "cells",
                     "pigment rule (colour / compartment)", "phenotypes.pigment_*")
-        tumour_p = panel.phenotype(sp.tumour_phenotype)
-        if marker.key in ("pdl1", "pd_l1") and tumour_p is not None:
-            tumour = result.phenotypes[tumour_p.name] & on_tissue
-            n_tumour = int(tumour.sum())
-            tps = 100.0 * np.count_nonzero(positive & tumour) / n_tumour if n_tumour else None
-            cps = (min(100.0, 100.0 * np.count_nonzero(positive & on_tissue) / n_tumour)
-                   if n_tumour else None)
-            out.add(["tps"], tps, "PD-L1 tumour proportion score", "%",
-                    "PD-L1+ tumour cells / tumour cells", keys)
-            out.add(["cps"], cps, "PD-L1 combined positive score", "0-100",
-                    "PD-L1+ cells (tumour and others) / tumour cells x 100, capped", keys)
-
     _spatial_features(out, xy, on_tissue, masks, areas, result, regions, window,
                       panel=panel, config=config)
     return out.items
+
+
+def pdl1_cell_classes(cells: pd.DataFrame, result: Phenotyping, masks: dict[str, np.ndarray],
+                      *, panel: Panel, config: PathologyConfig
+                      ) -> tuple[np.ndarray, np.ndarray, str]:
+    """Viable tumour cells and immune cells (lymphocytes, macrophages) for TPS and CPS.
+
+    Tumour cells: the (resolved) tumour phenotype on clean tissue. Immune cells: the panel's
+    ``immune: true`` phenotypes on clean tissue; on a slide with no immune marker (PD-L1 IHC
+    alone), the mononuclear cells where CPS counts them: non-tumour cells in the tumour centre
+    and the margin whose nucleus is smaller than the tumour rule's minimum area.
+
+    Returns
+    -------
+    tumour, immune, rule
+        Boolean per cell, and the immune rule in words.
+    """
+    tissue = masks["tissue"]
+    tumour_p = panel.phenotype(config.spatial.tumour_phenotype)
+    tumour = (result.phenotypes[tumour_p.name] & tissue if tumour_p is not None
+              else np.zeros(len(tissue), dtype=bool))
+    immune_ps = [p for p in panel.phenotypes if p.immune]
+    if immune_ps:
+        immune = np.zeros(len(tissue), dtype=bool)
+        for phenotype in immune_ps:
+            immune |= result.phenotypes[phenotype.name]
+        return tumour, immune & tissue & ~tumour, "phenotypes " + ", ".join(
+            p.name for p in immune_ps)
+    near = (masks["tumour"] | masks["margin"]) & ~tumour
+    limit = (tumour_p.min.get("area_um2") if tumour_p is not None else None) or 40.0
+    if "area_um2" in cells:
+        near &= cells["area_um2"].to_numpy(dtype=np.float64) < limit
+    return tumour, near, (f"non-tumour cells with nuclei < {limit:g} um^2 in the tumour "
+                          "centre and margin (no immune marker on this slide)")
 
 
 def _spatial_features(out: _Features, xy: np.ndarray, on_tissue: np.ndarray,
@@ -411,7 +459,7 @@ def immune_class(cd8: np.ndarray, masks: dict[str, np.ndarray], areas: dict[str,
 
 
 def _needed_columns(panel: Panel, kind: str, available: list[str]) -> list[str]:
-    wanted = {"cell_id", "x_um", "y_um"}
+    wanted = {"cell_id", "x_um", "y_um", "area_um2"}
     for marker in panel.markers:
         if marker.source == "lymphocyte_classifier":
             wanted |= set(LYMPHOCYTE_COLUMNS)
@@ -502,6 +550,9 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
     record = json.loads(features_path.read_text()) if features_path.is_file() else {}
     regions = build_regions(cells, result, window, sample_id=sample_id, panel=panel,
                             config=config, slide_info=record.get("slide", {}))
+    window = Window(regions.codes > 0, window.mpp)  # less annotated Necrosis / Ignore*
+    tumour_cells = resolve_tumour_cells(cells, result, regions, panel=panel, config=config)
+    result, panel = tumour_cells.result, tumour_cells.panel
     artefacts = load_artefact_mask(folder)
     clean = clean_tissue(cells["x_um"].to_numpy(np.float64), cells["y_um"].to_numpy(np.float64),
                          regions, window, artefacts)
@@ -526,8 +577,9 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
                         "markers": {k: c.to_json() for k, c in result.calls.items()},
                         "phenotype_counts": {k: int(v.sum())
                                              for k, v in result.phenotypes.items()}},
-        "regions": {"source": regions.source, "areas_mm2": regions.areas_mm2(),
-                    "grid_mpp": regions.mpp},
+        "regions": {"source": regions.source, "reason": regions.reason,
+                    "tumour_cells": tumour_cells.rule, "proxy": regions.source == PROXY_SOURCE,
+                    "areas_mm2": regions.areas_mm2(), "grid_mpp": regions.mpp},
         "artefacts": {
             "checked": clean.checked,
             "raw_area_mm2": clean.raw_mm2, "excluded_area_mm2": clean.excluded_mm2,
@@ -547,9 +599,19 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
 
 def build_regions(cells: pd.DataFrame, result: Phenotyping, window: Window, *, sample_id: str,
                   panel: Panel, config: PathologyConfig, slide_info: dict) -> RegionMap:
-    """Regions of a slide: annotations if a file exists, else automatic, else tissue only."""
+    """Regions of a slide, from the first tumour source that exists.
+
+    1. annotations: ``regions.annotations_dir/<sample_id>.geojson`` (QuPath classes: Tumor /
+       Tumour, Stroma; Necrosis, Ignore* and artefact classes are removed from the tissue);
+    2. a tumour marker: the panel's tumour phenotype when it is defined by a marker (mIF
+       HepPar-1 / GPC3 / panCK, IHC GPC3), from the smoothed fraction of its cells;
+    3. the nuclear-size proxy (a ``proxy: true`` tumour phenotype), only when
+       ``regions.tumour_proxy`` is on; source ``proxy:nuclear_size``;
+    4. none: tissue-level features only, and :attr:`RegionMap.reason` says why.
+    """
     rc = config.regions
     tumour_p = panel.phenotype(config.spatial.tumour_phenotype)
+    looked = []
     if rc.annotations_dir:
         path = Path(rc.annotations_dir) / f"{sample_id}.geojson"
         if path.is_file():
@@ -561,19 +623,93 @@ def build_regions(cells: pd.DataFrame, result: Phenotyping, window: Window, *, s
                 unit = (float(mpp0[0]) + float(mpp0[1])) / 2
             else:
                 unit = 1.0
-            tumour = read_annotation_tumour(path, window.mask.shape, mpp=window.mpp,
-                                            coordinate_um=unit)
-            return regions_from_tumour(tumour, window.mask, mpp=window.mpp,
-                                       margin_width_um=rc.margin_width_um, source="annotation")
-    if tumour_p is not None and result.phenotypes[tumour_p.name].any():
+            classes = read_annotation_classes(path, window.mask.shape, mpp=window.mpp,
+                                              coordinate_um=unit)
+            tumour, stroma, excluded = annotation_masks(classes, window.mask.shape)
+            if tumour.any():
+                tissue = window.mask & ~excluded
+                removed = float((window.mask & excluded).sum()) * window.mpp**2 / 1e6
+                note = (f"{path.name}: classes {', '.join(sorted(classes))}"
+                        + (f"; {removed:.4g} mm^2 removed from the tissue (excluded classes)"
+                           if removed else ""))
+                regions = regions_from_tumour(tumour, tissue, mpp=window.mpp,
+                                              margin_width_um=rc.margin_width_um,
+                                              source="annotation", stroma=stroma)
+                return RegionMap(regions.codes, regions.mpp, regions.source, note)
+            looked.append(f"{path.name} has no Tumor/Tumour polygon")
+        else:
+            looked.append(f"no annotation file {path}")
+    else:
+        looked.append("no annotations (regions.annotations_dir)")
+    if tumour_p is not None and result.phenotypes[tumour_p.name].any() and (
+            not tumour_p.proxy or rc.tumour_proxy):
         tumour = automatic_tumour(cells["x_um"].to_numpy(), cells["y_um"].to_numpy(),
                                   result.phenotypes[tumour_p.name], window.mask,
                                   mpp=window.mpp, config=rc)
+        source = PROXY_SOURCE if tumour_p.proxy else f"marker:{tumour_p.name}"
         if tumour.any():
-            return regions_from_tumour(tumour, window.mask, mpp=window.mpp,
-                                       margin_width_um=rc.margin_width_um, source="automatic")
+            regions = regions_from_tumour(tumour, window.mask, mpp=window.mpp,
+                                          margin_width_um=rc.margin_width_um, source=source)
+            note = (f"tumour where '{_label(tumour_p)}' cells make >= "
+                    f"{rc.tumour_min_fraction:g} of all cells"
+                    + ("; a PROXY: normal hepatocyte nuclei are as large" if tumour_p.proxy
+                       else ""))
+            return RegionMap(regions.codes, regions.mpp, regions.source, note)
+        looked.append(f"too few '{_label(tumour_p)}' cells for a tumour region")
+    elif tumour_p is None:
+        looked.append("the panel has no tumour phenotype for this stain")
+    elif tumour_p.proxy:
+        looked.append(f"no tumour marker on this slide; the nuclear-size proxy "
+                      f"('{_label(tumour_p)}') is off (regions.tumour_proxy)")
+    else:
+        looked.append(f"no '{_label(tumour_p)}' cells")
     codes = np.where(window.mask, CODES["stroma"], 0).astype(np.uint8)
-    return RegionMap(codes, window.mpp, "none")
+    return RegionMap(codes, window.mpp, "none",
+                     "no tumour source: " + "; ".join(looked)
+                     + ". Tissue-level features only.")
+
+
+@dataclass(frozen=True)
+class TumourCells:
+    """Which cells are tumour cells (TPS, CPS, proximity), and how that was decided."""
+
+    result: Phenotyping
+    panel: Panel
+    rule: str
+
+
+def resolve_tumour_cells(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap, *,
+                         panel: Panel, config: PathologyConfig) -> TumourCells:
+    """Tumour cells from the best source: a tumour marker; else, for a proxy phenotype, its
+    cells inside an annotated (or registered) tumour centre, or all its cells when the regions
+    themselves come from the proxy; else none (the tumour phenotype is dropped).
+    """
+    name = config.spatial.tumour_phenotype
+    tumour_p = panel.phenotype(name)
+    if tumour_p is None:
+        return TumourCells(result, panel, "none: the panel has no tumour phenotype")
+    if not tumour_p.proxy:
+        return TumourCells(result, panel, f"marker: {_label(tumour_p)}")
+    if regions.source == PROXY_SOURCE:
+        return TumourCells(result, panel, f"PROXY (nuclear size): {_label(tumour_p)}, "
+                                          "regions.tumour_proxy on")
+    phenotypes = dict(result.phenotypes)
+    if regions.has_tumour:
+        inside = regions.code_at(cells["x_um"].to_numpy(), cells["y_um"].to_numpy()) == CODES[
+            "tumour"]
+        phenotypes[name] = phenotypes[name] & inside
+        rule = (f"{_label(tumour_p)} inside the tumour centre ({regions.source}); small "
+                "(lymphocyte-sized) nuclei are not tumour cells")
+        kept = panel
+    else:
+        del phenotypes[name]
+        kept = panel.model_copy(update={"phenotypes": tuple(
+            p for p in panel.phenotypes if p.name != name)})
+        rule = "none: no tumour source (see regions.reason)"
+    label = np.full(len(cells), OTHER, dtype=object)
+    for phenotype in reversed(list(phenotypes)):
+        label[phenotypes[phenotype]] = phenotype
+    return TumourCells(replace(result, phenotypes=phenotypes, label=label), kept, rule)
 
 
 def _to_arrow(frame: pd.DataFrame):
@@ -627,6 +763,9 @@ def write_run_features(out: Path, *, sample_ids: Iterable[str] | None = None) ->
         for name, entry in record["features"].items():
             row[name] = entry.get("value")
             meta = record.get("feature_dictionary", {}).get(name, {})
+            if PROXY_NOTE in meta.get("label", "") and name in dictionary and (
+                    PROXY_NOTE not in dictionary[name]["label"]):
+                dictionary[name]["label"] += " (on some slides" + PROXY_NOTE + ")"
             dictionary.setdefault(name, {
                 "name": name, "label": meta.get("label", ""), "unit": meta.get("unit", ""),
                 "modality": record.get("modality", ""), "method": meta.get("method", ""),

@@ -93,6 +93,10 @@ class Phenotype(_Model):
     max: dict[str, float] = Field(default_factory=dict, description="column -> upper bound.")
     immune: bool = Field(False, description="An immune phenotype (spatial features vs tumour).")
     stains: tuple[str, ...] = Field((), description="IHC: only for slides of these markers.")
+    proxy: bool = Field(False, description="Defined by morphology only, standing in for a "
+                        "marker (e.g. tumour cells by nuclear size): as the tumour phenotype "
+                        "it finds regions only with regions.tumour_proxy, and is named a "
+                        "proxy wherever it is used.")
 
     @model_validator(mode="after")
     def _valid_name(self) -> Phenotype:

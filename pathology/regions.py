@@ -2,9 +2,11 @@
 
 Regions are exclusive: the **margin** is the band of ``margin_width_um`` centred on the tumour
 border (half inside, half outside the tumour, within tissue); **tumour** is the tumour inside
-that band (the tumour centre); **stroma** is the rest of the tissue. The tumour comes from
-pathologist annotations (QuPath GeoJSON, level-0 pixels or um) when a file exists, else from
-the smoothed fraction of tumour-phenotype cells. Without either, only ``tissue`` is defined.
+that band (the tumour centre); **stroma** is the rest of the tissue (or, when the annotations
+draw Stroma, the drawn stroma; the remaining tissue is then **other**, counted in ``tissue``
+only). The tumour comes from pathologist annotations (QuPath GeoJSON, level-0 pixels or um)
+when a file exists, else from the smoothed fraction of tumour cells of a tumour marker (or,
+when switched on, of the nuclear-size proxy). Without a source, only ``tissue`` is defined.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ from pathology.config import RegionsSection
 
 REGIONS = ("tumour", "margin", "stroma")
 OUTSIDE = "outside"
-CODES = {"outside": 0, "tumour": 1, "margin": 2, "stroma": 3}
+CODES = {"outside": 0, "tumour": 1, "margin": 2, "stroma": 3, "other": 4}
 TUMOUR_CLASSES = ("tumor", "tumour", "tumor region", "tumour region")
+STROMA_CLASSES = ("stroma", "tumor stroma", "tumour stroma")
+# QuPath classes whose area is not analysable tissue: removed from the tissue mask
+EXCLUDED_CLASSES = ("necrosis", "ignore", "ignore*", "artefact", "artifact", "background",
+                    "exclude", "excluded")
 
 
 class RegionError(ValueError):
@@ -42,12 +48,16 @@ class RegionMap:
     mpp
         Grid pixel size (um).
     source
-        ``annotation``, ``automatic`` or ``none`` (no tumour known: only tissue totals).
+        ``annotation``, ``registered:<sample_id>``, ``marker:<phenotype>``,
+        ``proxy:nuclear_size`` or ``none`` (no tumour known: only tissue totals).
+    reason
+        Why no tumour is known (``source == "none"``), or notes on the source.
     """
 
     codes: np.ndarray
     mpp: float
     source: str
+    reason: str = ""
 
     @property
     def has_tumour(self) -> bool:
@@ -56,7 +66,7 @@ class RegionMap:
 
     def areas_mm2(self) -> dict[str, float]:
         """Tissue area (mm^2) of each region and of the whole tissue."""
-        counts = np.bincount(self.codes.ravel(), minlength=4)
+        counts = np.bincount(self.codes.ravel(), minlength=len(CODES))
         pixel_mm2 = self.mpp**2 / 1e6
         areas = {"tissue": float(counts[1:].sum() * pixel_mm2)}
         for name in REGIONS:
@@ -76,15 +86,19 @@ class RegionMap:
 
 def region_names(codes: np.ndarray, *, has_tumour: bool) -> np.ndarray:
     """Region name per cell from codes (``tissue`` for tissue cells when no tumour is known)."""
-    names = np.array(["outside", "tumour", "margin", "stroma"], dtype=object)
+    names = np.array(["outside", "tumour", "margin", "stroma", "other"], dtype=object)
     if not has_tumour:
-        names = np.array(["outside", "tissue", "tissue", "tissue"], dtype=object)
+        names = np.array(["outside", "tissue", "tissue", "tissue", "tissue"], dtype=object)
     return names[codes]
 
 
 def regions_from_tumour(tumour: np.ndarray, tissue: np.ndarray, *, mpp: float,
-                        margin_width_um: float, source: str) -> RegionMap:
+                        margin_width_um: float, source: str,
+                        stroma: np.ndarray | None = None) -> RegionMap:
     """Split tissue into tumour centre, margin band and stroma around a tumour mask.
+
+    With a ``stroma`` mask (annotated Stroma), only that part of the tissue outside the tumour
+    and the band is stroma; the rest is ``other`` (counted in ``tissue`` only).
 
     Examples
     --------
@@ -97,6 +111,8 @@ def regions_from_tumour(tumour: np.ndarray, tissue: np.ndarray, *, mpp: float,
     tumour = tumour.astype(bool) & tissue
     codes = np.zeros(tissue.shape, dtype=np.uint8)
     codes[tissue] = CODES["stroma"]
+    if stroma is not None:
+        codes[tissue & ~stroma.astype(bool)] = CODES["other"]
     if not tumour.any():
         return RegionMap(codes, mpp, source)
     half = margin_width_um / 2 / mpp
@@ -140,15 +156,15 @@ def automatic_tumour(x_um: np.ndarray, y_um: np.ndarray, is_tumour: np.ndarray,
     return tumour
 
 
-def read_annotation_tumour(path: Path, shape: tuple[int, int], *, mpp: float,
-                           coordinate_um: float) -> np.ndarray:
-    """Rasterise the tumour polygons of a QuPath GeoJSON file onto the grid.
+def read_annotation_classes(path: Path, shape: tuple[int, int], *, mpp: float,
+                            coordinate_um: float) -> dict[str, np.ndarray]:
+    """Rasterise every classified polygon of a QuPath GeoJSON file onto the grid, per class.
 
     Parameters
     ----------
     path
-        GeoJSON: a FeatureCollection, a Feature list or one Feature; tumour features are those
-        whose ``classification.name`` (or ``name``) is Tumor / Tumour. Holes are honoured.
+        GeoJSON: a FeatureCollection, a Feature list or one Feature; a feature's class is its
+        ``classification.name`` (or ``name``), lower-cased. Holes are honoured.
     shape
         Grid shape.
     mpp
@@ -156,10 +172,15 @@ def read_annotation_tumour(path: Path, shape: tuple[int, int], *, mpp: float,
     coordinate_um
         um per coordinate unit (level-0 mpp for pixel coordinates, 1 for um).
 
+    Returns
+    -------
+    dict
+        Class name (lower case) -> boolean grid.
+
     Raises
     ------
     RegionError
-        Unreadable file, or no tumour polygon in it.
+        Unreadable file.
     """
     try:
         data = json.loads(Path(path).read_text())
@@ -168,25 +189,63 @@ def read_annotation_tumour(path: Path, shape: tuple[int, int], *, mpp: float,
     features = data.get("features", []) if isinstance(data, dict) else data
     if isinstance(data, dict) and data.get("type") == "Feature":
         features = [data]
-    mask = np.zeros(shape, dtype=bool)
-    found = 0
+    masks: dict[str, np.ndarray] = {}
     scale = coordinate_um / mpp
     for feature in features:
         props = feature.get("properties") or {}
         cls = props.get("classification") or {}
-        name = (cls.get("name") if isinstance(cls, dict) else cls) or props.get("name") or ""
-        if str(name).strip().lower() not in TUMOUR_CLASSES:
+        name = str((cls.get("name") if isinstance(cls, dict) else cls) or props.get("name")
+                   or "").strip().lower()
+        if not name:
             continue
         geometry = feature.get("geometry") or {}
         kind = geometry.get("type")
         polygons = ([geometry.get("coordinates", [])] if kind == "Polygon" else
                     geometry.get("coordinates", []) if kind == "MultiPolygon" else [])
         for rings in polygons:
+            piece = np.zeros(shape, dtype=bool)
             for index, ring in enumerate(rings):
                 xy = np.asarray(ring, dtype=np.float64).reshape(-1, 2) * scale
                 rr, cc = draw_polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=shape)
-                mask[rr, cc] = index == 0  # exterior ring fills, holes clear
-                found += 1
-    if not found:
+                piece[rr, cc] = index == 0  # exterior ring fills, holes clear
+            masks[name] = masks.get(name, np.zeros(shape, dtype=bool)) | piece
+    return masks
+
+
+def annotation_masks(masks: dict[str, np.ndarray], shape: tuple[int, int]
+                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Tumour, stroma (None when no Stroma was drawn) and excluded areas from annotation classes.
+
+    Examples
+    --------
+    >>> grid = np.ones((2, 2), bool)
+    >>> tumour, stroma, excluded = annotation_masks({"tumor": grid, "necrosis": ~grid}, (2, 2))
+    >>> bool(tumour.all()), stroma, bool(excluded.any())
+    (True, None, False)
+    """
+    def union(names: tuple[str, ...]) -> np.ndarray:
+        out = np.zeros(shape, dtype=bool)
+        for name in names:
+            if name in masks:
+                out |= masks[name]
+        return out
+
+    stroma = union(STROMA_CLASSES) if any(n in masks for n in STROMA_CLASSES) else None
+    return union(TUMOUR_CLASSES), stroma, union(EXCLUDED_CLASSES)
+
+
+def read_annotation_tumour(path: Path, shape: tuple[int, int], *, mpp: float,
+                           coordinate_um: float) -> np.ndarray:
+    """Rasterise the tumour polygons (Tumor / Tumour) of a QuPath GeoJSON file onto the grid.
+
+    Parameters as :func:`read_annotation_classes`.
+
+    Raises
+    ------
+    RegionError
+        Unreadable file, or no tumour polygon in it.
+    """
+    masks = read_annotation_classes(path, shape, mpp=mpp, coordinate_um=coordinate_um)
+    if not any(name in masks for name in TUMOUR_CLASSES):
         raise RegionError(f"{path}: no Tumor/Tumour polygon (QuPath classification name)")
-    return mask
+    return annotation_masks(masks, shape)[0]
