@@ -38,6 +38,11 @@ class SlideSection(_Section):
 class TissueSection(_Section):
     """Tissue detection on a low-resolution image of the whole slide."""
 
+    mode: Literal["detect", "whole_image"] = Field("detect", description="detect: find the "
+                                                   "tissue (the settings below); whole_image: "
+                                                   "all of the image is tissue (ROI exports, "
+                                                   "TMA cores smaller than "
+                                                   "min_tissue_area_um2).")
     mask_mpp: float = Field(8.0, gt=0, description="Resolution of the tissue mask in um/px.")
     od_threshold_range: tuple[float, float] = Field((0.05, 0.3), description="Brightfield: the "
                                                     "Otsu threshold on optical density is "

@@ -35,7 +35,7 @@ from pathology.nuclei import (
 from pathology.slide import Slide, SlideError
 from pathology.store import SlideStore, atomic_write_parquet, atomic_write_text
 from pathology.tiles import Tile, tile_grid
-from pathology.tissue import detect_tissue
+from pathology.tissue import detect_tissue, explain_no_tissue
 
 log = logging.getLogger("hccbio.pathology")
 
@@ -201,12 +201,18 @@ def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
         stored = store.tissue_mask()
         if stored is None:
             mask_mpp = cfg.tissue.mask_mpp
-            overview = slide.read_overview(mask_mpp)
-            if kind == "fluorescence" and nuclear is None:
-                overview = overview.max(axis=2, keepdims=True)
-            mask = detect_tissue(overview, kind=kind, mpp=mask_mpp, config=cfg.tissue,
-                                 nuclear_channel=nuclear or 0,
-                                 background=cfg.cells.background_intensity)
+            if cfg.tissue.mode == "whole_image":  # an ROI or a TMA core: all of it is tissue
+                mask = np.ones(slide.working_shape(mask_mpp), dtype=bool)
+            else:
+                overview = slide.read_overview(mask_mpp)
+                if kind == "fluorescence" and nuclear is None:
+                    overview = overview.max(axis=2, keepdims=True)
+                options = {"kind": kind, "mpp": mask_mpp, "config": cfg.tissue,
+                           "nuclear_channel": nuclear or 0,
+                           "background": cfg.cells.background_intensity}
+                mask = detect_tissue(overview, **options)
+                if not mask.any():
+                    raise SlideError(f"{job.path}: {explain_no_tissue(overview, **options)}")
             store.save_tissue_mask(mask, mask_mpp)
         else:
             mask, mask_mpp = stored

@@ -142,3 +142,39 @@ def detect_tissue(overview: np.ndarray, *, kind: Kind, mpp: float, config: Tissu
             keep[0] = False
             mask = keep[labels]
     return mask
+
+
+def explain_no_tissue(overview: np.ndarray, *, kind: Kind, mpp: float, config: TissueSection,
+                      nuclear_channel: int = 0, background: float = 255.0) -> str:
+    """Why :func:`detect_tissue` found nothing, naming the setting and a value that would pass.
+
+    Small images (ROI exports, TMA cores) are often smaller than
+    ``tissue.min_tissue_area_um2``; the message then says so and suggests
+    ``tissue.mode: whole_image``.
+
+    Examples
+    --------
+    >>> img = np.full((16, 16, 3), 250, np.uint8); img[2:14, 2:14] = (150, 60, 140)
+    >>> print(explain_no_tissue(img, kind="brightfield", mpp=8.0, config=TissueSection()))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    no tissue detected: the image is 16384 um^2 and its largest tissue piece 16384 um^2, but
+    tissue.min_tissue_area_um2 is 20000 um^2; set tissue.min_tissue_area_um2 to at most 16384
+    (e.g. 8192), or tissue.mode: whole_image for an ROI or a TMA core
+    """
+    height, width = overview.shape[:2]
+    image_um2 = height * width * mpp**2
+    loose = detect_tissue(overview, kind=kind, mpp=mpp, nuclear_channel=nuclear_channel,
+                          background=background,
+                          config=config.model_copy(update={"min_tissue_area_um2": 0.0}))
+    labels, n = ndi.label(loose)
+    largest = float(np.bincount(labels.ravel())[1:].max()) * mpp**2 if n else 0.0
+    if largest <= 0:
+        return (f"no tissue detected: nothing in the {image_um2:.0f} um^2 image passes the "
+                "tissue thresholds (tissue.od_threshold_range, "
+                "tissue.saturation_threshold_range); check the slide, or set tissue.mode: "
+                "whole_image for an ROI or a TMA core that is all tissue")
+    return (f"no tissue detected: the image is {image_um2:.0f} um^2 and its largest tissue "
+            f"piece {largest:.0f} um^2, but tissue.min_tissue_area_um2 is "
+            f"{config.min_tissue_area_um2:.0f} um^2; set tissue.min_tissue_area_um2 to at most "
+            f"{largest:.0f} (e.g. {largest / 2:.0f}), or tissue.mode: whole_image for an ROI "
+            "or a TMA core")
