@@ -22,7 +22,10 @@ DATA = {
 USE = {
     "he": "Nuclei in H&E and IHC (hematoxylin counterstain) brightfield slides at 0.5 um/px.",
     "fluo": "Nuclei in the nuclear channel (DAPI, Hoechst, dsDNA, H3) of fluorescence and "
-            "multiplex images, at about 0.5 um/px.",
+            "multiplex images. Trained at DSB2018's native pixel size (unpublished; nuclei "
+            "about 10-30 px across), not at a known um/px; the pipeline runs it at the working "
+            "resolution (0.5 um/px), where typical nuclei (5-15 um) are of that size in pixels, "
+            "so the scale match is approximate.",
 }
 
 

@@ -30,7 +30,8 @@ def make_transform(spec: TransformSpec) -> transforms.Transform:
     Examples
     --------
     >>> xf = make_transform(TransformSpec(type="logicle"))
-    >>> round(float(xf.apply([[0.0]])[0, 0]), 4)
+    >>> import numpy as np
+    >>> round(float(xf.apply(np.array([[0.0]]))[0, 0]), 4)
     0.1111
     """
     if spec.type == "logicle":

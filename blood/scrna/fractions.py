@@ -22,11 +22,12 @@ def cell_type_fractions(labels: pd.Series, cell_types: list[str]) -> pd.DataFram
     Examples
     --------
     >>> cell_type_fractions(pd.Series(["b", "b", "nk", "unassigned"]), ["b", "nk", "dc"])
-         cell_type  n_cells  fraction
-    0            b        2      0.50
-    1           nk        1      0.25
-    2           dc        0      0.00
-    3   unassigned        1      0.25
+    ... # doctest: +NORMALIZE_WHITESPACE
+        cell_type  n_cells  fraction
+    0           b        2      0.50
+    1          nk        1      0.25
+    2          dc        0      0.00
+    3  unassigned        1      0.25
     """
     counts = labels.value_counts()
     order = [*cell_types, *sorted(set(counts.index) - set(cell_types))]
