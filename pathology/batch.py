@@ -102,8 +102,7 @@ def _versions() -> dict[str, str]:
 def _configured_model_sha(job: SlideJob, config: PathologyConfig) -> str | None:
     """SHA-256 of the weights the config names for this slide (None for pretrained names)."""
     seg = config.segmentation
-    spec = seg.fluorescence_model if job.modality == "mif" else seg.brightfield_model
-    folder = resolve_model_path(spec)
+    folder = resolve_model_path(seg.model_for(job.modality))
     weights = folder / "weights_best.h5" if folder is not None else None
     return file_sha256(weights) if weights is not None and weights.is_file() else None
 

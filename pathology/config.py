@@ -81,9 +81,11 @@ class TilingSection(_Section):
 class SegmentationSection(_Section):
     """StarDist nucleus segmentation."""
 
-    brightfield_model: str = Field("models/he_nuclei", description="Model for H&E / IHC: a "
+    brightfield_model: str = Field("models/he_nuclei", description="Model for H&E slides: a "
                                    "folder (relative to the project root or absolute) or a "
                                    "registered pretrained name such as 2D_versatile_he.")
+    ihc_model: str = Field("models/he_nuclei", description="Model for IHC slides (hematoxylin "
+                           "counterstain with DAB), folder or pretrained name.")
     fluorescence_model: str = Field("models/fluo_nuclei", description="Model for the nuclear "
                                     "channel of fluorescence slides (folder or 2D_versatile_fluo).")
     prob_thresh: float | None = Field(None, gt=0, lt=1, description="Override of the model's "
@@ -92,6 +94,13 @@ class SegmentationSection(_Section):
                                      "tuned NMS overlap threshold.")
     min_area_um2: float = Field(8.0, ge=0, description="Detections smaller than this are "
                                 "dropped as debris.")
+
+    def model_for(self, modality: str) -> str:
+        """The model that segments slides of ``modality`` (``he``, ``ihc``, ``mif``; or
+        ``brightfield`` / ``fluorescence``, which mean H&E and the nuclear channel)."""
+        if modality in ("mif", "fluorescence"):
+            return self.fluorescence_model
+        return self.ihc_model if modality == "ihc" else self.brightfield_model
 
 
 class CellsSection(_Section):

@@ -79,10 +79,11 @@ class ModelCache:
         self.config = config
         self._models: dict[str, NucleusModel] = {}
 
-    def get(self, kind: str) -> NucleusModel:
-        """The model for ``"brightfield"`` or ``"fluorescence"`` slides."""
+    def get(self, modality: str) -> NucleusModel:
+        """The model for slides of ``modality`` (``he``, ``ihc``, ``mif``, or ``brightfield``
+        / ``fluorescence``; see :meth:`SegmentationSection.model_for`)."""
         seg = self.config.segmentation
-        spec = seg.brightfield_model if kind == "brightfield" else seg.fluorescence_model
+        spec = seg.model_for(modality)
         if spec not in self._models:
             self._models[spec] = load_model(spec, prob_thresh=seg.prob_thresh,
                                             nms_thresh=seg.nms_thresh)
@@ -193,7 +194,7 @@ def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
                              f"found {len(info.channels)} channel(s) of {info.dtype}")
         nuclear = (nuclear_channel_index(info.channels, cfg.slide.nuclear_channels)
                    if kind == "fluorescence" else None)
-        model = models.get(kind)
+        model = models.get(job.modality)
         identity = {"input": file_signature(job.path), "config": cfg.digest(),
                     "model": model.sha256, "modality": job.modality,
                     "manifest_mpp": job.mpp}
@@ -263,7 +264,7 @@ def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: M
         todo = todo[:max_tiles]
     if not todo:
         return 0
-    model = models.get(plan.kind)
+    model = models.get(plan.job.modality)
     per_forward = tiles_per_forward(config)
     batches = [todo[i:i + per_forward] for i in range(0, len(todo), per_forward)]
     with _open(plan.job, config) as slide, ThreadPoolExecutor(
@@ -329,7 +330,7 @@ def finalize_slide(plan: SlidePlan, out: Path, config: PathologyConfig, models: 
                          f"{missing[:5]}; run again to resume")
     n_cells = consolidate_cells(store, list(plan.tiles), folder / CELLS_FILE)
     area = plan.tissue_area_mm2
-    model = models.get(plan.kind)
+    model = models.get(plan.job.modality)
     job = plan.job
     features = {
         "sample_id": job.sample_id, "modality": job.modality, "stain": job.stain,
