@@ -139,6 +139,59 @@ def slides_qc(
         raise typer.Exit(code=1)
 
 
+@slides_app.command("register")
+def slides_register(
+    moving: Path = typer.Argument(..., help="Image to map (slide, or plain RGB image)."),
+    fixed: Path = typer.Argument(..., help="Reference image (e.g. the block's H&E)."),
+    out: Path = typer.Option(..., "--out", help="Folder for registration.json and "
+                             "registration.png (created)."),
+    config: Path | None = typer.Option(None, "--config", help="pathology YAML "
+                                       "(registration, tissue, slide sections)."),
+    moving_mpp: float | None = typer.Option(None, "--moving-mpp", help="Level-0 um/px of "
+                                            "MOVING if its file lacks it."),
+    fixed_mpp: float | None = typer.Option(None, "--fixed-mpp", help="Level-0 um/px of FIXED "
+                                           "if its file lacks it."),
+) -> None:
+    """Align MOVING onto FIXED at low resolution (rigid, affine, B-spline); flag a poor fit."""
+    from pathology.config import ConfigError, load_config
+    from pathology.registration import RegistrationInputError
+    from pathology.registration.record import register_to_folder
+
+    try:
+        cfg = load_config(config)
+        record = register_to_folder(moving, fixed, out, config=cfg, moving_mpp=moving_mpp,
+                                    fixed_mpp=fixed_mpp)
+    except (ConfigError, RegistrationInputError) as error:
+        _fail(str(error))
+    final = next(s for s in reversed(record["stages"]) if s["kept"])
+    typer.echo(f"{record['status']}: {final['name']} transform, tissue Dice {final['dice']:.3f}, "
+               f"NMI {final['nmi']:.3f}, {record['seconds']:.1f}s; "
+               f"{out / 'registration.json'}, figure {out / 'registration.png'}")
+    for reason in record["reasons"]:
+        typer.echo(f"  flagged: {reason}")
+    if record["status"] != "pass":
+        raise typer.Exit(code=1)
+
+
+@slides_app.command("map-points")
+def slides_map_points(
+    registration: Path = typer.Argument(..., help="registration.json of 'slides register'."),
+    points: Path = typer.Argument(..., help="CSV with columns x, y (level-0 px of MOVING)."),
+    out: Path = typer.Option(..., "--out", help="Output CSV: x, y in level-0 px of FIXED, "
+                             "other columns kept."),
+    allow_flagged: bool = typer.Option(False, "--allow-flagged", help="Use a registration "
+                                       "that failed its checks."),
+) -> None:
+    """Map points of the moving image onto the fixed image through a stored registration."""
+    from pathology.registration import RegistrationInputError, map_points_csv
+
+    try:
+        n = map_points_csv(registration, points, out, allow_flagged=allow_flagged)
+    except RegistrationInputError as error:
+        _fail(str(error))
+    typer.echo(f"{n} point(s) mapped: {out}")
+
+
 @app.command("review")
 def review(
     out: Path = typer.Argument(..., help="Run folder (with slides/*/qc from 'slides qc')."),

@@ -223,6 +223,54 @@ class SpatialSection(_Section):
                                                ">= this (cells/mm^2); else desert.")
 
 
+class RegistrationSection(_Section):
+    """Serial sections: each slide of a block registered onto its reference (docs/registration.md).
+
+    Registration runs on low-resolution, stain-independent views (optical density, or the
+    nuclear channel); a fit that fails a check below is flagged and never used.
+    """
+
+    reference_modality: Literal["he", "ihc", "mif"] = Field("he", description="Modality of "
+                                                            "the reference slide of a block "
+                                                            "(manifest block_id) and timepoint.")
+    max_size_px: int = Field(1024, ge=128, le=8192, description="Longest side (px) of the "
+                             "images registered; sets the resolution.")
+    finest_shrink: int = Field(2, ge=1, le=8, description="The affine and B-spline stages "
+                               "stop at this shrink factor of the registered images (1: full "
+                               "max_size_px; 2 is 4x faster, within a pixel).")
+    search_size_px: int = Field(256, ge=32, description="Longest side (px) of the coarse "
+                                "images on which orientations are searched.")
+    allow_flip: bool = Field(True, description="Also try the section flipped on the glass.")
+    rigid_angle_step_deg: float = Field(10.0, gt=0, le=90, description="Angle step of the "
+                                        "orientation search (every angle, both flips).")
+    rigid_candidates: int = Field(3, ge=1, le=20, description="Best orientations refined by "
+                                  "the rigid stage.")
+    nonrigid: bool = Field(True, description="Try a B-spline refinement after the affine "
+                           "stage (kept only if it improves the fit without folding).")
+    nonrigid_grid: int = Field(6, ge=1, le=64, description="B-spline mesh cells along the "
+                               "longer side.")
+    nonrigid_min_gain: float = Field(0.002, ge=0, description="Smallest gain in Dice + "
+                                     "correlation for which the B-spline is kept.")
+    min_jacobian: float = Field(0.2, gt=0, lt=1, description="The B-spline is rejected where "
+                                "its Jacobian determinant falls to this (a fold).")
+    histogram_bins: int = Field(32, ge=8, le=256, description="Mattes mutual information bins.")
+    sampling_fraction: float = Field(0.25, gt=0, le=1, description="Fraction of pixels sampled "
+                                     "by the metric (seeded: results repeat).")
+    iterations: int = Field(200, ge=10, description="Optimiser iterations per resolution "
+                            "level.")
+    min_dice: float = Field(0.8, ge=0, le=1, description="Flag when the tissue-mask Dice "
+                            "after registration is below this.")
+    min_nmi: float = Field(0.04, ge=0, le=1, description="Flag when the normalised mutual "
+                           "information of the stain-independent signals after registration "
+                           "is below this (different tissue scores about 0.01, serial "
+                           "sections 0.07 and more).")
+    scale_range: tuple[float, float] = Field((0.8, 1.25), description="Flag an affine scale "
+                                             "outside this range (um units only; sections "
+                                             "barely shrink or stretch).")
+    max_anisotropy: float = Field(1.25, ge=1, description="Flag when one axis is stretched "
+                                  "more than this relative to the other (a degenerate fit).")
+
+
 class QcSection(_Section):
     """Slide QC: artefacts, stain and nuclei checks, overlays (``hccbio slides qc``).
 
@@ -308,9 +356,10 @@ class PathologyConfig(_Section):
     spatial: SpatialSection = SpatialSection()
     batch: BatchSection = BatchSection()
     qc: QcSection = QcSection()
+    registration: RegistrationSection = RegistrationSection()
 
     DOWNSTREAM: ClassVar[tuple[str, ...]] = ("batch", "phenotypes", "regions", "spatial",
-                                             "qc")
+                                             "qc", "registration")
 
     def digest(self) -> str:
         """SHA-256 of the settings that change results (stable key order).
