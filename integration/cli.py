@@ -139,6 +139,29 @@ def slides_qc(
         raise typer.Exit(code=1)
 
 
+@slides_app.command("export")
+def slides_export(
+    out: Path = typer.Argument(..., help="Run folder of 'hccbio slides run'."),
+    sample: list[str] = typer.Option([], "--sample", help="Only these sample ids (repeat)."),
+) -> None:
+    """Each slide's cells as AnnData (slides/<id>/cells.h5ad, obsm['spatial'] in um) for
+    squidpy, scimap or scanpy."""
+    from pathology.export import ExportError, export_anndata
+
+    if not (out / "slides").is_dir():
+        _fail(f"{out}: no slides/ folder (run 'hccbio slides run' first)")
+    ids = sample or sorted(p.parent.name for p in (out / "slides").glob("*/cells.parquet"))
+    failed = 0
+    for sample_id in ids:
+        try:
+            typer.echo(f"{sample_id:24s} {export_anndata(out, sample_id)}")
+        except (ExportError, OSError, ValueError) as error:
+            failed += 1
+            typer.echo(f"{sample_id:24s} failed: {' '.join(str(error).split())}")
+    if failed or not ids:
+        raise typer.Exit(code=1)
+
+
 @slides_app.command("register")
 def slides_register(
     moving: Path = typer.Argument(..., help="Image to map (slide, or plain RGB image)."),
