@@ -4,6 +4,7 @@ Usage (from the project root, inside the project's virtual environment)::
 
     python models/train.py he   --steps 3000 --out models/he_nuclei
     python models/train.py fluo --steps 1500 --out models/fluo_nuclei
+    python models/train.py bf   --steps 1600 --init models/he_nuclei --out models/bf_nuclei
 
 Data come from ``$HCCBIO_SHARED_DATA`` (default ``../shared/data``), never from the repo:
 
@@ -11,6 +12,14 @@ Data come from ``$HCCBIO_SHARED_DATA`` (default ``../shared/data``), never from 
   images rescaled so that their median nucleus matches MoNuSeg's at 0.5 um/px (DSB2018 states no
   pixel size). The last three MoNuSeg images (sorted by name) are validation only.
 * ``fluo``: DSB2018 fluorescence; every fifth image (sorted by id) is validation only.
+* ``bf`` (brightfield: H&E and IHC): ``he``'s training images, plus the MoNuSeg training set's
+  images that have nucleus polygons (``nuclei/monuseg-train``; the last three by name are the
+  *tuning* split) and the two DeepLIIF Ki67 IHC training tiles (all nuclei annotated, repeated
+  so that IHC is not drowned). Half of the H&E patches are re-rendered as hematoxylin + DAB
+  (:func:`render_hdab`: pale to dark counterstain, DAB on a random share of nuclei or around
+  them). Early stopping and threshold tuning use the tuning split (its H&E and its seeded H-DAB
+  renderings); the reporting images (MoNuSeg ``nuclei/monuseg``'s last three, DeepLIIF's test
+  tiles) never enter training or tuning.
 
 Brightfield input is normalised with a fixed range (uint8 / 255), so a tile gives the same
 prediction wherever it is cut from; fluorescence with 1-99.8 percentiles (per image in training,
@@ -33,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pathology.annotations import (  # noqa: E402
     AnnotatedImage,
+    load_deepliif,
     load_dsb2018,
     load_monuseg,
     rescale_annotated,
@@ -45,6 +55,14 @@ from card import render as render_card  # noqa: E402
 WORKING_MPP = 0.5
 SEED = 42
 N_VAL_MONUSEG = 3
+N_TUNE_MONUSEG_TRAIN = 3
+IHC_REPEATS = 3  # each DeepLIIF training tile counts this many times among the images
+HDAB_SHARE = 0.5  # share of brightfield training patches re-rendered as hematoxylin + DAB
+# Ruifrok-Johnston optical-density vectors (unit length) of hematoxylin and DAB, and a cyan
+# hematoxylin (more red absorption) as seen on IHC counterstains such as DeepLIIF's tiles
+HEMATOXYLIN_OD = np.array([0.650, 0.704, 0.286])
+HEMATOXYLIN_CYAN_OD = np.array([0.860, 0.470, 0.200])
+DAB_OD = np.array([0.268, 0.570, 0.776])
 
 
 def shared_data() -> Path:
@@ -78,6 +96,67 @@ def he_split(root: Path) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
     return train, val
 
 
+def bf_split(root: Path) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
+    """Training and tuning images for the brightfield (H&E + IHC) model, at 0.5 um/px.
+
+    The reporting images (``he_split``'s validation tiles and DeepLIIF's test tiles) are in
+    neither list.
+    """
+    train, _ = he_split(root)
+    extra = [rescale_annotated(item, WORKING_MPP) for item in
+             load_monuseg(root / "nuclei" / "monuseg-train", annotated_only=True)]
+    tune = extra[-N_TUNE_MONUSEG_TRAIN:]
+    train += extra[:-N_TUNE_MONUSEG_TRAIN]
+    ihc = [rescale_annotated(item, WORKING_MPP) for item in
+           load_deepliif(root / "ihc" / "deepliif", "train")]
+    return train + ihc * IHC_REPEATS, tune
+
+
+def he_to_hematoxylin(image: np.ndarray) -> np.ndarray:
+    """Hematoxylin optical density of an H&E image in [0, 1] (float RGB, 1 = white)."""
+    from skimage.color import hed_from_rgb
+
+    od = -np.log(np.clip(image, 1 / 255, 1))
+    return np.clip(od.reshape(-1, 3) @ hed_from_rgb[:, 0], 0, None).reshape(image.shape[:2])
+
+
+def render_hdab(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Re-render an H&E image (float RGB in [0, 1]) as a hematoxylin + DAB IHC image.
+
+    The hematoxylin of the H&E (colour deconvolution) is kept and scaled by a random factor
+    (0.25-1.1: pale to dark counterstain, as IHC counterstains are usually paler than H&E);
+    eosin is dropped. DAB is added on a random share (0-70 %) of the annotated nuclei (nuclear
+    markers such as Ki67) or, in a third of images, as a ring around them (membrane and
+    cytoplasm markers such as CD8 or PD-L1), with random strength per nucleus. Stain vectors
+    are jittered so that the network does not learn one scanner's hues.
+    """
+    from scipy import ndimage as ndi
+
+    hematoxylin = he_to_hematoxylin(image) * rng.uniform(0.25, 1.1)
+    mix = rng.uniform(0, 1)
+    h_vector = (1 - mix) * HEMATOXYLIN_OD + mix * HEMATOXYLIN_CYAN_OD + rng.normal(0, 0.03, 3)
+    dab_vector = DAB_OD + rng.normal(0, 0.04, 3)
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    dab = np.zeros(labels.shape, np.float64)
+    if len(ids):
+        chosen = ids[rng.random(len(ids)) < rng.uniform(0, 0.7)]
+        strength = np.zeros(int(labels.max()) + 1)
+        strength[chosen] = rng.uniform(0.15, 1.0, len(chosen))
+        if rng.random() < 1 / 3:  # membrane / cytoplasm: a ring around the chosen nuclei
+            grown = ndi.grey_dilation(np.where(np.isin(labels, chosen), labels, 0), size=7)
+            ring = (grown > 0) & (labels == 0)
+            dab[ring] = strength[grown[ring]] * 0.8
+        else:
+            dab = strength[labels]
+        dab = ndi.gaussian_filter(dab, 1.0)
+    # background: white to cream glass (a little blue absorption), as scanners render it
+    tint = rng.uniform(0, 0.03, 3) + np.array([0.0, 0.02, 0.12]) * rng.uniform(0, 1)
+    od = (hematoxylin[..., None] * h_vector[None, None] + dab[..., None] * dab_vector[None, None]
+          + tint)
+    return np.exp(-np.clip(od, 0, None))
+
+
 def fluo_split(root: Path) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
     """Training and validation images for the fluorescence model (native resolution)."""
     items = load_dsb2018(root / "nuclei" / "dsb2018", "fluorescence")
@@ -88,7 +167,7 @@ def fluo_split(root: Path) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
 
 def normalise(image: np.ndarray, kind: str) -> np.ndarray:
     """Normalise as the model is trained (see module docstring)."""
-    if kind == "he":
+    if kind in ("he", "bf"):
         return image.astype(np.float32) / 255.0
     from csbdeep.utils import normalize
 
@@ -100,7 +179,7 @@ def pad_to(x: np.ndarray, y: np.ndarray, size: int, kind: str) -> tuple[np.ndarr
     pad_h, pad_w = max(0, size - y.shape[0]), max(0, size - y.shape[1])
     if not pad_h and not pad_w:
         return x, y
-    fill = 1.0 if kind == "he" else 0.0
+    fill = 1.0 if kind in ("he", "bf") else 0.0
     widths = ((0, pad_h), (0, pad_w)) + ((0, 0),) * (x.ndim - 2)
     return (np.pad(x, widths, constant_values=fill),
             np.pad(y, ((0, pad_h), (0, pad_w)), constant_values=0))
@@ -116,7 +195,14 @@ def augmenter(kind: str):
         x, y = np.rot90(x, k, axes=(0, 1)), np.rot90(y, k, axes=(0, 1))
         if rng.random() < 0.5:
             x, y = x[:, ::-1], y[:, ::-1]
-        if kind == "he":
+        if kind == "bf" and rng.random() < HDAB_SHARE and not _looks_like_ihc(x):
+            x = render_hdab(x, y, rng)
+        if kind == "bf":
+            # Global stain strength (pale to dark), then per-channel jitter as for "he".
+            od = -np.log(np.clip(x, 1 / 255, 1)) * rng.uniform(0.6, 1.3)
+            od = od * rng.uniform(0.85, 1.15, size=3) + rng.uniform(-0.05, 0.05, size=3)
+            x = np.exp(-np.clip(od, 0, None))
+        elif kind == "he":
             # Stain jitter in optical density: scale and shift each RGB channel's OD.
             od = -np.log(np.clip(x, 1 / 255, 1))
             od = od * rng.uniform(0.8, 1.2, size=3) + rng.uniform(-0.05, 0.05, size=3)
@@ -127,6 +213,13 @@ def augmenter(kind: str):
         return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
 
     return augment
+
+
+def _looks_like_ihc(x: np.ndarray) -> bool:
+    """Whether a brightfield patch is already hematoxylin + DAB (little eosin): its mean
+    colour is not pink (red and blue above green by less than 0.05)."""
+    mean = x.reshape(-1, 3).mean(axis=0)
+    return bool(min(mean[0], mean[2]) - mean[1] < 0.05)
 
 
 def evaluate(model, images: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, float]:
@@ -151,7 +244,7 @@ def watershed_baseline(raw_images: list[np.ndarray], truths: list[np.ndarray]) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["he", "fluo"])
+    parser.add_argument("kind", choices=["he", "fluo", "bf"])
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--steps", type=int, default=3000, help="total training steps")
     parser.add_argument("--steps-per-epoch", type=int, default=100)
@@ -166,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="filters of the convolution after the U-Net (versatile: 128)")
     parser.add_argument("--previous-steps", type=int, default=0,
                         help="steps already trained by --init (recorded in the card)")
+    parser.add_argument("--finalize", action="store_true",
+                        help="no training: tune thresholds and write the card for the weights "
+                        "already in --out (e.g. a run stopped after its last checkpoint); "
+                        "--steps then states how many steps those weights had")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -174,53 +271,79 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(SEED)  # noqa: NPY002 - StarDist samples patches from the global RNG
     tf.keras.utils.set_random_seed(SEED)
     root = shared_data()
-    train, val = (he_split if args.kind == "he" else fluo_split)(root)
-    n_channel = 3 if args.kind == "he" else 1
+    split = {"he": he_split, "fluo": fluo_split, "bf": bf_split}[args.kind]
+    train, val = split(root)
+    brightfield = args.kind in ("he", "bf")
+    n_channel = 3 if brightfield else 1
     x_train = [normalise(i.image, args.kind) for i in train]
     y_train = [i.labels for i in train]
     x_val = [normalise(i.image, args.kind) for i in val]
     y_val = [i.labels for i in val]
+    if args.kind == "bf":
+        # Tune on both stains: the tuning H&E tiles and seeded H-DAB renderings of them.
+        rng = np.random.default_rng(SEED + 1)
+        x_val += [render_hdab(x, y, rng).astype(np.float32)
+                  for x, y in zip(x_val, y_val, strict=True)]
+        y_val += y_val
     patch = args.patch
     # Images smaller than a patch (rescaled DSB2018 histology) are padded with background
     # (white glass / dark field, label 0) so that every image yields full patches.
     x_train, y_train = zip(*(pad_to(x, y, patch, args.kind)
                              for x, y in zip(x_train, y_train, strict=True)), strict=True)
 
-    config = Config2D(
-        n_rays=32, grid=(2, 2), n_channel_in=n_channel, unet_n_depth=3,
-        unet_n_filter_base=args.filters, net_conv_after_unet=args.head,
-        train_patch_size=(patch, patch),
-        train_batch_size=args.batch, train_epochs=max(1, args.steps // args.steps_per_epoch),
-        train_steps_per_epoch=args.steps_per_epoch, train_learning_rate=3e-4,
-        train_tensorboard=False, train_reduce_lr={"factor": 0.5, "patience": 10, "min_delta": 0},
-    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    model = StarDist2D(config, name=args.out.name, basedir=str(args.out.parent))
-    if args.init is not None:
-        model.keras_model.load_weights(str(args.init / "weights_best.h5"))
     started = time.time()
-    model.train(x_train, y_train, validation_data=(x_val, y_val), augmenter=augmenter(args.kind))
-    train_seconds = time.time() - started
+    if args.finalize:
+        model = StarDist2D(None, name=args.out.name, basedir=str(args.out.parent))
+        previous = json.loads((args.out / "hccbio_model.json").read_text()) if (
+            args.out / "hccbio_model.json").is_file() else {}
+        train_seconds = float(previous.get("train_seconds", 0.0))
+    else:
+        config = Config2D(
+            n_rays=32, grid=(2, 2), n_channel_in=n_channel, unet_n_depth=3,
+            unet_n_filter_base=args.filters, net_conv_after_unet=args.head,
+            train_patch_size=(patch, patch),
+            train_batch_size=args.batch, train_epochs=max(1, args.steps // args.steps_per_epoch),
+            train_steps_per_epoch=args.steps_per_epoch, train_learning_rate=3e-4,
+            train_tensorboard=False,
+            train_reduce_lr={"factor": 0.5, "patience": 10, "min_delta": 0},
+        )
+        model = StarDist2D(config, name=args.out.name, basedir=str(args.out.parent))
+        if args.init is not None:
+            model.keras_model.load_weights(str(args.init / "weights_best.h5"))
+        model.train(x_train, y_train, validation_data=(x_val, y_val),
+                    augmenter=augmenter(args.kind))
+        train_seconds = time.time() - started
     model.optimize_thresholds(x_val, y_val)
     metrics = evaluate(model, x_val, y_val)
-    baseline = watershed_baseline([i.image for i in val], y_val)
+    baseline = watershed_baseline([i.image for i in val], y_val[:len(val)])
 
     meta = {
         "kind": args.kind,
         "axes": "YXC" if n_channel == 3 else "YX",
-        "mpp": WORKING_MPP if args.kind == "he" else None,
-        "normalization": ({"method": "fixed", "low": 0.0, "high": 255.0} if args.kind == "he"
+        "mpp": WORKING_MPP if brightfield else None,
+        "normalization": ({"method": "fixed", "low": 0.0, "high": 255.0} if brightfield
                           else {"method": "percentile", "low": 1.0, "high": 99.8}),
-        "train_images": [i.name for i in train],
-        "val_images": [i.name for i in val],
-        "val_sources": sorted({i.source for i in val}),
+        "train_images": list(dict.fromkeys(i.name for i in train)),
         "steps": args.steps + args.previous_steps, "patch": patch, "batch": args.batch,
         "seed": SEED,
         "train_seconds": round(train_seconds, 1),
         "thresholds": json.loads((args.out / "thresholds.json").read_text()),
-        "metrics_val": metrics, "watershed_val": baseline,
         "versions": {"tensorflow": tf.__version__, "stardist": __import__("stardist").__version__},
     }
+    if args.init is not None:
+        meta["init"] = args.init.name
+    if args.kind == "bf":
+        # Thresholds and early stopping saw the tuning split only; accuracy is reported on other
+        # images by benchmarks/accuracy.py through the slide pipeline.
+        meta.update({"tune_images": [i.name for i in val], "metrics_tune": metrics,
+                     "watershed_tune": baseline,
+                     "report_images": [i.name for i in he_split(root)[1]]
+                     + [i.name for i in load_deepliif(root / "ihc" / "deepliif", "test")]})
+    else:
+        meta.update({"val_images": [i.name for i in val],
+                     "val_sources": sorted({i.source for i in val}),
+                     "metrics_val": metrics, "watershed_val": baseline})
     (args.out / "hccbio_model.json").write_text(json.dumps(meta, indent=2) + "\n")
     (args.out / "MODEL_CARD.md").write_text(render_card(args.out))
     print(json.dumps(meta, indent=2))

@@ -28,6 +28,7 @@ class AnnotatedImage:
     labels: np.ndarray
     mpp: float | None
     source: str
+    classes: np.ndarray | None = None  # per-label class code, index = label (0: background)
 
 
 def _read_xml_text(path: Path) -> str:
@@ -84,16 +85,27 @@ def rescale_annotated(item: AnnotatedImage, target_mpp: float) -> AnnotatedImage
                      anti_aliasing=False).astype(np.int32)
     dtype = item.image.dtype
     image = np.clip(np.rint(image), 0, 255).astype(dtype) if dtype == np.uint8 else image
-    return AnnotatedImage(item.name, image, labels, target_mpp, item.source)
+    return AnnotatedImage(item.name, image, labels, target_mpp, item.source, item.classes)
 
 
-def load_monuseg(root: Path) -> list[AnnotatedImage]:
-    """Load MoNuSeg tiles (``images/*.tif`` with ``annotations/*.xml[.gz]``), sorted by name."""
+def load_monuseg(root: Path, *, annotated_only: bool = False) -> list[AnnotatedImage]:
+    """Load MoNuSeg tiles (``images/*.tif`` with ``annotations/*.xml[.gz]``), sorted by name.
+
+    Parameters
+    ----------
+    root
+        The set's folder (``nuclei/monuseg`` or ``nuclei/monuseg-train``).
+    annotated_only
+        Skip images without nucleus polygons (the training set ships polygons for 13 of its 30
+        images) instead of raising.
+    """
     items = []
     for image_path in sorted((root / "images").glob("*.tif")):
         stem = image_path.stem
         candidates = [root / "annotations" / f"{stem}.xml", root / "annotations" / f"{stem}.xml.gz"]
         xml_path = next((p for p in candidates if p.exists()), None)
+        if xml_path is None and annotated_only:
+            continue
         if xml_path is None:
             raise FileNotFoundError(f"{image_path}: no annotation file {candidates[0]} (or .gz)")
         image = skio.imread(image_path)[..., :3]
@@ -120,4 +132,94 @@ def load_dsb2018(root: Path, modality: str) -> list[AnnotatedImage]:
         for index, mask_path in enumerate(sorted((sample / "masks").glob("*.png")), start=1):
             labels[skio.imread(mask_path) > 0] = index
         items.append(AnnotatedImage(sample.name, image, labels, None, f"dsb2018/{modality}"))
+    return items
+
+
+DEEPLIIF_MPP = 0.25  # 40x; SOURCE.txt: nuclei about 25 px across
+DEEPLIIF_PANEL = 512
+DEEPLIIF_SPLITS = {"train": ("Bladder1", "Lung1"), "test": ("22_2", "34_3")}
+
+
+def load_deepliif(root: Path, split: str) -> list[AnnotatedImage]:
+    """Load DeepLIIF Ki67 IHC tiles with all nuclei and their Ki67 class.
+
+    Each PNG holds six 512 px panels (IHC, hematoxylin, DAPI, Lap2, Ki67, mask); the IHC panel
+    is returned. ``train`` tiles take their instance mask from the sixth panel, ``test`` tiles
+    from the manual masks in ``test_groundtruth``. Mask colours: red = Ki67-positive nucleus,
+    blue = negative; instances are connected components of red | blue. ``classes`` holds
+    1 for Ki67-positive and 0 for negative nuclei (index = label).
+
+    Parameters
+    ----------
+    root
+        ``ihc/deepliif`` in the shared data folder.
+    split
+        ``"train"`` or ``"test"``.
+    """
+    from scipy import ndimage as ndi
+
+    if split not in DEEPLIIF_SPLITS:
+        raise ValueError(f"DeepLIIF split {split!r}: expected one of {', '.join(DEEPLIIF_SPLITS)}")
+    items = []
+    for name in DEEPLIIF_SPLITS[split]:
+        path = root / split / f"{name}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: DeepLIIF tile not found")
+        panels = skio.imread(path)[..., :3]
+        image = np.ascontiguousarray(panels[:, :DEEPLIIF_PANEL])
+        mask = (skio.imread(root / "test_groundtruth" / f"{name}.png")[..., :3]
+                if split == "test" else panels[:, 5 * DEEPLIIF_PANEL:6 * DEEPLIIF_PANEL])
+        red = (mask[..., 0] > 200) & (mask[..., 1] < 50) & (mask[..., 2] < 50)
+        blue = (mask[..., 2] > 200) & (mask[..., 0] < 50) & (mask[..., 1] < 50)
+        labels, n = ndi.label(red | blue)
+        positive = np.asarray(ndi.mean(red, labels, np.arange(1, n + 1))) > 0.5
+        classes = np.r_[0, positive.astype(np.int32)]
+        items.append(AnnotatedImage(name, image, labels.astype(np.int32), DEEPLIIF_MPP,
+                                    "deepliif", classes))
+    return items
+
+
+CRC_MPP = 0.55  # CRCHistoPhenotypes: 20x, about 0.55 um/px (SOURCE.txt)
+CRC_CLASSES = ("epithelial", "fibroblast", "inflammatory", "others")
+
+
+@dataclass(frozen=True)
+class AnnotatedPoints:
+    """One image with annotated nucleus centroids per class (no outlines)."""
+
+    name: str
+    image: np.ndarray
+    points: dict[str, np.ndarray]  # class -> (n, 2) x, y in 0-based pixel coordinates
+    mpp: float
+    source: str
+
+    def centroids_um(self) -> tuple[np.ndarray, np.ndarray]:
+        """All points as ``(x, y)`` um (pixel centres, as cells.parquet) and their classes."""
+        xy = np.concatenate([self.points[c] for c in self.points]).reshape(-1, 2)
+        classes = np.concatenate([[c] * len(self.points[c]) for c in self.points])
+        return (xy + 0.5) * self.mpp, classes.astype(object)
+
+
+def load_crchistophenotypes(root: Path) -> list[AnnotatedPoints]:
+    """Load CRCHistoPhenotypes images (``imgN/imgN.bmp``) and their class centroids.
+
+    The ``imgN_<class>.mat`` files hold 1-based MATLAB ``(x, y)`` coordinates; they are
+    returned 0-based. Sorted by folder name.
+    """
+    from scipy.io import loadmat
+
+    folders = sorted(p for p in Path(root).iterdir() if p.is_dir())
+    if not folders:
+        raise FileNotFoundError(f"{root}: no CRCHistoPhenotypes image folders")
+    items = []
+    for folder in folders:
+        name = folder.name
+        image = skio.imread(folder / f"{name}.bmp")[..., :3]
+        points = {}
+        for cls in CRC_CLASSES:
+            path = folder / f"{name}_{cls}.mat"
+            xy = (np.asarray(loadmat(path)["detection"], dtype=np.float64).reshape(-1, 2)
+                  if path.is_file() else np.zeros((0, 2)))
+            points[cls] = xy - 1.0
+        items.append(AnnotatedPoints(name, image, points, CRC_MPP, "crchistophenotypes"))
     return items

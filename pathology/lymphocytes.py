@@ -1,9 +1,12 @@
-"""H&E lymphocytes: a logistic-regression classifier on nuclear morphology and stain features.
+"""H&E nucleus classes and lymphocytes: logistic regression on nuclear morphology and stain.
 
 The shipped model (``models/lymphocyte_classifier/model.json``) is plain JSON: feature names,
-standardisation, coefficients and the decision threshold; it is trained by
+standardisation, the classes (CRCHistoPhenotypes' epithelial, fibroblast, inflammatory,
+others), one row of coefficients per class (multinomial) and the probability of the
+lymphocyte class at and above which a nucleus is called a lymphocyte. It is trained by
 ``models/train_lymphocytes.py`` and described in its MODEL_CARD.md. Features come from
-cells.parquet alone, so a slide can be re-classified without re-segmenting.
+cells.parquet alone, so a slide can be re-classified without re-segmenting. A file with one
+coefficient row and no classes is a binary (lymphocyte vs rest) model.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def lymphocyte_features(cells: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class LymphocyteClassifier:
-    """A fitted logistic regression stored as JSON.
+    """A fitted (multinomial or binary) logistic regression stored as JSON.
 
     Attributes
     ----------
@@ -64,26 +67,54 @@ class LymphocyteClassifier:
     mean, scale
         Standardisation.
     coef, intercept
-        Logistic-regression parameters.
+        Logistic-regression parameters: ``(K, F)`` and ``(K,)`` for ``K`` classes, or
+        ``(F,)`` and a scalar for a binary model.
     threshold
-        Probability at and above which a nucleus is a lymphocyte.
+        Probability of the lymphocyte class at and above which a nucleus is a lymphocyte.
     meta
-        Provenance (training images, F1 on held-out images, segmentation used).
+        Provenance (training images, scores on held-out images, segmentation used).
+    classes
+        Class names in coefficient-row order (empty for a binary model).
+    positive_class
+        The class called "lymphocyte".
     """
 
     features: tuple[str, ...]
     mean: np.ndarray
     scale: np.ndarray
     coef: np.ndarray
-    intercept: float
+    intercept: np.ndarray | float
     threshold: float
     meta: dict
+    classes: tuple[str, ...] = ()
+    positive_class: str = "inflammatory"
+
+    def _standardised(self, cells: pd.DataFrame) -> np.ndarray:
+        table = lymphocyte_features(cells)
+        return (table.loc[:, list(self.features)].to_numpy() - self.mean) / self.scale
+
+    def probabilities(self, cells: pd.DataFrame) -> np.ndarray:
+        """``(n, K)`` class probabilities (softmax); a binary model gives ``(n, 2)``:
+        rest, lymphocyte."""
+        x = self._standardised(cells)
+        if not self.classes:
+            p = 1.0 / (1.0 + np.exp(-(x @ self.coef + self.intercept)))
+            return np.stack([1 - p, p], axis=1)
+        z = x @ np.asarray(self.coef).T + np.asarray(self.intercept)
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
 
     def probability(self, cells: pd.DataFrame) -> np.ndarray:
         """Probability that each nucleus is a lymphocyte."""
-        table = lymphocyte_features(cells)
-        x = (table.loc[:, list(self.features)].to_numpy() - self.mean) / self.scale
-        return 1.0 / (1.0 + np.exp(-(x @ self.coef + self.intercept)))
+        column = self.classes.index(self.positive_class) if self.classes else 1
+        return self.probabilities(cells)[:, column]
+
+    def predict_class(self, cells: pd.DataFrame) -> np.ndarray:
+        """The most probable class of each nucleus (object array of class names)."""
+        names = np.asarray(self.classes or ("other", self.positive_class), dtype=object)
+        return names[np.argmax(self.probabilities(cells), axis=1)] if len(cells) else (
+            np.zeros(0, dtype=object))
 
     def predict(self, cells: pd.DataFrame) -> np.ndarray:
         """Boolean lymphocyte call per nucleus."""
@@ -91,10 +122,13 @@ class LymphocyteClassifier:
 
     def to_json(self) -> dict:
         """JSON-serialisable parameters."""
-        return {"features": list(self.features), "mean": self.mean.tolist(),
-                "scale": self.scale.tolist(), "coef": self.coef.tolist(),
-                "intercept": float(self.intercept), "threshold": float(self.threshold),
-                "meta": self.meta}
+        data = {"features": list(self.features), "mean": self.mean.tolist(),
+                "scale": self.scale.tolist(), "coef": np.asarray(self.coef).tolist(),
+                "intercept": np.asarray(self.intercept).tolist(),
+                "threshold": float(self.threshold), "meta": self.meta}
+        if self.classes:
+            data.update({"classes": list(self.classes), "positive_class": self.positive_class})
+        return data
 
 
 def load_lymphocyte_model(spec: str | Path) -> LymphocyteClassifier:
@@ -113,9 +147,20 @@ def load_lymphocyte_model(spec: str | Path) -> LymphocyteClassifier:
                                    "models/train_lymphocytes.py)")
     try:
         data = json.loads(path.read_text())
+        classes = tuple(data.get("classes", ()))
+        coef = np.asarray(data["coef"], dtype=np.float64)
+        intercept = np.asarray(data["intercept"], dtype=np.float64)
+        n_features = len(data["features"])
+        expected = (len(classes), n_features) if classes else (n_features,)
+        if coef.shape != expected or intercept.shape != expected[:-1]:
+            raise ValueError(f"coefficients of shape {coef.shape}, expected {expected}")
+        positive = str(data.get("positive_class", "inflammatory"))
+        if classes and positive not in classes:
+            raise ValueError(f"positive class {positive!r} is not among {classes}")
         return LymphocyteClassifier(tuple(data["features"]), np.asarray(data["mean"]),
-                                    np.asarray(data["scale"]), np.asarray(data["coef"]),
-                                    float(data["intercept"]), float(data["threshold"]),
-                                    dict(data.get("meta", {})))
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+                                    np.asarray(data["scale"]), coef,
+                                    intercept if classes else float(intercept),
+                                    float(data["threshold"]), dict(data.get("meta", {})),
+                                    classes, positive)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise LymphocyteModelError(f"{path}: malformed classifier ({error})") from error

@@ -1,0 +1,312 @@
+"""Accuracy of the shipped models through ``hccbio slides run``, on every annotated set here.
+
+Usage::
+
+    python -m benchmarks.accuracy                      # all brightfield models, all sets
+    python -m benchmarks.accuracy --models models/bf_nuclei --no-readme
+
+Each annotated image is written as a TIFF with its pixel size in a manifest and segmented by
+``hccbio slides run`` (:mod:`pathology.evaluation`): the reader, the resampling to 0.5 um/px,
+the tiling, the normalisation, the model, the measurements and the phenotypes are those of any
+slide. Writes ``benchmarks/results/accuracy.json`` and the table between the ``accuracy``
+markers in ``benchmarks/README.md``. Model cards cite these numbers.
+
+Sets (none of them used to train or tune the model reported, unless the table says so):
+
+* ``monuseg_val``: the three MoNuSeg test-set tiles every H&E model holds out (H&E, 40x).
+* ``monuseg_masks``: the 17 MoNuSeg training tiles that have foreground masks but no nucleus
+  outlines (no model trains on them): pixel precision, recall and Dice of the nucleus
+  foreground.
+* ``deepliif_test``: the two DeepLIIF Ki67 IHC test tiles with manual masks: nuclei, recall of
+  Ki67-negative and Ki67-positive nuclei, and the Ki67 index against the truth.
+* ``crc_coverage``: CRCHistoPhenotypes' 14 colorectal H&E images (20x): share of annotated
+  nucleus centroids within 3 um of a detected nucleus (their annotation is not exhaustive, so
+  no precision).
+* ``crc_lymphocytes``: on the classifier's four held-out CRCHistoPhenotypes images, the H&E
+  lymphocyte call (``lymphocyte_pos`` in ``cell_classes.parquet``) against the "inflammatory"
+  annotation, and the classifier's per-class precision and recall.
+* ``speed``: nuclei per second and seconds per Mpx of the network plus non-maximum suppression
+  on one 1024 px tile of real H&E at 0.5 um/px.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pathology.annotations import (  # noqa: E402
+    AnnotatedImage,
+    load_crchistophenotypes,
+    load_deepliif,
+    load_monuseg,
+)
+from pathology.evaluation import (  # noqa: E402
+    annotated_tile_config,
+    detection_scores,
+    match_centroids,
+    rasterise_cells,
+    run_pipeline,
+    score_instances,
+)
+from pathology.store import atomic_write_text  # noqa: E402
+
+BRIGHTFIELD_MODELS = ("models/he_nuclei", "models/he_nuclei_fast", "models/bf_nuclei")
+N_VAL_MONUSEG = 3  # as models/train.py: the last three MoNuSeg test-set tiles by name
+CENTROID_UM = 3.0
+LYMPHOCYTE_MATCH_UM = 4.0  # as models/train_lymphocytes.py
+RESULT = ROOT / "benchmarks" / "results" / "accuracy.json"
+README = ROOT / "benchmarks" / "README.md"
+MARK_BEGIN, MARK_END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
+
+
+def shared_data() -> Path:
+    """``$HCCBIO_SHARED_DATA`` or ``../shared/data``."""
+    root = Path(os.environ.get("HCCBIO_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    if not root.is_dir():
+        raise SystemExit(f"shared data folder {root} not found; set HCCBIO_SHARED_DATA")
+    return root
+
+
+def _pooled(per_image: list[dict], key: str) -> dict:
+    counts = [r[key] for r in per_image]
+    return detection_scores(sum(c["n_true"] for c in counts), sum(c["n_pred"] for c in counts),
+                            sum(c["n_matched"] for c in counts))
+
+
+def monuseg_val(root: Path, model: str, work: Path) -> dict:
+    """Nucleus F1 at IoU 0.5 and centroid F1 on the held-out MoNuSeg tiles (H&E)."""
+    items = load_monuseg(root / "nuclei" / "monuseg")[-N_VAL_MONUSEG:]
+    results = run_pipeline(items, work, modality="he", config=annotated_tile_config(model))
+    per_image = []
+    for item, result in zip(items, results, strict=True):
+        scores = score_instances(result, item.labels, centroid_um=CENTROID_UM)
+        per_image.append({"image": item.name, "iou50": scores["iou50"],
+                          "centroid": scores["centroid"],
+                          "lymphocyte_share": float(result.cells["lymphocyte_pos"].mean())})
+    # No class truth here, but these are carcinoma-rich tiles: a classifier that calls most
+    # of their nuclei lymphocytes is not specific.
+    return {"images": [i.name for i in items], "iou50": _pooled(per_image, "iou50"),
+            "centroid": _pooled(per_image, "centroid"), "per_image": per_image}
+
+
+def monuseg_masks(root: Path, model: str, work: Path) -> dict:
+    """Foreground precision, recall and Dice on the MoNuSeg training tiles without outlines."""
+    from skimage.io import imread
+
+    folder = root / "nuclei" / "monuseg-train"
+    outlined = {p.name.split(".")[0] for p in (folder / "annotations").glob("*.xml*")}
+    items = []
+    for path in sorted((folder / "images").glob("*.tif")):
+        if path.stem in outlined:
+            continue
+        truth = imread(folder / "binary_masks" / f"{path.stem}.png")
+        truth = (truth[..., 0] if truth.ndim == 3 else truth) > 0
+        items.append(AnnotatedImage(path.stem, imread(path)[..., :3], truth.astype(np.int32),
+                                    0.2527, "monuseg-train"))
+    results = run_pipeline(items, work, modality="he", config=annotated_tile_config(model))
+    tp = fp = fn = 0
+    for item, result in zip(items, results, strict=True):
+        predicted = rasterise_cells(result.cells, result.shape, result.mpp) > 0
+        truth = item.labels > 0
+        tp += int(np.sum(predicted & truth))
+        fp += int(np.sum(predicted & ~truth))
+        fn += int(np.sum(~predicted & truth))
+    return {"images": [i.name for i in items], "pixel_precision": tp / max(tp + fp, 1),
+            "pixel_recall": tp / max(tp + fn, 1), "dice": 2 * tp / max(2 * tp + fp + fn, 1)}
+
+
+def deepliif_test(root: Path, model: str, work: Path) -> dict:
+    """Nuclei and the Ki67 index on the DeepLIIF IHC test tiles, through the Ki67 panel."""
+    items = load_deepliif(root / "ihc" / "deepliif", "test")
+    results = run_pipeline(items, work, modality="ihc", stain="Ki67",
+                           config=annotated_tile_config(model))
+    per_image = []
+    for item, result in zip(items, results, strict=True):
+        scores = score_instances(result, item.labels, classes=item.classes,
+                                 centroid_um=CENTROID_UM)
+        truth_index = 100.0 * float(np.mean(item.classes[1:]))
+        ours = 100.0 * float(result.cells["Ki67_pos"].mean()) if len(result.cells) else 0.0
+        per_image.append({
+            "image": item.name, "iou50": scores["iou50"], "centroid": scores["centroid"],
+            "recall_negative": scores["recall_by_class"].get(0, float("nan")),
+            "recall_positive": scores["recall_by_class"].get(1, float("nan")),
+            "ki67_truth_pct": truth_index, "ki67_pct": ours,
+            "ki67_error_points": ours - truth_index})
+    return {"images": [i.name for i in items], "iou50": _pooled(per_image, "iou50"),
+            "centroid": _pooled(per_image, "centroid"), "per_image": per_image,
+            "note": "34_3's manual mask leaves many DAB-positive nuclei unannotated "
+                    "(tests/pathology/test_phenotypes.py), so its precision and Ki67 index "
+                    "are against an incomplete truth; recall is not affected."}
+
+
+def crc(root: Path, model: str, work: Path) -> tuple[dict, dict]:
+    """Centroid coverage on all CRCHistoPhenotypes images, and lymphocyte calls on the
+    classifier's held-out images."""
+    from pathology.lymphocytes import load_lymphocyte_model
+
+    items = load_crchistophenotypes(root / "nuclei" / "crchistophenotypes")
+    results = run_pipeline(items, work, modality="he", config=annotated_tile_config(model))
+    classifier = load_lymphocyte_model("models/lymphocyte_classifier")
+    held_out = set(classifier.meta.get("test_images", ()))
+    annotated = covered = 0
+    truth_lym, called_lym, truth_cls, predicted_cls = [], [], [], []
+    for item, result in zip(items, results, strict=True):
+        xy, classes = item.centroids_um()
+        cells = result.cells
+        t_idx, _ = match_centroids(xy, cells[["x_um", "y_um"]].to_numpy(), CENTROID_UM)
+        annotated += len(xy)
+        covered += len(t_idx)
+        if item.name not in held_out:
+            continue
+        t_idx, p_idx = match_centroids(xy, cells[["x_um", "y_um"]].to_numpy(),
+                                       LYMPHOCYTE_MATCH_UM)
+        truth_lym.append(classes[t_idx] == "inflammatory")
+        called_lym.append(cells["lymphocyte_pos"].to_numpy()[p_idx].astype(bool))
+        truth_cls.append(classes[t_idx])
+        if hasattr(classifier, "predict_class"):
+            predicted_cls.append(classifier.predict_class(cells.iloc[p_idx]))
+    coverage = {"images": len(items), "annotated": annotated, "covered": covered,
+                "recall": covered / max(annotated, 1)}
+    truth = np.concatenate(truth_lym) if truth_lym else np.zeros(0, bool)
+    called = np.concatenate(called_lym) if called_lym else np.zeros(0, bool)
+    tp = int(np.sum(truth & called))
+    lymph = {"images": sorted(held_out),
+             "classifier_trained_on": classifier.meta.get("segmentation_model"),
+             **detection_scores(int(truth.sum()), int(called.sum()), tp),
+             "n_matched_nuclei": int(len(truth))}
+    if predicted_cls:
+        t, p = np.concatenate(truth_cls), np.concatenate(predicted_cls)
+        lymph["per_class"] = {
+            c: detection_scores(int(np.sum(t == c)), int(np.sum(p == c)),
+                                int(np.sum((t == c) & (p == c))))
+            for c in sorted(set(t))}
+    return coverage, lymph
+
+
+def speed(model_spec: str, root: Path, repeats: int = 3) -> dict:
+    """Network + non-maximum suppression on one 1024 px tile of real H&E at 0.5 um/px."""
+    from skimage.transform import rescale
+
+    from pathology.nuclei import (
+        instances_from_prediction,
+        load_model,
+        normalization_range,
+        predict_tiles,
+    )
+
+    tiles = [rescale(i.image, 0.2527 / 0.5, channel_axis=-1, preserve_range=True,
+                     anti_aliasing=True).astype(np.uint8)[:512, :512]
+             for i in load_monuseg(root / "nuclei" / "monuseg")[-4:]]
+    tile = np.concatenate([np.concatenate(tiles[:2], axis=1),
+                           np.concatenate(tiles[2:], axis=1)], axis=0)
+    tile = np.pad(tile, ((0, 1024 - tile.shape[0]), (0, 1024 - tile.shape[1]), (0, 0)),
+                  mode="reflect")
+    model = load_model(model_spec)
+    norm = normalization_range(model, tile)
+    instances_from_prediction(model, predict_tiles(model, [tile], norm)[0])  # warm-up, tracing
+    times, forward_times, n = [], [], 0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        (prediction,) = predict_tiles(model, [tile], norm)
+        forward_times.append(time.perf_counter() - started)
+        n = len(instances_from_prediction(model, prediction).prob)
+        times.append(time.perf_counter() - started)
+    best, forward = min(times), min(forward_times)
+    mpx = tile.shape[0] * tile.shape[1] / 1e6
+    return {"tile_px": 1024, "nuclei": n, "seconds": best, "forward_seconds": forward,
+            "s_per_mpx": best / mpx, "nuclei_per_s": n / best}
+
+
+SETS = {"monuseg_val": monuseg_val, "monuseg_masks": monuseg_masks,
+        "deepliif_test": deepliif_test, "crc": crc, "speed": speed}
+
+
+def table(report: dict) -> str:
+    """The Markdown table of a report (one row per model and set)."""
+    lines = ["| model | MoNuSeg val F1 IoU0.5 (P / R) | MoNuSeg val centroid F1 | "
+             "MoNuSeg masks Dice | DeepLIIF IHC F1 IoU0.5 | IHC recall Ki67- / Ki67+ | "
+             "Ki67 index error (points, per tile) | CRC centroid recall | "
+             "CRC lymphocyte F1 (P / R) | s per Mpx |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["models"].items():
+        m, c, d = r["monuseg_val"], r["monuseg_masks"], r["deepliif_test"]
+        neg = np.mean([p["recall_negative"] for p in d["per_image"]])
+        pos = np.mean([p["recall_positive"] for p in d["per_image"]])
+        errors = ", ".join(f"{p['image']} {p['ki67_error_points']:+.1f}" for p in d["per_image"])
+        lym = r["crc_lymphocytes"]
+        lines.append(
+            f"| {name} | {m['iou50']['f1']:.3f} ({m['iou50']['precision']:.2f} / "
+            f"{m['iou50']['recall']:.2f}) | {m['centroid']['f1']:.3f} | {c['dice']:.3f} | "
+            f"{d['iou50']['f1']:.3f} | {neg:.2f} / {pos:.2f} | {errors} | "
+            f"{r['crc_coverage']['recall']:.3f} | {lym['f1']:.3f} ({lym['precision']:.2f} / "
+            f"{lym['recall']:.2f}) | {r['speed']['s_per_mpx']:.2f} |")
+    return "\n".join(lines)
+
+
+def update_readme(report: dict) -> None:
+    """Replace the table between the markers in benchmarks/README.md."""
+    text = README.read_text()
+    block = (f"{MARK_BEGIN}\n<!-- written by python -m benchmarks.accuracy on "
+             f"{report['date']}; do not edit by hand -->\n\n{table(report)}\n\n{MARK_END}")
+    if MARK_BEGIN in text and MARK_END in text:
+        head, rest = text.split(MARK_BEGIN, 1)
+        text = head + block + rest.split(MARK_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Accuracy\n\n" + block + "\n"
+    atomic_write_text(README, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="brightfield model folders (default: every shipped one)")
+    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS),
+                        help="measure only these sets; the others keep their previous figures")
+    parser.add_argument("--no-readme", action="store_true",
+                        help="do not rewrite the table in benchmarks/README.md")
+    args = parser.parse_args(argv)
+    root = shared_data()
+    models = args.models or [m for m in BRIGHTFIELD_MODELS if (ROOT / m / "config.json").is_file()]
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+              "centroid_um": CENTROID_UM, "models": dict(previous.get("models", {}))}
+    for model in models:
+        started = time.perf_counter()
+        result = dict(report["models"].get(Path(model).name, {}))
+        with tempfile.TemporaryDirectory(prefix="hccbio-accuracy-") as tmp:
+            work = Path(tmp)
+            for name in args.sets:
+                if name == "crc":
+                    result["crc_coverage"], result["crc_lymphocytes"] = crc(root, model,
+                                                                            work / name)
+                elif name == "speed":
+                    result["speed"] = speed(model, root)
+                else:
+                    result[name] = SETS[name](root, model, work / name)
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        result["measured"] = report["date"]
+        report["models"][Path(model).name] = result
+        atomic_write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
+        print(f"{model}: done in {result['seconds']} s", flush=True)
+    print(table(report))
+    if not args.no_readme:
+        update_readme(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
