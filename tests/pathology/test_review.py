@@ -256,3 +256,39 @@ def test_static_index_works_without_a_server(review_run, browser):
     assert len(widths) >= 8 and all(w > 0 for w in widths)  # relative links resolve
     assert "&lt;demo&gt;" in page.content()
     page.close()
+
+
+def test_a_rejection_in_the_browser_reaches_the_study_table(review_run, browser, tmp_path):
+    """The pathologist rejects he_1 in the browser; ``hccbio integrate`` then leaves it out
+    with the reviewer's comment, and keeps he_2 (approved in the browser earlier or not)."""
+    import pandas as pd
+
+    from pathology.features import write_run_features
+
+    out = tmp_path / "run"
+    shutil.copytree(review_run, out)
+    with serving(out) as url:
+        page = browser.new_page()
+        page.goto(url + "/slides/he_1")
+        page.fill("#reviewer", "Dr Reject")
+        page.fill("#comment", "ink over the tumour")
+        page.click("#reject")
+        page.wait_for_function("() => document.getElementById('review-message')"
+                               ".textContent.startsWith('saved')")
+        assert page.locator("[data-status]").inner_text() == "rejected"
+        page.screenshot(path=str(tmp_path / "rejected.png"))
+        page.close()
+    write_run_features(out, sample_ids=["he_1", "he_2"])
+    (out / "samples.csv").write_text(
+        "patient_id,timepoint,sample_id,modality,stain,path,mpp\n"
+        "P1,baseline,he_1,he,HE,he.tiff,0.5\nP2,baseline,he_2,he,HE,he.tiff,0.5\n")
+    result = CliRunner().invoke(cli_app, ["integrate", str(out / "samples.csv"), "--out",
+                                          str(out)])
+    assert result.exit_code == 0, result.output
+    exclusions = pd.read_csv(out / "exclusions.csv").set_index("sample_id")
+    assert list(exclusions.index) == ["he_1"]
+    assert "Dr Reject" in exclusions.loc["he_1", "reason"]
+    assert "ink over the tumour" in exclusions.loc["he_1", "reason"]
+    wide = pd.read_csv(out / "features.csv").set_index("patient_id")
+    assert list(wide.index) == ["P2"]  # P1's only sample was rejected
+    assert wide.loc["P2"].filter(like="he_").notna().any()
