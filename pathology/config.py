@@ -106,9 +106,10 @@ class SegmentationSection(_Section):
 class CellsSection(_Section):
     """Per-cell measurements."""
 
-    stain_matrix: Literal["skimage_hed"] = Field("skimage_hed", description="Colour "
-                                                 "deconvolution vectors (Ruifrok & Johnston, as "
-                                                 "in scikit-image's rgb2hed).")
+    stain_matrix: Literal["skimage_hed", "auto"] = Field(
+        "skimage_hed", description="Colour deconvolution vectors: skimage_hed (Ruifrok & "
+        "Johnston, as in scikit-image's rgb2hed) or auto (IHC: hematoxylin and DAB estimated "
+        "per slide by Macenko's method, recorded in features.json; H&E keeps skimage_hed).")
     background_intensity: float = Field(255.0, gt=0, description="Brightfield: transmitted "
                                         "light I0 for optical density -log10(I/I0).")
     ring_width_um: float = Field(2.0, ge=0, description="Width (um) of the cytoplasm / membrane "

@@ -26,8 +26,16 @@ from scipy.spatial import cKDTree
 
 from pathology.config import PathologyConfig
 from pathology.lymphocytes import BASE_COLUMNS as LYMPHOCYTE_COLUMNS
-from pathology.panels import Panel, Phenotype, resolve_panel
-from pathology.phenotypes import OTHER, Phenotyping, classify_cells, marker_column
+from pathology.panels import Panel, Phenotype, Threshold, resolve_panel
+from pathology.phenotypes import (
+    OTHER,
+    Phenotyping,
+    _background,
+    auto_threshold,
+    classify_cells,
+    marker_column,
+    marker_values,
+)
 from pathology.qc.artefacts import ArtefactMask, load_artefact_mask
 from pathology.regions import (
     CODES,
@@ -323,6 +331,32 @@ def slide_features(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap,
     return out.items
 
 
+def automatic_thresholds(cells: pd.DataFrame, result: Phenotyping, *, panel: Panel, kind: str,
+                         counted: np.ndarray) -> dict[str, dict]:
+    """A per-slide automatic threshold (Otsu) for every marker with a fixed one, recorded
+    beside it: the threshold, and the positive cells it gives (% of ``counted`` cells,
+    pigment still excluded). The configured threshold is the one used for phenotypes.
+    """
+    out: dict[str, dict] = {}
+    for marker in panel.markers:
+        if marker.source != "intensity" or marker.threshold.method != "fixed":
+            continue
+        values, column = marker_values(cells, marker, kind=kind)
+        background = _background(values, marker)
+        values = np.maximum(values - background, 0.0) if background else values
+        threshold = auto_threshold(values, Threshold(method="otsu"))
+        pigment = result.pigment.get(marker.name, np.zeros(len(values), dtype=bool))
+        with np.errstate(invalid="ignore"):
+            positive = (values >= threshold) & ~pigment & counted
+        n = int(np.count_nonzero(counted))
+        out[marker.name] = {"method": "otsu", "threshold": float(threshold), "column": column,
+                            "percent_positive": 100.0 * np.count_nonzero(positive) / n
+                            if n else None,
+                            "configured": {"method": "fixed",
+                                           "threshold": marker.threshold.value}}
+    return out
+
+
 def pdl1_cell_classes(cells: pd.DataFrame, result: Phenotyping, masks: dict[str, np.ndarray],
                       *, panel: Panel, config: PathologyConfig
                       ) -> tuple[np.ndarray, np.ndarray, str]:
@@ -558,6 +592,16 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
                          regions, window, artefacts)
     items = slide_features(cells, result, regions, window, panel=panel, config=config,
                            artefacts=artefacts)
+    automatic = automatic_thresholds(cells, result, panel=panel, kind=kind,
+                                     counted=~clean.on_artefact & (regions.code_at(
+                                         cells["x_um"].to_numpy(), cells["y_um"].to_numpy()) > 0))
+    items += [Feature(f"{panel.prefix}_{'' if panel.modality == 'ihc' else key + '_'}pct_auto",
+                      entry["percent_positive"], f"{name}+ cells (% of cells) by a per-slide "
+                      f"{entry['method']} threshold, beside the configured one", "%",
+                      f"per-slide {entry['method']} threshold {entry['threshold']:.4g} on "
+                      f"{entry['column']}", f"panels/{panel.name}: markers.{name}")
+              for name, entry in automatic.items()
+              for key in [next(m.key for m in panel.markers if m.name == name)]]
 
     classes = result.table()
     classes.insert(0, "cell_id", cells["cell_id"].to_numpy() if "cell_id" in cells
@@ -574,7 +618,8 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
         "feature_dictionary": {f.name: {k: v for k, v in asdict(f).items()
                                         if k not in ("name", "value")} for f in items},
         "phenotyping": {"panel": panel.name, "panel_sha256": _panel_digest(panel),
-                        "markers": {k: c.to_json() for k, c in result.calls.items()},
+                        "markers": {k: {**c.to_json(), "auto": automatic.get(k)}
+                                    for k, c in result.calls.items()},
                         "phenotype_counts": {k: int(v.sum())
                                              for k, v in result.phenotypes.items()}},
         "regions": {"source": regions.source, "reason": regions.reason,

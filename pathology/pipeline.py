@@ -166,6 +166,50 @@ class SlidePlan:
     tissue_area_mm2: float
     identity: dict
     info: dict
+    stains: dict | None = None  # cells.stain_matrix: method, matrix rows, note
+
+
+def slide_stain_matrix(slide: Slide, mask: np.ndarray, mask_mpp: float, working_mpp: float, *,
+                       modality: str, config: PathologyConfig) -> dict:
+    """The colour deconvolution of a brightfield slide (``cells.stain_matrix``).
+
+    ``skimage_hed``: Ruifrok-Johnston vectors. ``auto``: on IHC slides, hematoxylin and DAB
+    vectors estimated from this slide's tissue (:func:`pathology.stains.estimate_hdab_matrix`
+    on the normalisation windows; the third row is a residual), falling back to the default
+    with the reason when too few pixels are stained; H&E slides keep the default (no DAB).
+
+    Returns
+    -------
+    dict
+        ``method`` (``skimage_hed`` or ``auto``), ``matrix`` (3 x 3 rows: hematoxylin,
+        eosin or residual, DAB), ``unmixing`` (its inverse; None for the default), ``note``.
+    """
+    from pathology.stains import (
+        DEFAULT_MATRIX,
+        StainError,
+        angle_degrees,
+        deconvolution_matrix,
+        estimate_hdab_matrix,
+    )
+
+    default = {"method": "skimage_hed", "matrix": DEFAULT_MATRIX.tolist(), "unmixing": None,
+               "note": "Ruifrok-Johnston vectors (scikit-image rgb2hed)"}
+    if config.cells.stain_matrix != "auto":
+        return default
+    if modality != "ihc":
+        return {**default, "note": "cells.stain_matrix auto applies to IHC (hematoxylin + "
+                "DAB); this slide keeps the Ruifrok-Johnston vectors"}
+    pixels = _normalisation_sample(slide, mask, mask_mpp, working_mpp, "brightfield", None)
+    try:
+        matrix = estimate_hdab_matrix(pixels.reshape(-1, 3),
+                                      background=config.cells.background_intensity)
+    except StainError as error:
+        return {**default, "note": f"auto estimate failed ({error}); default vectors used"}
+    return {"method": "auto", "matrix": matrix.tolist(),
+            "unmixing": deconvolution_matrix(matrix).tolist(),
+            "note": "hematoxylin and DAB estimated from this slide (Macenko); angles to the "
+                    f"default: hematoxylin {angle_degrees(matrix[0], DEFAULT_MATRIX[0]):.1f}, "
+                    f"DAB {angle_degrees(matrix[2], DEFAULT_MATRIX[2]):.1f} degrees"}
 
 
 def _open(job: SlideJob, config: PathologyConfig) -> Slide:
@@ -233,12 +277,14 @@ def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
         else:
             norm_range = normalization_range(model, _normalisation_sample(
                 slide, mask, mask_mpp, working_mpp, kind, nuclear))
+        stains = (slide_stain_matrix(slide, mask, mask_mpp, working_mpp, modality=job.modality,
+                                     config=cfg) if kind == "brightfield" else None)
         store.set_attr("slide", info.to_json())
         store.set_attr("normalization_range", list(norm_range))
         if store.reset_reason:
             store.set_attr("reset_reason", store.reset_reason)
     return SlidePlan(job, kind, nuclear, tuple(tiles), norm_range,
-                     float(mask.sum()) * mask_mpp**2 / 1e6, identity, info.to_json())
+                     float(mask.sum()) * mask_mpp**2 / 1e6, identity, info.to_json(), stains)
 
 
 def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: ModelCache,
@@ -291,8 +337,14 @@ def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: M
                     level0_mpp=level0_mpp, channels=channels,
                     min_area_um2=config.segmentation.min_area_um2,
                     background=config.cells.background_intensity,
-                    ring_width_um=config.cells.ring_width_um))
+                    ring_width_um=config.cells.ring_width_um, unmixing=_unmixing(plan)))
     return len(todo)
+
+
+def _unmixing(plan: SlidePlan) -> np.ndarray | None:
+    """The slide's optical-density-to-stain matrix (None: scikit-image's default)."""
+    matrix = (plan.stains or {}).get("unmixing")
+    return None if matrix is None else np.asarray(matrix, dtype=np.float32)
 
 
 def tiles_per_forward(config: PathologyConfig) -> int:
@@ -340,6 +392,8 @@ def finalize_slide(plan: SlidePlan, out: Path, config: PathologyConfig, models: 
                            "unit": "nuclei/mm^2 of tissue"},
         "slide": plan.info, "model": model.describe(),
         "normalization_range": list(plan.norm_range), "config_sha256": config.digest(),
+        "stain_matrix": ({k: v for k, v in plan.stains.items() if k != "unmixing"}
+                         if plan.stains else None),
         "identity": plan.identity, "n_tiles": len(plan.tiles), "seconds": round(seconds, 2),
     }
     atomic_write_text(folder / FEATURES_FILE, json.dumps(features, indent=2) + "\n")
