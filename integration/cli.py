@@ -73,10 +73,17 @@ def slides_run(
     if not jobs:
         _fail(f"{manifest}: no slide rows (modality {', '.join(SLIDE_MODALITIES)})")
     from pathology.lock import RunLockedError
+    from pathology.registration.serial import BlockMember, plan_serial_pairs
 
+    serial, notes = plan_serial_pairs(
+        [BlockMember(s.sample_id, s.modality, s.block) for s in samples
+         if s.modality in SLIDE_MODALITIES],
+        reference_modality=cfg.registration.reference_modality)
+    for note in notes:
+        typer.echo(f"note: {note}")
     try:
         rows = run_slides(jobs, out, cfg, scheduler=scheduler or cfg.batch.scheduler,
-                          force=force, show_progress=not quiet)
+                          force=force, show_progress=not quiet, serial=serial)
     except (RunLockedError, ValueError) as error:
         _fail(str(error))
     failed = [r for r in rows if r.status == "failed"]

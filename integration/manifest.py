@@ -1,7 +1,9 @@
 """The study manifest (``samples.csv``): one row per sample, validated against the data contract.
 
-Columns: ``patient_id, timepoint, sample_id, modality, stain, path[, mpp]``. Relative paths are
-resolved against the manifest's own folder, so a study folder can be moved as a whole.
+Columns: ``patient_id, timepoint, sample_id, modality, stain, path[, mpp][, block_id]``.
+Relative paths are resolved against the manifest's own folder, so a study folder can be moved
+as a whole. ``block_id`` names the tissue block a slide was cut from: slides of one block (per
+patient and timepoint) are serial sections, registered onto the block's reference slide.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ class Sample:
     path: Path
     mpp: float | None
     row: int  # 1-based line number in the CSV (header = line 1)
+    block_id: str = ""  # tissue block (serial sections); empty when not given
+
+    @property
+    def block(self) -> str:
+        """``patient_id/timepoint/block_id`` (block ids repeat across patients), or empty."""
+        return f"{self.patient_id}/{self.timepoint}/{self.block_id}" if self.block_id else ""
 
 
 def read_manifest(path: str | Path, *, check_files: bool = False) -> list[Sample]:
@@ -101,7 +109,8 @@ def read_manifest(path: str | Path, *, check_files: bool = False) -> list[Sample
         if check_files and not sample_path.exists():
             raise ManifestError(f"{where}: file {sample_path} not found")
         samples.append(Sample(values["patient_id"], values["timepoint"], sample_id, modality,
-                              values["stain"], sample_path, mpp, line))
+                              values["stain"], sample_path, mpp, line,
+                              values.get("block_id", "")))
     return samples
 
 

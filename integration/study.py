@@ -293,11 +293,15 @@ def _run_slide_arm(samples: list[Sample], study: StudySection, config, *, force:
     from pathology.batch import run_slides
     from pathology.lock import RunLockedError
     from pathology.pipeline import SlideJob
+    from pathology.registration.serial import BlockMember, plan_serial_pairs
 
     jobs = [SlideJob(s.sample_id, s.path, s.modality, s.stain, s.mpp) for s in samples]
+    serial, _ = plan_serial_pairs([BlockMember(s.sample_id, s.modality, s.block)
+                                   for s in samples],
+                                  reference_modality=config.registration.reference_modality)
     try:
         rows = run_slides(jobs, study.out, config, scheduler=study.scheduler, force=force,
-                          show_progress=show_progress)
+                          show_progress=show_progress, serial=serial)
     except RunLockedError as error:
         raise StudyError(str(error)) from None
     return {row.sample_id: row.status for row in rows}

@@ -45,6 +45,7 @@ from pathology.pipeline import (
 )
 from pathology.progress import BatchProgress
 from pathology.qc.summary import write_qc_summary
+from pathology.registration.serial import SerialPair, finish_serial_sections
 from pathology.slide import SlideError
 from pathology.store import atomic_write_text
 
@@ -131,7 +132,8 @@ def _is_complete(out: Path, job: SlideJob, config: PathologyConfig) -> bool:
 
 def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
                scheduler: str = "sync", force: bool = False,
-               show_progress: bool = False) -> list[BatchRow]:
+               show_progress: bool = False,
+               serial: Iterable[SerialPair] = ()) -> list[BatchRow]:
     """Process slides into ``out``, in this process or on Dask workers.
 
     Parameters
@@ -150,6 +152,10 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
         Recompute slides even when finished.
     show_progress
         Live progress display (otherwise log lines only).
+    serial
+        Serial sections (:func:`pathology.registration.serial.plan_serial_pairs`): each such
+        slide is registered onto its block's reference once both are segmented, and its
+        features and QC follow (docs/registration.md).
 
     Returns
     -------
@@ -180,10 +186,17 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
                     row.seconds, row.reason or "-")
 
         todo = []
+        pairs = list(serial)
+        deferred = {p.sample_id for p in pairs}
+        held: dict[str, BatchRow] = {}  # serial sections waiting for their reference
         progress = BatchProgress(len(jobs), live=show_progress)
         try:
             for job in jobs:
-                if not force and _is_complete(out, job, config):
+                if not force and job.sample_id in deferred and _is_complete(out, job, config):
+                    held[job.sample_id] = BatchRow(job.sample_id, "skipped",
+                                                   "already done with this input and config",
+                                                   0.0)
+                elif not force and _is_complete(out, job, config):
                     # Segmentation is reused; the cheap downstream steps follow the config.
                     problem = post_process_slide(job, out, config, reuse_qc=True)
                     record(BatchRow(job.sample_id, "failed" if problem else "skipped",
@@ -193,7 +206,15 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
             if sched.kind == "sync":
                 models = ModelCache(config)
                 for job in todo:
-                    record(_run_one_sync(job, out, config, models, progress))
+                    row = _run_one_sync(job, out, config, models, progress,
+                                        post=job.sample_id not in deferred)
+                    if job.sample_id in deferred and row.status != "failed":
+                        held[job.sample_id] = row
+                    else:
+                        record(row)
+                for row in finish_serial_sections(pairs, {j.sample_id: j for j in jobs}, held,
+                                                  _failed_ids(rows), out, config):
+                    record(row)
                 model_record = models.describe()
             else:
                 with dask_client(sched, config) as client:
@@ -203,7 +224,12 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
                     for status in ("skipped",):
                         for _ in range(sum(r.status == status for r in rows.values())):
                             progress.slide_finished(status)
-                    model_record = _run_dask(client, todo, out, config, progress, record)
+                    model_record = _run_dask(client, todo, out, config, progress, record,
+                                             deferred, held)
+                    for row in finish_serial_sections(pairs, {j.sample_id: j for j in jobs},
+                                                      held, _failed_ids(rows), out, config,
+                                                      client=client):
+                        record(row)
         finally:
             progress.close()
         results = [rows[job.sample_id] for job in jobs]
@@ -215,8 +241,12 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
     return results
 
 
+def _failed_ids(rows: dict[str, BatchRow]) -> set[str]:
+    return {sid for sid, row in rows.items() if row.status == "failed"}
+
+
 def _run_one_sync(job: SlideJob, out: Path, config: PathologyConfig, models: ModelCache,
-                  progress: BatchProgress) -> BatchRow:
+                  progress: BatchProgress, post: bool = True) -> BatchRow:
     started = time.perf_counter()
     try:
         plan = prepare_slide(job, out, config, models)
@@ -227,7 +257,7 @@ def _run_one_sync(job: SlideJob, out: Path, config: PathologyConfig, models: Mod
             progress.tiles_done(len(batch))
         result = finalize_slide(plan, out, config, models,
                                 seconds=time.perf_counter() - started, tiles_computed=computed)
-        problem = post_process_slide(job, out, config)
+        problem = post_process_slide(job, out, config) if post else ""
         return BatchRow(job.sample_id, "failed" if problem else "done", problem or result.note,
                         time.perf_counter() - started, result.n_cells)
     except Exception as error:  # one slide never stops the batch
@@ -248,7 +278,8 @@ def _failed(job: SlideJob, error: BaseException, seconds: float) -> BatchRow:
 
 
 def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
-              progress: BatchProgress, record) -> dict:
+              progress: BatchProgress, record, deferred: set[str] = frozenset(),
+              held: dict | None = None) -> dict:
     from distributed import as_completed
 
     retries = config.batch.retries
@@ -287,6 +318,11 @@ def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
                 submit("finalize", job, task_finalize, value, out, config, 0.0, 0)
         elif step == "finalize":
             slide["note"], slide["cells"] = value.note, value.n_cells
+            if job.sample_id in deferred and held is not None:  # after its reference
+                held[job.sample_id] = BatchRow(job.sample_id, "done", value.note,
+                                               time.perf_counter() - slide["started"],
+                                               value.n_cells)
+                continue
             submit("post", job, post_process_slide, job, out, config)
         elif step == "tiles":
             slide["computed"] += value

@@ -47,6 +47,7 @@ from pathology.regions import (
     region_names,
     regions_from_tumour,
 )
+from pathology.registration.serial import registered_regions, save_region_map
 from pathology.scores import hscore, pdl1_cps, pdl1_tps
 from pathology.spatial import (
     Window,
@@ -584,6 +585,9 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
     record = json.loads(features_path.read_text()) if features_path.is_file() else {}
     regions = build_regions(cells, result, window, sample_id=sample_id, panel=panel,
                             config=config, slide_info=record.get("slide", {}))
+    if regions.source != "annotation":  # a serial section: its reference's regions, if fit
+        regions = registered_regions(folder, window.mask.shape) or regions
+    save_region_map(folder, regions)  # so that serial sections can carry them across
     window = Window(regions.codes > 0, window.mpp)  # less annotated Necrosis / Ignore*
     tumour_cells = resolve_tumour_cells(cells, result, regions, panel=panel, config=config)
     result, panel = tumour_cells.result, tumour_cells.panel

@@ -27,6 +27,7 @@ from pathology.qc.artefacts import ARTEFACT_MASK_FILE, ARTEFACTS, save_artefact_
 from pathology.qc.decisions import valid_sample_id
 from pathology.qc.metrics import SlideQc, slide_qc
 from pathology.qc.shapes import REGION_CODES, mask_polygons, region_raster
+from pathology.registration.serial import registration_checks
 from pathology.slide import Slide
 from pathology.store import atomic_write_text
 
@@ -255,13 +256,14 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
     n_regions = geojson.write_annotations(
         _region_features(qc, codes), target / REGIONS_FILE, mpp_x=info.pixel_size.mpp_x,
         mpp_y=info.pixel_size.mpp_y, colors=region_colors, decimals=qcc.geojson_decimals)
-    fired = qc.fired
+    registration = registration_checks(folder)  # serial sections: the fit onto the reference
+    fired = [*qc.fired, *(f for f in registration if f.fired)]
     result = {
         "sample_id": sample_id, "modality": modality, "kind": kind,
         "status": "flagged" if fired else "pass",
         "flags": [f.name for f in fired],
         "reasons": [f.reason for f in fired],
-        "checks": [f.to_json() for f in qc.flags],
+        "checks": [f.to_json() for f in (*qc.flags, *registration)],
         "metrics": qc.metrics,
         "slide": {"path": str(info.path), "backend": info.backend,
                   "dimensions": list(info.dimensions), "mpp_x": info.pixel_size.mpp_x,
@@ -270,6 +272,8 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
         "files": {"thumbnail": "thumbnail.png", "tissue_artefacts": "tissue_artefacts.png",
                   "detections": "detections.png", "regions": "regions.png",
                   "density": "density.png", "artefact_mask": ARTEFACT_FILE,
+                  "registration": "registration.png" if registration and (
+                      target / "registration.png").is_file() else None,
                   "layers": VIEWER_LAYERS, "crops": crops,
                   "detections_geojson": DETECTIONS_FILE if has_polygons else None,
                   "regions_geojson": REGIONS_FILE},

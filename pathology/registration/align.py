@@ -8,9 +8,9 @@ and affine stages and L-BFGS-B for the B-spline. Nothing here is a hand-written 
 1. **Orientation search.** A section may lie on the glass rotated by any angle or upside
    down (flipped). Every flip x angle (``rigid_angle_step_deg`` apart) is tried with the tissue
    centroids superposed, and scored on a coarse grid by the tissue-mask Dice plus the
-   correlation of the signals; the best ``rigid_candidates`` are refined.
-2. **Rigid**: rotation + translation, on top of the candidate's flip, for each candidate; the
-   best refined candidate (by the same score) is kept.
+   normalised mutual information of the signals; the best ``rigid_candidates`` are refined.
+2. **Rigid**: rotation + translation for each candidate (a flipped candidate is optimised on
+   the moving view mirrored pixel by pixel); the best refined candidate (same score) is kept.
 3. **Affine**: scale and shear on top (sections stretch, shrink and shear when cut and
    mounted).
 4. **Non-rigid** (``nonrigid``): a cubic B-spline over a coarse grid; kept only if it improves
@@ -158,6 +158,12 @@ class _Pair:
         sample = ndi.binary_dilation(moving.mask, iterations=rim) if moving.mask.any() else \
             np.ones(moving.mask.shape, bool)
         self.sample_mask = _image(sample.astype(np.uint8), moving.spacing)
+        # The moving view mirrored left-right (exactly, by pixels) for flipped candidates:
+        # ITK optimises the rigid transform on it, never through a mirroring initial transform.
+        self.m_signal_mirrored = _image(moving.signal[:, ::-1].astype(np.float32),
+                                        moving.spacing)
+        self.sample_mask_mirrored = _image(sample[:, ::-1].astype(np.uint8), moving.spacing)
+        self.width = moving.mask.shape[1] * moving.spacing[0]
         factor = max(1, int(math.ceil(max(moving.mask.shape + fixed.mask.shape)
                                       / search_size_px)))
         self.factor = factor
@@ -234,14 +240,14 @@ def _nmi(a: np.ndarray, b: np.ndarray, bins: int) -> float:
 
 
 def _method(pair: _Pair, *, shrink: list[int], smooth: list[float], bins: int,
-            sampling: float):
+            sampling: float, mirrored: bool = False):
     import SimpleITK as sitk
 
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(sampling, SEED)
-    method.SetMetricFixedMask(pair.sample_mask)
+    method.SetMetricFixedMask(pair.sample_mask_mirrored if mirrored else pair.sample_mask)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetShrinkFactorsPerLevel(shrink)
     method.SetSmoothingSigmasPerLevel(smooth)
@@ -255,26 +261,34 @@ def _pyramid(pair: _Pair, finest: int) -> tuple[list[int], list[float]]:
     return shrink, [max(0.0, math.log2(f)) for f in shrink]
 
 
-def _run(method, pair: _Pair) -> tuple[str, int]:
-    method.Execute(pair.m_signal, pair.f_signal)
+def _run(method, pair: _Pair, *, mirrored: bool = False) -> tuple[str, int]:
+    method.Execute(pair.m_signal_mirrored if mirrored else pair.m_signal, pair.f_signal)
     return method.GetOptimizerStopConditionDescription(), int(method.GetOptimizerIteration())
 
 
-def _flip(pair: _Pair, flipped: bool):
-    """Mirror about the vertical axis through the fixed tissue centroid (or identity)."""
-    matrix = np.diag([-1.0, 1.0]) if flipped else np.eye(2)
-    return _sitk_affine(matrix, pair.c_fixed - matrix @ pair.c_fixed, pair.c_fixed)
+def _mirror(pair: _Pair, flipped: bool):
+    """The left-right mirror of the moving view, ``x -> width - x`` (or the identity)."""
+    import SimpleITK as sitk
+
+    mirror = sitk.AffineTransform(2)
+    if flipped:
+        mirror.SetMatrix([-1.0, 0.0, 0.0, 1.0])
+        mirror.SetTranslation([pair.width, 0.0])
+    return mirror
 
 
 def _candidate(pair: _Pair, flipped: bool, angle_deg: float):
-    """``q = F R (p - c_moving) + c_fixed`` as (flip, Euler2D) SimpleITK transforms."""
+    """``q = R (m(p) - m(c_moving)) + c_fixed`` with ``m`` the mirror (if flipped), as the
+    SimpleITK transforms ``(euler, mirror)``: the candidate is ``euler(mirror(p))``."""
     import SimpleITK as sitk
 
+    mirror = _mirror(pair, flipped)
+    centre = np.asarray(mirror.TransformPoint([float(v) for v in pair.c_moving]))
     euler = sitk.Euler2DTransform()
-    euler.SetCenter([float(v) for v in pair.c_moving])
+    euler.SetCenter([float(v) for v in centre])
     euler.SetAngle(math.radians(angle_deg))
-    euler.SetTranslation([float(v) for v in pair.c_fixed - pair.c_moving])
-    return _flip(pair, flipped), euler
+    euler.SetTranslation([float(v) for v in pair.c_fixed - centre])
+    return euler, mirror
 
 
 def _compose(outer, inner) -> Transform:
@@ -324,42 +338,51 @@ def align(moving: Overview, fixed: Overview, *, config: RegistrationSection) -> 
     angles = np.arange(0.0, 360.0, config.rigid_angle_step_deg)
     for flipped in (False, True) if config.allow_flip else (False,):
         for angle in angles:
-            flip, euler = _candidate(pair, flipped, float(angle))
-            total = sitk.CompositeTransform([flip, euler])
+            euler, mirror = _candidate(pair, flipped, float(angle))
+            total = sitk.CompositeTransform([euler, mirror])  # euler(mirror(p))
             scored.append((pair.similarity(total, coarse=True).score, flipped, float(angle)))
     scored.sort(key=lambda item: -item[0])
     candidates = _distinct(scored, config.rigid_candidates, config.rigid_angle_step_deg)
     search_seconds = time.perf_counter() - started
     best_flip, best_angle = candidates[0][1], candidates[0][2]
-    flip, euler = _candidate(pair, best_flip, best_angle)
-    stages.append(Stage("search", _with_units(_compose(flip, euler), pair),
-                        pair.similarity(sitk.CompositeTransform([flip, euler])),
+    euler, mirror = _candidate(pair, best_flip, best_angle)
+    stages.append(Stage("search", _with_units(_compose(euler, mirror), pair),
+                        pair.similarity(sitk.CompositeTransform([euler, mirror])),
                         search_seconds, note=f"{len(scored)} orientations; best "
                         f"{'flipped, ' if best_flip else ''}{best_angle:g} deg"))
 
     # 2. rigid refinement of each candidate
     shrink, smooth = _pyramid(pair, 2)
     best = None
+    failures: list[str] = []
     for _, flipped, angle in candidates:
         started = time.perf_counter()
-        flip, euler = _candidate(pair, flipped, angle)
+        euler, mirror = _candidate(pair, flipped, angle)
         method = _method(pair, shrink=shrink, smooth=smooth, bins=config.histogram_bins,
-                         sampling=config.sampling_fraction)
+                         sampling=config.sampling_fraction, mirrored=flipped)
         method.SetOptimizerAsRegularStepGradientDescent(
             learningRate=1.0, minStep=1e-4, numberOfIterations=config.iterations,
             relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
         method.SetOptimizerScalesFromPhysicalShift()
-        method.SetMovingInitialTransform(flip)
         method.SetInitialTransform(euler, inPlace=True)
-        stop, iterations = _run(method, pair)
-        transform = _compose(flip, euler)
+        try:
+            stop, iterations = _run(method, pair, mirrored=flipped)
+        except RuntimeError as error:  # ITK: the images stopped overlapping
+            failures.append(f"{'flipped, ' if flipped else ''}{angle:g} deg: "
+                            f"{_itk_message(error)}")
+            continue
+        transform = _compose(euler, mirror)
         score = pair.similarity(transform.to_sitk())
         stage = Stage("rigid", _with_units(transform, pair), score,
                       time.perf_counter() - started, stop, iterations,
                       note=f"from {'flipped, ' if flipped else ''}{angle:g} deg")
         if best is None or score.score > best.similarity.score:
             best = stage
-    assert best is not None
+    if best is None:  # every refinement failed: keep the search's answer, say so
+        euler, mirror = _candidate(pair, best_flip, best_angle)
+        transform = _with_units(_compose(euler, mirror), pair)
+        best = Stage("rigid", transform, stages[-1].similarity, 0.0, "failed", 0, True,
+                     "; ".join(failures))
     stages.append(best)
 
     # 3. affine
@@ -373,13 +396,18 @@ def align(moving: Overview, fixed: Overview, *, config: RegistrationSection) -> 
         relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetInitialTransform(affine, inPlace=True)
-    stop, iterations = _run(method, pair)
-    a, b = _affine_of(affine)
-    affine_t = _with_units(Transform(a, b), pair)
-    affine_sim = pair.similarity(affine_t.to_sitk())
-    kept = affine_sim.score >= best.similarity.score - 1e-3
+    try:
+        stop, iterations = _run(method, pair)
+        a, b = _affine_of(affine)
+        affine_t = _with_units(Transform(a, b), pair)
+        affine_sim = pair.similarity(affine_t.to_sitk())
+        kept = affine_sim.score >= best.similarity.score - 1e-3
+        note = "" if kept else "worse than rigid: rigid kept"
+    except RuntimeError as error:
+        affine_t, affine_sim, kept = best.transform, best.similarity, False
+        stop, iterations, note = "failed", 0, f"failed: {_itk_message(error)}; rigid kept"
     stages.append(Stage("affine", affine_t, affine_sim, time.perf_counter() - started, stop,
-                        iterations, kept, "" if kept else "worse than rigid: rigid kept"))
+                        iterations, kept, note))
     final = affine_t if kept else best.transform
     final_sim = affine_sim if kept else best.similarity
 
@@ -387,14 +415,20 @@ def align(moving: Overview, fixed: Overview, *, config: RegistrationSection) -> 
     min_jacobian = None
     if config.nonrigid:
         started = time.perf_counter()
-        field_t, stop, iterations, min_jacobian = _bspline(pair, final, config)
-        field_sim = pair.similarity(field_t.to_sitk())
-        folds = min_jacobian is not None and min_jacobian <= config.min_jacobian
-        gain = field_sim.score - final_sim.score
-        kept = gain > config.nonrigid_min_gain and not folds
-        note = (f"folds (Jacobian determinant {min_jacobian:.3g} <= {config.min_jacobian:g})"
-                if folds else f"score {'+' if gain >= 0 else ''}{gain:.4f}"
-                + ("" if kept else f" <= {config.nonrigid_min_gain:g}: affine kept"))
+        try:
+            field_t, stop, iterations, min_jacobian = _bspline(pair, final, config)
+        except RuntimeError as error:
+            field_t, stop, iterations = final, "failed", 0
+            note, kept, field_sim = f"failed: {_itk_message(error)}", False, final_sim
+        else:
+            field_sim = pair.similarity(field_t.to_sitk())
+            folds = min_jacobian is not None and min_jacobian <= config.min_jacobian
+            gain = field_sim.score - final_sim.score
+            kept = gain > config.nonrigid_min_gain and not folds
+            note = (f"folds (Jacobian determinant {min_jacobian:.3g} <= "
+                    f"{config.min_jacobian:g})" if folds else
+                    f"score {'+' if gain >= 0 else ''}{gain:.4f}"
+                    + ("" if kept else f" <= {config.nonrigid_min_gain:g}: affine kept"))
         stages.append(Stage("nonrigid", field_t, field_sim, time.perf_counter() - started,
                             stop, iterations, kept, note))
         if kept:
@@ -402,6 +436,12 @@ def align(moving: Overview, fixed: Overview, *, config: RegistrationSection) -> 
     return Alignment(final, tuple(stages),
                      tuple({"flipped": f, "angle_deg": a, "coarse_score": round(s, 4)}
                            for s, f, a in candidates), min_jacobian)
+
+
+def _itk_message(error: RuntimeError) -> str:
+    """The last line of an ITK exception (the reason, without the C++ location)."""
+    text = " ".join(str(error).split())
+    return text.split("ITK ERROR:")[-1].split("):", 1)[-1].strip()[:200]
 
 
 def _distinct(scored: list, n: int, step: float) -> list:

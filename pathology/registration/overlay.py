@@ -3,7 +3,7 @@
 Left panel: squares alternating between the moving image and the fixed image mapped onto it
 (edges of tissue and structures run on across the squares when the fit is good). Right panel:
 the moving image with its own tissue outline (blue), the fixed tissue's outline mapped onto it
-(orange) and, when given, the reference's regions (tumour vermillion, margin orange, stroma
+(reddish purple) and, when given, the reference's regions (tumour vermillion, margin orange, stroma
 green). Colours are Okabe-Ito, as in :mod:`pathology.qc.overlays`.
 """
 
@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 from pathology.qc.overlays import FIXED_COLORS, OKABE_ITO, save_png
 
 MOVING_COLOR = OKABE_ITO["blue"]
-FIXED_COLOR = OKABE_ITO["orange"]
+FIXED_COLOR = OKABE_ITO["reddish_purple"]
 REGION_COLORS = {1: FIXED_COLORS["tumour"], 2: FIXED_COLORS["margin"],
                  3: FIXED_COLORS["stroma"]}
 

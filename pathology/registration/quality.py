@@ -105,11 +105,12 @@ def evaluate(alignment: Alignment, *, moving_tissue: float, fixed_tissue: float,
                         f"{'>' if bad else '<='} {config.max_anisotropy:g}"
                         + (": a degenerate transform" if bad else "")))
     affine = alignment.stage("affine")
+    failed = affine is not None and affine.optimizer == "failed"
     limit = affine is not None and "Maximum number of iterations" in affine.optimizer
-    checks.append(Check("converged", limit, float(affine.iterations) if affine else None,
+    checks.append(Check("converged", failed, float(affine.iterations) if affine else None,
                         f"registration.iterations = {config.iterations}",
-                        "affine optimiser " + ("stopped at its iteration limit without "
-                                               "converging" if limit else
-                                               f"converged ({affine.optimizer if affine else '-'})"
-                                               )))
+                        "affine optimiser failed: " + affine.note if failed else
+                        "affine optimiser at its iteration limit (not flagged by itself: the "
+                        "Dice and NMI checks judge the fit)" if limit else
+                        f"affine optimiser converged ({affine.optimizer if affine else '-'})"))
     return checks

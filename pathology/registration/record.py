@@ -94,6 +94,7 @@ class RegistrationRecord:
     moving_size: tuple[int, int]
     fixed_size: tuple[int, int]
     reference: str | None  # the reference sample id (batch), None from the command line
+    unit: str  # "um" (both pixel sizes known) or "px"
 
     @property
     def usable(self) -> bool:
@@ -246,7 +247,7 @@ def read_registration(path: str | Path) -> RegistrationRecord:
             path, str(record["status"]), tuple(record.get("reasons", [])), transform,
             Path(record["moving"]["path"]), Path(record["fixed"]["path"]),
             tuple(record["moving"]["size"]), tuple(record["fixed"]["size"]),
-            record.get("reference"))
+            record.get("reference"), str(record["moving"]["unit"]))
     except (KeyError, TypeError, TransformError) as error:
         raise RegistrationInputError(f"{path}: malformed registration ({error})") from error
 

@@ -50,7 +50,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
                     "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
 MAX_BODY = 64 * 1024
-FIGURE_KEYS = ("tissue_artefacts", "detections", "regions", "density")
+FIGURE_KEYS = ("tissue_artefacts", "detections", "regions", "density", "registration")
 
 
 class SecurityHeaders:

@@ -1,0 +1,134 @@
+"""Serial sections in ``hccbio slides run``: the manifest's block_id pairs each slide with its
+block's H&E, the pair is registered, and the H&E's annotated tumour is carried onto the IHC."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage import io as skio
+from skimage.transform import rescale
+from typer.testing import CliRunner
+
+from integration.cli import app
+from integration.demo import write_pyramidal_tiff
+from integration.manifest import read_manifest
+from pathology.regions import CODES
+from pathology.registration import read_registration
+from pathology.registration.serial import (
+    REGISTERED_ARRAY,
+    BlockMember,
+    SerialPair,
+    load_region_map,
+    plan_serial_pairs,
+)
+
+HEADER = "patient_id,timepoint,sample_id,modality,stain,path,mpp,block_id\n"
+
+
+def test_manifest_block_id_and_pairs(tmp_path):
+    """block_id is optional; blocks are per patient and timepoint; the first H&E is the
+    reference; a block without one is reported."""
+    path = tmp_path / "samples.csv"
+    path.write_text(HEADER + "P1,baseline,p1-he,he,HE,a.svs,,A1\n"
+                             "P1,baseline,p1-cd8,ihc,CD8,b.svs,,A1\n"
+                             "P1,baseline,p1-mif,mif,panel,c.tif,,A1\n"
+                             "P2,baseline,p2-cd8,ihc,CD8,d.svs,,A1\n"
+                             "P2,baseline,p2-he,he,HE,e.svs,,\n")
+    samples = read_manifest(path)
+    assert [s.block_id for s in samples] == ["A1", "A1", "A1", "A1", ""]
+    assert samples[0].block == "P1/baseline/A1" and samples[4].block == ""
+    pairs, notes = plan_serial_pairs([BlockMember(s.sample_id, s.modality, s.block)
+                                      for s in samples], reference_modality="he")
+    assert pairs == [SerialPair("p1-cd8", "p1-he"), SerialPair("p1-mif", "p1-he")]
+    assert len(notes) == 1 and "P2/baseline/A1" in notes[0] and "p2-cd8" in notes[0]
+    legacy = tmp_path / "legacy.csv"
+    legacy.write_text("patient_id,timepoint,sample_id,modality,stain,path\n"
+                      "P1,baseline,s1,he,HE,a.svs\n")
+    assert read_manifest(legacy)[0].block_id == ""
+
+
+@pytest.fixture(scope="module")
+def block(shared_data: Path, tmp_path_factory) -> dict:
+    """ANHIR's rat kidney H&E and pan-cytokeratin sections as two 2 um/px slides of one block,
+    and a QuPath annotation of a tumour on the H&E only."""
+    folder = shared_data / "registration" / "anhir-rat-kidney"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    root = tmp_path_factory.mktemp("block")
+    paths = {}
+    for name, file in (("he", "Rat-Kidney_HE.jpg"), ("ck", "Rat-Kidney_PanCytokeratin.jpg")):
+        image = skio.imread(folder / file)
+        small = rescale(image, 0.25, channel_axis=-1, anti_aliasing=True, preserve_range=True)
+        paths[name] = root / f"{name}.tiff"
+        write_pyramidal_tiff(paths[name], np.clip(np.rint(small), 0, 255).astype(np.uint8),
+                             mpp=2.0)
+    annotations = root / "annotations"
+    annotations.mkdir()
+    ring = [[160, 40], [270, 40], [270, 160], [160, 160], [160, 40]]  # level-0 px of the H&E
+    (annotations / "kidney-he.geojson").write_text(json.dumps({
+        "type": "FeatureCollection", "features": [{
+            "type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {"classification": {"name": "Tumor"}}}]}))
+    manifest = root / "samples.csv"
+    manifest.write_text(HEADER + f"R1,baseline,kidney-ck,ihc,CD8,{paths['ck']},,B7\n"
+                                 f"R1,baseline,kidney-he,he,HE,{paths['he']},,B7\n")
+    config = root / "pathology.yaml"
+    config.write_text(f"regions:\n  annotations_dir: {annotations}\n  margin_width_um: 40\n"
+                      "registration:\n  max_size_px: 512\n  nonrigid: false\n")
+    out = root / "out"
+    result = CliRunner().invoke(app, ["slides", "run", str(manifest), "--out", str(out),
+                                      "--config", str(config), "--scheduler", "sync",
+                                      "--quiet"])
+    return {"out": out, "result": result, "paths": paths}
+
+
+def test_batch_registers_the_ihc_onto_its_he_and_carries_the_tumour(block):
+    result, out = block["result"], block["out"]
+    assert result.exit_code == 0, result.output
+    with open(out / "batch_report.csv") as handle:
+        rows = {r["sample_id"]: r for r in csv.DictReader(handle)}
+    assert rows["kidney-he"]["status"] == "done" and rows["kidney-ck"]["status"] == "done"
+    registration = json.loads((out / "slides" / "kidney-ck" / "registration.json").read_text())
+    assert registration["status"] == "pass", registration["reasons"]
+    assert registration["reference"] == "kidney-he" and registration["moving"]["unit"] == "um"
+    assert not (out / "slides" / "kidney-he" / "registration.json").exists()
+    he = json.loads((out / "slides" / "kidney-he" / "features.json").read_text())
+    ck = json.loads((out / "slides" / "kidney-ck" / "features.json").read_text())
+    assert he["regions"]["source"] == "annotation"
+    assert ck["regions"]["source"] == "registered:kidney-he"
+    assert ck["regions"]["areas_mm2"]["tumour"] > 0
+    # The carried tumour lies where the H&E was annotated: its pixels, mapped back through the
+    # registration, fall in the annotated box (give or take a grid pixel and the fit).
+    carried = load_region_map(out / "slides" / "kidney-ck", name=REGISTERED_ARRAY)
+    rows, cols = np.nonzero(carried.codes == CODES["tumour"])
+    level0 = np.column_stack([cols + 0.5, rows + 0.5]) * carried.mpp / 2.0  # 2 um/px slides
+    on_he = read_registration(out / "slides" / "kidney-ck" / "registration.json"
+                              ).transform.map_level0(level0)
+    inside = ((on_he[:, 0] > 160 - 8) & (on_he[:, 0] < 270 + 8) & (on_he[:, 1] > 40 - 8)
+              & (on_he[:, 1] < 160 + 8))
+    assert inside.mean() > 0.95, inside.mean()
+    qc = json.loads((out / "slides" / "kidney-ck" / "qc" / "qc.json").read_text())
+    check = next(c for c in qc["checks"] if c["name"] == "registration")
+    assert not check["fired"] and "kidney-he" in check["reason"]
+    assert qc["files"]["registration"] == "registration.png"
+    assert (out / "slides" / "kidney-ck" / "qc" / "registration.png").is_file()
+
+
+def test_second_run_reuses_the_registration(block, tmp_path):
+    """A resumed batch does not register again when inputs and settings are unchanged."""
+    out = block["out"]
+    path = out / "slides" / "kidney-ck" / "registration.json"
+    before = json.loads(path.read_text())["created"]
+    manifest = out.parent / "samples.csv"
+    config = out.parent / "pathology.yaml"
+    result = CliRunner().invoke(app, ["slides", "run", str(manifest), "--out", str(out),
+                                      "--config", str(config), "--scheduler", "sync",
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(path.read_text())["created"] == before
+    ck = json.loads((out / "slides" / "kidney-ck" / "features.json").read_text())
+    assert ck["regions"]["source"] == "registered:kidney-he"
