@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pathology.config import PathologyConfig
+from pathology.layout import RunFolder
 from pathology.pipeline import (
     ModelCache,
     SlideJob,
@@ -173,7 +174,7 @@ def post_process_slide(job: SlideJob, out: Path, config: PathologyConfig, *,
     from pathology.qc.run import QcError, measure_slide_qc, qc_digest, run_slide_qc
     from pathology.slide import SlideError
 
-    folder = out / "slides" / job.sample_id
+    folder = RunFolder(out).slide(job.sample_id).root
     classes = folder / CLASSES_FILE
     classes_before = file_sha256(classes) if reuse_qc and classes.is_file() else None
     problems = []

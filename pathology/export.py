@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from pathology import layout
+from pathology.layout import RunFolder, SlideFolder
 from pathology.store import atomic_write_bytes
 
-ANNDATA_FILE = "cells.h5ad"
+ANNDATA_FILE = layout.ANNDATA
 SPATIAL_KEY = "spatial"
 # cells.parquet columns that are ids, positions or outlines, not measurements
 NOT_MEASURED = {"cell_id", "tile_index", "x_um", "y_um", "x_px", "y_px", "poly_x_um",
@@ -54,7 +56,7 @@ def slide_anndata(folder: Path):
     import anndata
 
     folder = Path(folder)
-    cells_path = folder / "cells.parquet"
+    cells_path = SlideFolder(folder).cells
     if not cells_path.is_file():
         raise ExportError(f"{cells_path}: not found; run 'hccbio slides run' first")
     names = pq.read_schema(cells_path).names
@@ -66,7 +68,7 @@ def slide_anndata(folder: Path):
     obs = pd.DataFrame({"x_um": cells["x_um"].to_numpy(np.float64),
                         "y_um": cells["y_um"].to_numpy(np.float64)},
                        index=pd.Index(cell_id.astype(str), name="cell_id"))
-    classes_path = folder / "cell_classes.parquet"
+    classes_path = SlideFolder(folder).classes
     if classes_path.is_file():
         classes = pd.read_parquet(classes_path)
         if len(classes) != len(cells) or ("cell_id" in classes and not np.array_equal(
@@ -83,7 +85,7 @@ def slide_anndata(folder: Path):
     x = cells[measured].to_numpy(dtype=np.float32) if measured else np.zeros((len(cells), 0),
                                                                              np.float32)
     record = {}
-    features_path = folder / "features.json"
+    features_path = SlideFolder(folder).features
     if features_path.is_file():
         record = json.loads(features_path.read_text())
     regions = record.get("regions", {})
@@ -106,9 +108,9 @@ def export_anndata(out: Path, sample_id: str) -> Path:
     See :func:`slide_anndata`. The whole slide's cells are held in memory while writing
     (about 150 bytes per cell for a typical set of columns).
     """
-    folder = Path(out) / "slides" / sample_id
-    adata = slide_anndata(folder)
-    target = folder / ANNDATA_FILE
+    slide = RunFolder(out).slide(sample_id)
+    adata = slide_anndata(slide.root)
+    target = slide.anndata
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         adata.write_h5ad(tmp)

@@ -21,8 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pathology import layout
 from pathology.cells import measure_tile
 from pathology.config import PathologyConfig
+from pathology.layout import RunFolder
 from pathology.nuclei import (
     NucleusModel,
     Prediction,
@@ -40,8 +42,8 @@ from pathology.tissue import detect_tissue, explain_no_tissue
 log = logging.getLogger("hccbio.pathology")
 
 SLIDE_KINDS = {"he": "brightfield", "ihc": "brightfield", "mif": "fluorescence"}
-CELLS_FILE = "cells.parquet"
-FEATURES_FILE = "features.json"
+CELLS_FILE = layout.CELLS
+FEATURES_FILE = layout.FEATURES
 NORM_SAMPLE_SPACING = 2048  # px at working resolution; fixed so normalisation ignores tiling
 NORM_SAMPLE_SIZE = 256
 # About 10.6 Mpx per forward pass on a GPU (8 read boxes of 1152 px): a few GB of U-Net
@@ -242,7 +244,7 @@ def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
         identity = {"input": file_signature(job.path), "config": cfg.digest(),
                     "model": model.sha256, "modality": job.modality,
                     "manifest_mpp": job.mpp}
-        store = SlideStore(out / "slides" / job.sample_id, identity)
+        store = SlideStore(RunFolder(out).slide(job.sample_id).root, identity)
         stored = store.tissue_mask()
         if stored is None:
             mask_mpp = cfg.tissue.mask_mpp
@@ -302,7 +304,7 @@ def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: M
     int
         Number of tiles computed (tiles already done are skipped).
     """
-    store = SlideStore(out / "slides" / plan.job.sample_id, plan.identity)
+    store = SlideStore(RunFolder(out).slide(plan.job.sample_id).root, plan.identity)
     wanted = None if tile_indices is None else set(tile_indices)
     todo = [tile for tile in plan.tiles
             if (wanted is None or tile.index in wanted) and not store.tile_done(tile.index)]
@@ -374,7 +376,7 @@ def _read_tile(slide: Slide, tile: Tile, config: PathologyConfig) -> np.ndarray:
 def finalize_slide(plan: SlidePlan, out: Path, config: PathologyConfig, models: ModelCache, *,
                    seconds: float = 0.0, tiles_computed: int = 0) -> SlideResult:
     """Consolidate the tile parts into ``cells.parquet`` and write ``features.json``."""
-    folder = out / "slides" / plan.job.sample_id
+    folder = RunFolder(out).slide(plan.job.sample_id).root
     store = SlideStore(folder, plan.identity)
     missing = [t.index for t in plan.tiles if not store.tile_done(t.index)]
     if missing:
@@ -434,7 +436,7 @@ def process_slide(job: SlideJob, out: Path, config: PathologyConfig, models: Mod
     started = time.perf_counter()
     plan = prepare_slide(job, out, config, models)
     computed = process_tiles(plan, out, config, models, max_tiles=max_tiles)
-    store = SlideStore(out / "slides" / job.sample_id, plan.identity)
+    store = SlideStore(RunFolder(out).slide(job.sample_id).root, plan.identity)
     if any(not store.tile_done(t.index) for t in plan.tiles):
         return SlideResult(job.sample_id, -1, len(plan.tiles), computed, plan.tissue_area_mm2,
                            "interrupted (max_tiles)")

@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
+from pathology.layout import SlideFolder
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask; files get the usual mode
 
@@ -71,7 +73,7 @@ class SlideStore:
 
     def __init__(self, folder: Path, identity: dict) -> None:
         self.folder = Path(folder)
-        self.zarr_path = self.folder / "store.zarr"
+        self.zarr_path = SlideFolder(self.folder).store
         self.parts = self.folder / PARTS_DIR
         self.identity = identity
         self.reset_reason: str | None = None

@@ -13,12 +13,12 @@ import csv
 import fcntl
 import io
 import os
-import re
 import threading
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pathology.layout import SAMPLE_ID_RE, valid_sample_id  # noqa: F401 - re-exported
 from pathology.qc.review_log import (
     DECISIONS,
     REJECTED,
@@ -31,15 +31,9 @@ from pathology.qc.review_log import (
 )
 
 REVIEW_FILE = review_path(".").name
-SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_COMMENT = 2000
 MAX_REVIEWER = 100
 _LOCK = threading.Lock()
-
-
-def valid_sample_id(sample_id: str) -> bool:
-    """Whether ``sample_id`` is a safe folder name (letters, digits, ``._-``, no ``..``)."""
-    return bool(SAMPLE_ID_RE.fullmatch(sample_id)) and ".." not in sample_id
 
 
 def read_decisions(out: Path) -> list[Decision]:

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-REVIEW_FILE = Path("qc") / "review.csv"
+from pathology import layout
+
+REVIEW_FILE = Path(layout.QC_DIR) / layout.REVIEW_LOG
 REVIEW_COLUMNS = ("sample_id", "decision", "reviewer", "time", "comment")
 APPROVED = "approved"
 REJECTED = "rejected"

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from urllib.parse import quote
 
+from pathology.layout import RunFolder
 from pathology.qc.decisions import latest_decisions, valid_sample_id
 from pathology.qc.review_log import NOT_REVIEWED
 from pathology.qc.run import QC_DIR, QC_FILE
@@ -33,7 +34,7 @@ SUMMARY_COLUMNS = (
 def read_slide_qc(out: Path) -> dict[str, dict]:
     """Every slide's ``qc.json`` of a run folder, keyed by sample id (sorted)."""
     records = {}
-    for path in sorted((Path(out) / "slides").glob(f"*/{QC_DIR}/{QC_FILE}")):
+    for path in sorted(RunFolder(out).slides.glob(f"*/{QC_DIR}/{QC_FILE}")):
         sample_id = path.parent.parent.name
         if valid_sample_id(sample_id):
             records[sample_id] = json.loads(path.read_text())

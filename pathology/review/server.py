@@ -6,6 +6,8 @@ import ipaddress
 import socket
 from pathlib import Path
 
+from pathology.layout import RunFolder
+
 LOOPBACK_NAMES = ("localhost",)
 
 
@@ -63,7 +65,7 @@ def serve(out: Path, *, host: str = "127.0.0.1", port: int = 8000, allow_remote:
     from pathology.review.app import create_app
 
     check_bind(host, allow_remote=allow_remote)
-    if not (Path(out) / "slides").is_dir():
+    if not RunFolder(out).slides.is_dir():
         raise FileNotFoundError(f"{out}: no slides/ folder (run 'hccbio slides run' first)")
     uvicorn.run(create_app(Path(out), reviewer=reviewer), host=host, port=port,
                 log_level="warning")

@@ -1,0 +1,197 @@
+"""The run folder's layout, named once: every module asks :class:`RunFolder` and
+:class:`SlideFolder` for a path instead of spelling ``"slides"`` or ``"cells.parquet"``.
+
+```
+OUT/                              RunFolder
+  run.json, batch_report.csv      .run_json, .batch_report
+  pathology_features.csv (+ _dictionary.csv)
+  qc/qc_summary.csv, index.html, review.csv
+  features.csv, exclusions.csv, report.html, analysis/
+  slides/<sample_id>/             SlideFolder
+    store.zarr, cell_parts/, cells.parquet, cell_classes.parquet, features.json, cells.h5ad
+    qc/qc.json, artefact_mask.png, artefacts.json, ...
+```
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SLIDES_DIR = "slides"
+STORE = "store.zarr"
+CELL_PARTS = "cell_parts"
+CELLS = "cells.parquet"
+CLASSES = "cell_classes.parquet"
+FEATURES = "features.json"
+ANNDATA = "cells.h5ad"
+QC_DIR = "qc"
+QC_JSON = "qc.json"
+ARTEFACT_MASK = "artefact_mask.png"
+ARTEFACT_META = "artefacts.json"
+RUN_JSON = "run.json"
+BATCH_REPORT = "batch_report.csv"
+PATHOLOGY_FEATURES = "pathology_features.csv"
+PATHOLOGY_DICTIONARY = "pathology_features_dictionary.csv"
+QC_SUMMARY = "qc_summary.csv"
+QC_INDEX = "index.html"
+REVIEW_LOG = "review.csv"
+SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def valid_sample_id(sample_id: str) -> bool:
+    """Whether ``sample_id`` is a safe folder name (letters, digits, ``._-``, no ``..``).
+
+    Examples
+    --------
+    >>> valid_sample_id("P01_baseline_he"), valid_sample_id("../etc")
+    (True, False)
+    """
+    return bool(SAMPLE_ID_RE.fullmatch(sample_id)) and ".." not in sample_id
+
+
+@dataclass(frozen=True)
+class SlideFolder:
+    """``OUT/slides/<sample_id>``: one slide's outputs.
+
+    Examples
+    --------
+    >>> SlideFolder(Path("out/slides/s1")).cells.as_posix()
+    'out/slides/s1/cells.parquet'
+    """
+
+    root: Path
+
+    @property
+    def sample_id(self) -> str:
+        """The slide's sample id (the folder name)."""
+        return self.root.name
+
+    @property
+    def store(self) -> Path:
+        """``store.zarr``: tissue mask, tile progress, slide facts."""
+        return self.root / STORE
+
+    @property
+    def cell_parts(self) -> Path:
+        """``cell_parts/``: one Parquet part per finished tile."""
+        return self.root / CELL_PARTS
+
+    @property
+    def cells(self) -> Path:
+        """``cells.parquet``: one row per nucleus."""
+        return self.root / CELLS
+
+    @property
+    def classes(self) -> Path:
+        """``cell_classes.parquet``: phenotype, region, artefact, marker calls per cell."""
+        return self.root / CLASSES
+
+    @property
+    def features(self) -> Path:
+        """``features.json``: slide facts and features with units."""
+        return self.root / FEATURES
+
+    @property
+    def anndata(self) -> Path:
+        """``cells.h5ad``: the cells as AnnData (``hccbio slides export``)."""
+        return self.root / ANNDATA
+
+    @property
+    def qc(self) -> Path:
+        """``qc/``: QC metrics, overlays, QuPath exports."""
+        return self.root / QC_DIR
+
+    @property
+    def qc_json(self) -> Path:
+        """``qc/qc.json``."""
+        return self.qc / QC_JSON
+
+    @property
+    def artefact_mask(self) -> Path:
+        """``qc/artefact_mask.png``: QC's artefacts, subtracted by the features step."""
+        return self.qc / ARTEFACT_MASK
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """``OUT``: one run's outputs.
+
+    Examples
+    --------
+    >>> run = RunFolder(Path("out"))
+    >>> run.slide("s1").features.as_posix(), run.review_log.as_posix()
+    ('out/slides/s1/features.json', 'out/qc/review.csv')
+    """
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def slides(self) -> Path:
+        """``slides/``: one folder per slide."""
+        return self.root / SLIDES_DIR
+
+    def slide(self, sample_id: str) -> SlideFolder:
+        """The folder of one slide.
+
+        Raises
+        ------
+        ValueError
+            ``sample_id`` is not a safe folder name.
+        """
+        if not valid_sample_id(sample_id):
+            raise ValueError(f"invalid sample id {sample_id!r} (letters, digits, '._-')")
+        return SlideFolder(self.slides / sample_id)
+
+    def slide_folders(self, *, having: str | None = None) -> list[SlideFolder]:
+        """Every slide folder with a valid id, sorted; only those holding ``having`` (a file
+        name such as :data:`FEATURES`) when given."""
+        if not self.slides.is_dir():
+            return []
+        return [SlideFolder(p) for p in sorted(self.slides.iterdir())
+                if p.is_dir() and valid_sample_id(p.name)
+                and (having is None or (p / having).exists())]
+
+    @property
+    def run_json(self) -> Path:
+        """``run.json``: provenance."""
+        return self.root / RUN_JSON
+
+    @property
+    def batch_report(self) -> Path:
+        """``batch_report.csv``: one row per sample."""
+        return self.root / BATCH_REPORT
+
+    @property
+    def pathology_features(self) -> Path:
+        """``pathology_features.csv``: one row per slide."""
+        return self.root / PATHOLOGY_FEATURES
+
+    @property
+    def pathology_dictionary(self) -> Path:
+        """``pathology_features_dictionary.csv``."""
+        return self.root / PATHOLOGY_DICTIONARY
+
+    @property
+    def qc(self) -> Path:
+        """``qc/``: the run's QC table, review page and review log."""
+        return self.root / QC_DIR
+
+    @property
+    def qc_summary(self) -> Path:
+        """``qc/qc_summary.csv``."""
+        return self.qc / QC_SUMMARY
+
+    @property
+    def qc_index(self) -> Path:
+        """``qc/index.html``."""
+        return self.qc / QC_INDEX
+
+    @property
+    def review_log(self) -> Path:
+        """``qc/review.csv``: the pathologist's decisions (:mod:`pathology.qc.review_log`)."""
+        return self.qc / REVIEW_LOG
