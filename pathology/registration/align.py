@@ -198,8 +198,8 @@ def similarity(mask: np.ndarray, other_mask: np.ndarray, signal: np.ndarray,
 
     Examples
     --------
-    >>> a = np.zeros((4, 4), bool); a[:2] = True
-    >>> s = similarity(a, a, a.astype(float), a.astype(float))
+    >>> a = np.zeros((4, 4), bool); a[:2] = True; signal = np.arange(16.0).reshape(4, 4)
+    >>> s = similarity(a, a, signal, signal)
     >>> (s.dice, round(s.ncc, 6), round(s.nmi, 6), s.coverage)
     (1.0, 1.0, 1.0, 1.0)
     """
