@@ -13,6 +13,8 @@ import typer
 
 from blood.cli import app as blood_app
 from integration.manifest import SLIDE_MODALITIES, ManifestError, read_manifest
+from pathology import layout
+from pathology.layout import RunFolder
 from transcriptome.cli import rnaseq_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -109,7 +111,7 @@ def slides_features(
         cfg = load_config(config)
     except ConfigError as error:
         _fail(str(error))
-    if not (out / "slides").is_dir():
+    if not RunFolder(out).slides.is_dir():
         _fail(f"{out}: no slides/ folder (run 'hccbio slides run' first)")
     statuses = run_features(out, config=cfg)
     for s in statuses:
@@ -134,7 +136,7 @@ def slides_qc(
         cfg = load_config(config)
     except ConfigError as error:
         _fail(str(error))
-    if not (out / "slides").is_dir():
+    if not RunFolder(out).slides.is_dir():
         _fail(f"{out}: no slides/ folder (run 'hccbio slides run' first)")
     statuses = run_qc(out, config=cfg)
     summary = write_qc_summary(out)
@@ -155,9 +157,9 @@ def slides_export(
     squidpy, scimap or scanpy."""
     from pathology.export import ExportError, export_anndata
 
-    if not (out / "slides").is_dir():
+    if not RunFolder(out).slides.is_dir():
         _fail(f"{out}: no slides/ folder (run 'hccbio slides run' first)")
-    ids = sample or sorted(p.parent.name for p in (out / "slides").glob("*/cells.parquet"))
+    ids = sample or [s.sample_id for s in RunFolder(out).slide_folders(having=layout.CELLS)]
     failed = 0
     for sample_id in ids:
         try:
@@ -236,7 +238,7 @@ def review(
 
     try:
         check_bind(host, allow_remote=allow_remote)
-        if not (out / "slides").is_dir():
+        if not RunFolder(out).slides.is_dir():
             raise FileNotFoundError(f"{out}: no slides/ folder (run 'hccbio slides run' "
                                     "first)")
         typer.echo(f"review app on http://{host}:{port}/ (Ctrl-C to stop)")

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from pathology import layout
 from pathology.config import PathologyConfig
 from pathology.distributed import (
     dask_client,
@@ -32,6 +33,7 @@ from pathology.distributed import (
     tile_batches,
 )
 from pathology.features import write_run_features
+from pathology.layout import RunFolder, SlideFolder
 from pathology.lock import RunLock
 from pathology.nuclei import ModelError, file_sha256, resolve_model_path
 from pathology.pipeline import (
@@ -51,9 +53,9 @@ from pathology.store import atomic_write_text
 
 log = logging.getLogger("hccbio.pathology")
 
-REPORT_FILE = "batch_report.csv"
+REPORT_FILE = layout.BATCH_REPORT
 REPORT_COLUMNS = ("sample_id", "status", "reason", "seconds")
-RUN_FILE = "run.json"
+RUN_FILE = layout.RUN_JSON
 PACKAGES = ("hccbio", "stardist", "tensorflow", "tensorflow-cpu", "numpy", "scikit-image",
             "openslide-python", "openslide-bin", "tiffslide", "tifffile", "zarr", "pyarrow")
 
@@ -110,9 +112,9 @@ def _configured_model_sha(job: SlideJob, config: PathologyConfig) -> str | None:
 
 def _is_complete(out: Path, job: SlideJob, config: PathologyConfig) -> bool:
     """Whether a previous run finished this slide with the same input file and configuration."""
-    folder = out / "slides" / job.sample_id
+    folder = RunFolder(out).slide(job.sample_id).root
     features = folder / FEATURES_FILE
-    if not features.is_file() or not (folder / "cells.parquet").is_file():
+    if not features.is_file() or not SlideFolder(folder).cells.is_file():
         return False
     try:
         recorded = json.loads(features.read_text())

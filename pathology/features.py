@@ -24,7 +24,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
 
+from pathology import layout
 from pathology.config import PathologyConfig
+from pathology.layout import RunFolder, SlideFolder
 from pathology.lymphocytes import BASE_COLUMNS as LYMPHOCYTE_COLUMNS
 from pathology.panels import Panel, Phenotype, Threshold, resolve_panel
 from pathology.phenotypes import (
@@ -61,11 +63,11 @@ from pathology.spatial import (
 )
 from pathology.store import atomic_write_parquet, atomic_write_text
 
-CELLS_FILE = "cells.parquet"
-FEATURES_FILE = "features.json"
-CLASSES_FILE = "cell_classes.parquet"
-RUN_FEATURES_FILE = "pathology_features.csv"
-DICTIONARY_FILE = "pathology_features_dictionary.csv"
+CELLS_FILE = layout.CELLS
+FEATURES_FILE = layout.FEATURES
+CLASSES_FILE = layout.CLASSES
+RUN_FEATURES_FILE = layout.PATHOLOGY_FEATURES
+DICTIONARY_FILE = layout.PATHOLOGY_DICTIONARY
 DICTIONARY_COLUMNS = ("name", "label", "unit", "modality", "method", "config_keys", "source")
 KINDS = {"he": "brightfield", "ihc": "brightfield", "mif": "fluorescence"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -513,7 +515,7 @@ def read_tissue_window(folder: Path) -> Window:
     """The stored tissue mask of a slide as a :class:`~pathology.spatial.Window`."""
     import zarr
 
-    path = Path(folder) / "store.zarr"
+    path = SlideFolder(Path(folder)).store
     try:
         group = zarr.open_group(str(path), mode="r")
         array = group["tissue_mask"]
@@ -571,7 +573,7 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
     if modality not in KINDS:
         raise FeatureError(f"{sample_id}: modality {modality!r} is not a slide modality")
     kind = KINDS[modality]
-    folder = Path(out) / "slides" / sample_id
+    folder = RunFolder(out).slide(sample_id).root
     cells_path = folder / CELLS_FILE
     if not cells_path.is_file():
         raise FeatureError(f"{cells_path}: not found; run 'hccbio slides run' first")
@@ -797,11 +799,11 @@ def write_run_features(out: Path, *, sample_ids: Iterable[str] | None = None) ->
     """
     out = Path(out)
     if sample_ids is None:
-        sample_ids = sorted(p.parent.name for p in (out / "slides").glob(f"*/{FEATURES_FILE}"))
+        sample_ids = [s.sample_id for s in RunFolder(out).slide_folders(having=FEATURES_FILE)]
     rows: list[dict] = []
     dictionary: dict[str, dict] = {}
     for sample_id in sample_ids:
-        path = out / "slides" / sample_id / FEATURES_FILE
+        path = RunFolder(out).slide(sample_id).features
         if not path.is_file():
             continue
         record = json.loads(path.read_text())
@@ -864,7 +866,7 @@ def run_features(out: Path, *, config: PathologyConfig) -> list[FeatureStatus]:
     """
     out = Path(out)
     statuses: list[FeatureStatus] = []
-    for folder in sorted((out / "slides").glob("*")):
+    for folder in (s.root for s in RunFolder(out).slide_folders()):
         features_path, cells_path = folder / FEATURES_FILE, folder / CELLS_FILE
         if not (features_path.is_file() and cells_path.is_file()):
             continue

@@ -21,7 +21,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pathology import layout
 from pathology.config import PathologyConfig
+from pathology.layout import RunFolder, SlideFolder
 from pathology.qc import geojson, overlays
 from pathology.qc.artefacts import ARTEFACT_MASK_FILE, ARTEFACTS, save_artefact_mask
 from pathology.qc.decisions import valid_sample_id
@@ -34,13 +36,13 @@ from pathology.store import atomic_write_text
 log = logging.getLogger("hccbio.pathology")
 
 QC_DIR = "qc"
-QC_FILE = "qc.json"
+QC_FILE = layout.QC_JSON
 DETECTIONS_FILE = "detections.geojson"
 REGIONS_FILE = "regions.geojson"
 ARTEFACT_FILE = ARTEFACT_MASK_FILE
-CELLS_FILE = "cells.parquet"
-CLASSES_FILE = "cell_classes.parquet"
-FEATURES_FILE = "features.json"
+CELLS_FILE = layout.CELLS
+CLASSES_FILE = layout.CLASSES
+FEATURES_FILE = layout.FEATURES
 KINDS = {"he": "brightfield", "ihc": "brightfield", "mif": "fluorescence"}
 QUPATH_NAMES = {"tumour": "Tumor", "margin": "Margin", "stroma": "Stroma"}
 VIEWER_LAYERS = {"tissue": "layer_tissue.png", "detections": "layer_detections.png",
@@ -60,7 +62,7 @@ def qc_digest(config: PathologyConfig) -> str:
 def _tissue_mask(folder: Path) -> tuple[np.ndarray, float]:
     import zarr
 
-    path = folder / "store.zarr"
+    path = SlideFolder(folder).store
     try:
         array = zarr.open_group(str(path), mode="r")["tissue_mask"]
         return np.asarray(array[...]).astype(bool), float(array.attrs["mpp"])
@@ -143,7 +145,7 @@ def measure_slide_qc(out: Path, sample_id: str, *, slide_path: Path,
     """
     if not valid_sample_id(sample_id):
         raise QcError(f"invalid sample id {sample_id!r}")
-    folder = Path(out) / "slides" / sample_id
+    folder = RunFolder(out).slides / sample_id
     mask, mask_mpp = _tissue_mask(folder)
     features_path = folder / FEATURES_FILE
     record = json.loads(features_path.read_text()) if features_path.is_file() else {}
@@ -197,7 +199,7 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
     """
     if not valid_sample_id(sample_id):
         raise QcError(f"invalid sample id {sample_id!r}")
-    folder = Path(out) / "slides" / sample_id
+    folder = RunFolder(out).slides / sample_id
     mask, mask_mpp = _tissue_mask(folder)
     features_path = folder / FEATURES_FILE
     record = json.loads(features_path.read_text()) if features_path.is_file() else {}
@@ -295,7 +297,7 @@ def slide_sources(out: Path) -> dict[str, tuple[Path, float | None, str | None]]
     Read from each ``OUT/slides/<id>/features.json`` (written when the slide finished).
     """
     sources = {}
-    for folder in sorted((Path(out) / "slides").glob("*")):
+    for folder in sorted(RunFolder(out).slides.glob("*")):
         path = folder / FEATURES_FILE
         if not folder.is_dir() or not valid_sample_id(folder.name) or not path.is_file():
             continue
@@ -327,7 +329,7 @@ def run_qc(out: Path, *, config: PathologyConfig) -> dict[str, str]:
         try:
             measured = measure_slide_qc(out, sample_id, slide_path=path, manifest_mpp=mpp,
                                         config=config, modality=modality)
-            record = json.loads((Path(out) / "slides" / sample_id / FEATURES_FILE).read_text())
+            record = json.loads(RunFolder(out).slide(sample_id).features.read_text())
             if "features" in record and modality:
                 compute_slide_features(out, sample_id, modality=modality,
                                        stain=record.get("stain", "") or "", config=config)

@@ -29,6 +29,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from pathology.layout import RunFolder
 from pathology.qc.decisions import (
     ReviewError,
     append_decision,
@@ -36,7 +37,7 @@ from pathology.qc.decisions import (
     valid_sample_id,
 )
 from pathology.qc.review_log import NOT_REVIEWED
-from pathology.qc.run import QC_DIR, QC_FILE, slide_sources
+from pathology.qc.run import slide_sources
 from pathology.qc.summary import write_qc_summary
 from pathology.review.deepzoom import TileSource
 from pathology.review.pages import list_page, viewer_page
@@ -90,7 +91,7 @@ class ReviewState:
 
     def qc(self, sample_id: str) -> dict:
         """The slide's ``qc.json`` (empty when QC has not run)."""
-        path = self.out / "slides" / sample_id / QC_DIR / QC_FILE
+        path = RunFolder(self.out).slide(sample_id).qc_json
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def tiles(self, sample_id: str) -> TileSource:
@@ -100,8 +101,8 @@ class ReviewState:
                 path = self.sources[sample_id][0]
                 backend = self.qc(sample_id).get("slide", {}).get("backend")
                 if backend is None:
-                    record = json.loads((self.out / "slides" / sample_id /
-                                         "features.json").read_text())
+                    record = json.loads(RunFolder(self.out).slide(sample_id).features
+                                        .read_text())
                     backend = record.get("slide", {}).get("backend", "openslide")
                 self._tiles[sample_id] = TileSource(path, backend=backend)
             return self._tiles[sample_id]
@@ -201,7 +202,7 @@ def create_app(out: Path, *, reviewer: str = "") -> Starlette:
         sid, name = request.path_params["sid"], request.path_params["name"]
         if not state.known(sid) or name not in state.allowed_files(sid):
             return _not_found()
-        folder = (state.out / "slides" / sid / QC_DIR).resolve()
+        folder = RunFolder(state.out).slide(sid).qc.resolve()
         path = (folder / name).resolve()
         if path.parent != folder or not path.is_file():
             return _not_found()
