@@ -8,12 +8,11 @@ patient and timepoint) are serial sections, registered onto the block's referenc
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
 
 REQUIRED_COLUMNS = ("patient_id", "timepoint", "sample_id", "modality", "stain", "path")
 TIMEPOINTS = ("baseline", "on_treatment", "progression")
@@ -72,18 +71,16 @@ def read_manifest(path: str | Path, *, check_files: bool = False) -> list[Sample
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest file not found")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    table.columns = [c.strip() for c in table.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    header, records = _read_rows(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; the manifest needs "
                             f"{', '.join(REQUIRED_COLUMNS)}[, mpp]")
     samples: list[Sample] = []
     seen: dict[str, int] = {}
-    for index, record in enumerate(table.to_dict("records")):
-        line = index + 2
+    for line, record in records:
         where = f"{path}, line {line}"
-        values = {k: str(record.get(k, "")).strip() for k in table.columns}
+        values = {k: record.get(k, "").strip() for k in header}
         for column in REQUIRED_COLUMNS:
             if column != "stain" and not values[column]:
                 raise ManifestError(f"{where}: column '{column}' is empty")
@@ -112,6 +109,39 @@ def read_manifest(path: str | Path, *, check_files: bool = False) -> list[Sample
                               values["stain"], sample_path, mpp, line,
                               values.get("block_id", "")))
     return samples
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and every non-blank row with the line it starts on.
+
+    Blank lines and rows whose fields are all empty (spreadsheets export them as ``,,,,``)
+    are skipped; a quoted field may span lines, and the row is named by its first line.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header: list[str] | None = None
+            rows: list[tuple[int, dict[str, str]]] = []
+            end = 0  # the last line of the previous record
+            for fields in reader:
+                start, end = end + 1, reader.line_num
+                if not any(f.strip() for f in fields):
+                    continue
+                if header is None:
+                    header = [f.strip() for f in fields]
+                    continue
+                if len(fields) > len(header):
+                    raise ManifestError(
+                        f"{path}, line {start}: {len(fields)} fields but the header has "
+                        f"{len(header)}; quote values that contain a comma")
+                rows.append((start, dict(zip(header, fields, strict=False))))
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {error.start}); save the manifest "
+                            "as CSV UTF-8") from None
+    except csv.Error as error:
+        raise ManifestError(f"{path}, line {reader.line_num}: {error}; check the quotes "
+                            "on that line") from None
+    return header or [], rows
 
 
 def _parse_mpp(text: str, where: str) -> float | None:

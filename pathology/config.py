@@ -34,6 +34,15 @@ class SlideSection(_Section):
                                               description="Fluorescence: channel names tried in "
                                               "order (case-insensitive prefix) for nuclei.")
 
+    @field_validator("mpp_range")
+    @classmethod
+    def _ordered_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low < high:
+            raise ValueError(f"[{low}, {high}] is not a range of pixel sizes: give [low, high] "
+                             "with 0 < low < high, e.g. [0.1, 2.0]")
+        return value
+
 
 class TissueSection(_Section):
     """Tissue detection on a low-resolution image of the whole slide."""

@@ -209,6 +209,17 @@ def _tiff_facts(path: Path) -> tuple[list[PixelSizeEvidence], list[str], int]:
     return evidence, names, n_channels
 
 
+def _damaged_hint(path: Path) -> str:
+    """The fix for a file no reader accepts: most often an incomplete copy."""
+    try:
+        size = f"{path.stat().st_size:,} bytes"
+    except OSError:
+        size = "size unknown"
+    return (f"if it is one of the supported formats (SVS, NDPI, TIFF, OME-TIFF, QPTIFF, DICOM) "
+            f"the file is damaged or incomplete ({size}): copy it again from the scanner or "
+            "archive")
+
+
 def _needs_tiffslide(path: Path) -> bool:
     """OME-TIFF, QPTIFF and anything but 8-bit RGB: OpenSlide would flatten them to RGB."""
     import tifffile
@@ -259,7 +270,14 @@ class Slide:
             raise SlideError(f"{self.path}: not a file (a folder-based format? give its main "
                              "file)")
         self._handle, used = self._open(backend)
-        evidence = self._collect_evidence(used)
+        try:
+            evidence = self._collect_evidence(used)
+        except (SlideError, ValueError):
+            raise
+        except Exception as error:  # a reader's internals on a damaged file (IndexError ...)
+            raise SlideError(f"{self.path}: cannot read the slide's metadata "
+                             f"({type(error).__name__}: {error}); {_damaged_hint(self.path)}"
+                             ) from error
         if manifest_mpp is not None:
             evidence.append(PixelSizeEvidence("manifest:mpp", manifest_mpp, manifest_mpp, True))
         pixel_size = _resolve_pixel_size(self.path, evidence, mpp_range=mpp_range,
@@ -297,10 +315,12 @@ class Slide:
 
         try:
             handle = tiffslide.TiffSlide(self.path)
+            # tiffslide opens lazily: touch what every slide has, so a truncated file fails here
+            handle.properties, handle.dimensions, handle.level_dimensions  # noqa: B018
         except Exception as error:  # tifffile raises many types for non-TIFF input
-            errors.append(f"tiffslide: {error}")
+            errors.append(f"tiffslide: {type(error).__name__}: {error}")
             raise SlideError(f"{self.path}: no reader can open this file ("
-                             f"{'; '.join(errors)})") from error
+                             f"{'; '.join(errors)}); {_damaged_hint(self.path)}") from error
         return handle, "tiffslide"
 
     def _collect_evidence(self, used: str) -> list[PixelSizeEvidence]:
