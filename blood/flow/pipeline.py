@@ -78,6 +78,7 @@ def analyse_fcs(fcs_path: str | Path, gates_path: str | Path, out_dir: str | Pat
     fcs_path, out_dir = Path(fcs_path), Path(out_dir)
     fcs = read_fcs(fcs_path)
     gating = load_gating(gates_path, fcs_path=fcs_path)
+    _check_gate_channels(gating, fcs.channels, fcs_path)
     try:
         results = gating.strategy.gate_sample(fcs.sample)
     except (LookupError, ValueError) as error:
@@ -96,6 +97,32 @@ def analyse_fcs(fcs_path: str | Path, gates_path: str | Path, out_dir: str | Pat
     if plots:
         files.extend(plot_gates(fcs.sample, gating.strategy, results, out_dir / PLOTS_DIR))
     return FlowResult(table, quality, fcs.quirks, tuple(files))
+
+
+def _check_gate_channels(gating, channels: list[str], fcs_path: Path) -> None:
+    """Every channel a gate names must be a channel of the file (FlowKit's own error is a bare
+    ``KeyError`` naming neither the gate nor the channel)."""
+    import flowkit as fk
+    from flowkit.exceptions import QuadrantReferenceError
+
+    strategy = gating.strategy
+    for gate_id, gate_path in strategy.get_gate_ids():
+        try:
+            gate = strategy.get_gate(gate_id, gate_path=gate_path)
+        except QuadrantReferenceError:  # a quadrant: its gate's dividers are checked
+            continue
+        for dim in getattr(gate, "dimensions", None) or ():
+            if isinstance(dim, fk.QuadrantDivider):
+                channel = dim.dimension_ref
+            elif isinstance(dim, fk.Dimension):
+                channel = dim.id
+            else:  # ratio dimensions name a transform, not a channel
+                continue
+            if channel not in channels:
+                raise BloodInputError(
+                    f"{fcs_path}: gate '{gate_id}' of {gating.path} uses channel '{channel}', "
+                    f"which this file does not have; use one of its channels ($PnN): "
+                    f"{', '.join(channels)}")
 
 
 def flow_features(populations: pd.DataFrame, features: list[FlowFeature], *,
