@@ -35,6 +35,7 @@ from integration.survival import (
     multivariable_cox,
     univariate_cox,
 )
+from pathology.qc.review_log import spreadsheet_text
 
 ANALYSIS_DIR = "analysis"
 REPORT_FILE = "report.html"
@@ -197,7 +198,8 @@ def _cohort(folder: Path) -> dict:
         cohort = json.loads(summary.read_text())
     exclusions = folder / "exclusions.csv"
     if exclusions.is_file():
-        cohort["exclusions"] = pd.read_csv(exclusions, dtype=str, keep_default_na=False)
+        cohort["exclusions"] = pd.read_csv(exclusions, dtype=str,
+                                           keep_default_na=False).map(spreadsheet_text)
     return cohort
 
 

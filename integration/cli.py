@@ -17,15 +17,41 @@ from pathology import layout
 from pathology.layout import RunFolder
 from transcriptome.cli import rnaseq_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="hccbio: slides, blood and outcomes for HCC under atezolizumab + "
-                       "bevacizumab.")
+_STATE = {"debug": False}
+
+
+class _Cli(typer.Typer):
+    """The console entry point: an unexpected error is one line unless ``--debug``."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as error:  # a bug or an unforeseen input: one line, not a traceback
+            if _STATE["debug"]:
+                raise
+            text = " ".join(str(error).split()) or "-"
+            typer.secho(f"error: unexpected {type(error).__name__}: {text} (run 'hccbio "
+                        "--debug ...' for the traceback, and please report it)",
+                        fg=typer.colors.RED, err=True)
+            raise SystemExit(1) from None
+
+
+app = _Cli(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+           help="hccbio: slides, blood and outcomes for HCC under atezolizumab + "
+                "bevacizumab.")
 slides_app = typer.Typer(no_args_is_help=True, help="Whole-slide images: tissue, nuclei, cells.")
 app.add_typer(slides_app, name="slides")
 app.add_typer(rnaseq_app, name="rnaseq")
 app.add_typer(blood_app, name="blood")
 
 LIBRARY_LOGGERS = ("distributed", "tornado", "bokeh", "asyncio", "absl", "tensorflow")
+QUIET_LOGGERS = ("tifffile",)  # warns for every damaged TIFF it meets; the slide's error says it
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks of "
+                                        "unexpected errors and debug log lines.")) -> None:
+    _STATE["debug"] = debug
 
 
 def configure_logging() -> None:
@@ -37,14 +63,27 @@ def configure_logging() -> None:
     import distributed  # noqa: F401  (it sets its own levels on import: import it first)
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("hccbio").setLevel(logging.INFO)
+    logging.getLogger("hccbio").setLevel(logging.DEBUG if _STATE["debug"] else logging.INFO)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if _STATE["debug"] else logging.ERROR)
 
 
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder or creatable as one (exit 2 naming it otherwise)."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "--out" if folder == out else f"--out {out}: its parent"
+                _fail(f"{what} {folder} is a file, not a folder; give --out a new folder or "
+                      "an earlier run's folder")
+            return
 
 
 @slides_app.command("run")
@@ -65,6 +104,7 @@ def slides_run(
     from pathology.pipeline import SlideJob
 
     configure_logging()
+    _check_out(out)
     try:
         samples = read_manifest(manifest)
         cfg = load_config(config)
@@ -232,17 +272,22 @@ def review(
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback "
                                       "--host (anyone who can reach it can review)."),
     reviewer: str = typer.Option("", "--reviewer", help="Default reviewer name in the form."),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="Another name browsers may "
+                                         "use for this server (repeat); requests naming any "
+                                         "other host are refused (DNS rebinding)."),
 ) -> None:
     """Review slides in the browser: QC flags, deep-zoom viewer, overlays, approve / reject."""
-    from pathology.review.server import BindError, check_bind, serve
+    from pathology.review.server import BindError, check_bind, check_port, serve
 
     try:
         check_bind(host, allow_remote=allow_remote)
         if not RunFolder(out).slides.is_dir():
             raise FileNotFoundError(f"{out}: no slides/ folder (run 'hccbio slides run' "
                                     "first)")
+        check_port(host, port)  # before printing an address that would not be served
         typer.echo(f"review app on http://{host}:{port}/ (Ctrl-C to stop)")
-        serve(out, host=host, port=port, allow_remote=allow_remote, reviewer=reviewer)
+        serve(out, host=host, port=port, allow_remote=allow_remote, reviewer=reviewer,
+              allow_hosts=tuple(allow_host))
     except (BindError, FileNotFoundError) as error:
         _fail(str(error))
 
@@ -261,6 +306,7 @@ def rnaseq_run(
     from transcriptome.errors import ExpressionError
     from transcriptome.pipeline import RnaseqRecord, run_transcriptome
 
+    _check_out(out)
     try:
         samples = read_manifest(manifest)
         cfg = load_rnaseq_config(config or DEFAULT_CONFIG)
@@ -294,6 +340,7 @@ def blood_run(
     from blood.errors import ConfigError as BloodConfigError
     from integration.manifest import BLOOD_MODALITIES
 
+    _check_out(out)
     try:
         samples = read_manifest(manifest)
         cfg = load_blood_config(config)
@@ -322,6 +369,7 @@ def integrate_cmd(
     from integration.integrate import run_integration
     from integration.review import ReviewError
 
+    _check_out(out)
     try:
         table = run_integration(manifest, out)
     except (ManifestError, FeatureTableError, ReviewError) as error:
@@ -347,6 +395,7 @@ def analyze_cmd(
     from integration.config import ConfigError, load_analysis_config
     from integration.frame import AnalysisInputError
 
+    _check_out(out)
     try:
         result = run_analysis(features, clinical, out, config=load_analysis_config(config))
     except (ConfigError, ClinicalError, AnalysisInputError) as error:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from integration.table import FeatureTable
+from pathology.qc.review_log import spreadsheet_safe
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask; files get the usual mode
@@ -43,8 +44,15 @@ def atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
             tmp.unlink()
 
 
-def write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    """Write ``frame`` (without its index) as CSV, atomically."""
+def write_csv(frame: pd.DataFrame, path: Path, *, free_text: bool = False) -> Path:
+    """Write ``frame`` (without its index) as CSV, atomically.
+
+    ``free_text``: the table holds text people typed (reviewers' comments): its text cells
+    are written so that no spreadsheet runs them as formulas
+    (:func:`pathology.qc.review_log.spreadsheet_safe`).
+    """
+    if free_text:
+        frame = frame.map(spreadsheet_safe)
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\n"))
     return path
 
@@ -115,7 +123,7 @@ def write_feature_table(table: FeatureTable, out: str | Path) -> list[Path]:
     paths.append(long_parquet)
     paths.append(write_csv(table.dictionary, out / DICTIONARY_FILE))
     paths.append(write_csv(table.missingness, out / MISSINGNESS_FILE))
-    paths.append(write_csv(table.exclusions, out / EXCLUSIONS_FILE))
+    paths.append(write_csv(table.exclusions, out / EXCLUSIONS_FILE, free_text=True))
     summary = out / SUMMARY_FILE
     text = json.dumps({"counts": table.counts, "notes": table.notes}, indent=2)
     atomic_write(summary, lambda tmp: tmp.write_text(text))

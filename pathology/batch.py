@@ -24,6 +24,7 @@ from pathlib import Path
 from pathology import layout
 from pathology.config import PathologyConfig
 from pathology.distributed import (
+    FixedFailure,
     dask_client,
     parse_scheduler,
     post_process_slide,
@@ -46,6 +47,7 @@ from pathology.pipeline import (
     process_tiles,
 )
 from pathology.progress import BatchProgress
+from pathology.qc.review_log import spreadsheet_safe, spreadsheet_text
 from pathology.qc.summary import write_qc_summary
 from pathology.registration.serial import SerialPair, finish_serial_sections
 from pathology.slide import SlideError
@@ -77,7 +79,8 @@ def read_report(out: Path) -> dict[str, BatchRow]:
     if not path.is_file():
         return {}
     with open(path, newline="") as handle:
-        return {r["sample_id"]: BatchRow(r["sample_id"], r["status"], r["reason"],
+        return {r["sample_id"]: BatchRow(r["sample_id"], r["status"],
+                                         spreadsheet_text(r["reason"] or ""),
                                          float(r["seconds"] or 0))
                 for r in csv.DictReader(handle)}
 
@@ -88,7 +91,8 @@ def write_report(out: Path, rows: dict[str, BatchRow]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(REPORT_COLUMNS)
     for row in rows.values():
-        writer.writerow([row.sample_id, row.status, row.reason, f"{row.seconds:.2f}"])
+        writer.writerow([row.sample_id, row.status, spreadsheet_safe(row.reason),
+                         f"{row.seconds:.2f}"])
     atomic_write_text(Path(out) / REPORT_FILE, buffer.getvalue())
 
 
@@ -235,12 +239,51 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
         finally:
             progress.close()
         results = [rows[job.sample_id] for job in jobs]
-        finished = [r.sample_id for r in results if r.status != "failed"]
-        if finished:
+        finished = finished_slides(out, report)
+        if finished:  # every finished slide of OUT, not only this run's (earlier runs' too)
             write_run_features(out, sample_ids=finished)
             write_qc_summary(out)
         _write_run_json(out, jobs, config, model_record, results, started_at, scheduler)
     return results
+
+
+def finished_slides(out: Path, report: dict[str, BatchRow] | None = None) -> list[str]:
+    """Every slide of the run folder with features whose latest batch status is not failed.
+
+    A second run into the same folder (another manifest) adds its slides to the run tables
+    instead of replacing the first run's. Slides computed with different configurations are
+    named in a warning (the table mixes them).
+
+    Parameters
+    ----------
+    out
+        The run folder.
+    report
+        Its batch report (read from ``batch_report.csv`` when None).
+
+    Returns
+    -------
+    list of str
+        Sample ids, sorted (the order of ``hccbio slides features OUT``).
+    """
+    report = read_report(out) if report is None else report
+    ids, configs = [], {}
+    for folder in RunFolder(out).slide_folders(having=FEATURES_FILE):
+        row = report.get(folder.sample_id)
+        if row is not None and row.status == "failed":
+            continue
+        ids.append(folder.sample_id)
+        try:
+            digest = json.loads(folder.features.read_text()).get("config_sha256")
+        except (OSError, json.JSONDecodeError):
+            digest = None
+        configs.setdefault(digest, []).append(folder.sample_id)
+    if len(configs) > 1:
+        groups = "; ".join(f"{(d or 'unknown')[:12]}: {', '.join(v)}" for d, v in configs.items())
+        log.warning("%s holds slides computed with %d configurations (%s); run them again "
+                    "with one --config (and --force) for a comparable table",
+                    out, len(configs), groups)
+    return ids
 
 
 def _failed_ids(rows: dict[str, BatchRow]) -> set[str]:
@@ -274,7 +317,9 @@ def _failed(job: SlideJob, error: BaseException, seconds: float) -> BatchRow:
                   f"after retries: {_one_line(error)}")
     else:
         reason = f"unexpected {type(error).__name__}: {_one_line(error)}"
-        log.error("slide=%s unexpected error\n%s", job.sample_id, "".join(
+        log.error("slide=%s unexpected error (hccbio --debug shows the traceback): %s",
+                  job.sample_id, reason)
+        log.debug("slide=%s traceback\n%s", job.sample_id, "".join(
             traceback.format_exception(error)))
     return BatchRow(job.sample_id, "failed", reason, seconds)
 
@@ -308,6 +353,11 @@ def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
         except Exception as error:
             slide["failed"] = True
             record(_failed(job, error, time.perf_counter() - slide["started"]))
+            continue
+        if isinstance(value, FixedFailure):  # returned, not raised: Dask did not retry it
+            slide["failed"] = True
+            record(BatchRow(job.sample_id, "failed", value.reason,
+                            time.perf_counter() - slide["started"]))
             continue
         if step == "prepare":
             slide["plan"] = value
@@ -352,8 +402,18 @@ def _one_line(error: BaseException) -> str:
 def _write_run_json(out: Path, jobs: list[SlideJob], config: PathologyConfig,
                     models: dict, results: list[BatchRow], started_at: str,
                     scheduler: str) -> None:
+    """``run.json`` holds the latest run; ``runs/<started>_pathology.json`` every run (an
+    earlier record without its own file, from an older version, is moved there first)."""
     path = out / RUN_FILE
-    previous = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        previous = {}
+        log.warning("%s is not valid JSON; it is replaced (the runs/ folder keeps each run)",
+                    path)
+    earlier = previous.get("pathology")
+    if isinstance(earlier, dict) and not earlier.get("record"):
+        _save_run_record(out, earlier)
     record = dict(previous)
     record["pathology"] = {
         "started": started_at,
@@ -368,4 +428,20 @@ def _write_run_json(out: Path, jobs: list[SlideJob], config: PathologyConfig,
         "timings": {r.sample_id: {"status": r.status, "seconds": round(r.seconds, 2)}
                     for r in results},
     }
+    kept = _save_run_record(out, record["pathology"])
+    record["pathology"]["record"] = kept.relative_to(out).as_posix()
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def _save_run_record(out: Path, run: dict) -> Path:
+    """Write one run's record to ``runs/`` under a name no other run has."""
+    folder = RunFolder(out).runs
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = str(run.get("started") or "unknown").replace(":", "-").replace("+00-00", "Z")
+    target = folder / f"{stem}_pathology.json"
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder / f"{stem}_pathology_{n}.json"
+    atomic_write_text(target, json.dumps(run, indent=2) + "\n")
+    return target

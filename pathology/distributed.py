@@ -81,7 +81,10 @@ def dask_client(scheduler: Scheduler, config: PathologyConfig) -> Iterator:
     if scheduler.kind == "local":
         cluster = LocalCluster(n_workers=scheduler.workers, threads_per_worker=1,
                                processes=True, env=SINGLE_THREAD_ENV, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
+                               # a failed task's traceback ("Compute Failed") is logged at
+                               # ERROR by the worker: the batch report has the reason
+                               silence_logs=logging.ERROR if log.isEnabledFor(logging.DEBUG)
+                               else logging.CRITICAL)
     elif scheduler.kind == "slurm":
         from dask_jobqueue import SLURMCluster
 
@@ -126,22 +129,44 @@ def worker_models(config: PathologyConfig) -> ModelCache:
     return _WORKER_MODELS[key]
 
 
-def task_prepare(job: SlideJob, out: Path, config: PathologyConfig) -> SlidePlan:
+@dataclass(frozen=True)
+class FixedFailure:
+    """A slide failed for a reason a retry cannot change (a damaged file, no pixel size, an
+    invalid model or panel): worker tasks return it instead of raising, so Dask does not
+    retry the task (``batch.retries`` is for workers that die or run out of memory)."""
+
+    reason: str
+
+
+def _fixed_failure(error: ValueError) -> FixedFailure:
+    return FixedFailure(" ".join(str(error).split()) or type(error).__name__)
+
+
+def task_prepare(job: SlideJob, out: Path, config: PathologyConfig) -> SlidePlan | FixedFailure:
     """Worker task: :func:`pathology.pipeline.prepare_slide`."""
-    return prepare_slide(job, out, config, worker_models(config))
+    try:
+        return prepare_slide(job, out, config, worker_models(config))
+    except ValueError as error:  # SlideError, PixelSizeError, ModelError are ValueErrors
+        return _fixed_failure(error)
 
 
 def task_tiles(plan: SlidePlan, out: Path, config: PathologyConfig,
-               tile_indices: list[int]) -> int:
+               tile_indices: list[int]) -> int | FixedFailure:
     """Worker task: :func:`pathology.pipeline.process_tiles` on a subset of tiles."""
-    return process_tiles(plan, out, config, worker_models(config), tile_indices)
+    try:
+        return process_tiles(plan, out, config, worker_models(config), tile_indices)
+    except ValueError as error:
+        return _fixed_failure(error)
 
 
 def task_finalize(plan: SlidePlan, out: Path, config: PathologyConfig, seconds: float,
-                  computed: int) -> SlideResult:
+                  computed: int) -> SlideResult | FixedFailure:
     """Worker task: :func:`pathology.pipeline.finalize_slide`."""
-    return finalize_slide(plan, out, config, worker_models(config), seconds=seconds,
-                          tiles_computed=computed)
+    try:
+        return finalize_slide(plan, out, config, worker_models(config), seconds=seconds,
+                              tiles_computed=computed)
+    except ValueError as error:
+        return _fixed_failure(error)
 
 
 def post_process_slide(job: SlideJob, out: Path, config: PathologyConfig, *,

@@ -4,6 +4,7 @@
 ```
 OUT/                              RunFolder
   run.json, batch_report.csv      .run_json, .batch_report
+  runs/<started>_pathology.json   .runs: one provenance record per run, never overwritten
   pathology_features.csv (+ _dictionary.csv)
   qc/qc_summary.csv, index.html, review.csv
   features.csv, exclusions.csv, report.html, analysis/
@@ -31,6 +32,7 @@ QC_JSON = "qc.json"
 ARTEFACT_MASK = "artefact_mask.png"
 ARTEFACT_META = "artefacts.json"
 RUN_JSON = "run.json"
+RUNS_DIR = "runs"
 BATCH_REPORT = "batch_report.csv"
 PATHOLOGY_FEATURES = "pathology_features.csv"
 PATHOLOGY_DICTIONARY = "pathology_features_dictionary.csv"
@@ -160,6 +162,11 @@ class RunFolder:
     def run_json(self) -> Path:
         """``run.json``: provenance."""
         return self.root / RUN_JSON
+
+    @property
+    def runs(self) -> Path:
+        """``runs/``: every run's provenance record, one file per run."""
+        return self.root / RUNS_DIR
 
     @property
     def batch_report(self) -> Path:

@@ -21,6 +21,10 @@ class RunLockedError(RuntimeError):
     """Another process holds the run folder."""
 
 
+class RunFolderError(ValueError):
+    """The run folder cannot be a folder (a file has its name, or a parent is a file)."""
+
+
 class RunLock:
     """Context manager holding ``OUT/.hccbio.lock``.
 
@@ -28,6 +32,8 @@ class RunLock:
     ------
     RunLockedError
         When another live process holds it; the message names that process.
+    RunFolderError
+        When the folder cannot be created because a file stands in the way.
 
     Examples
     --------
@@ -40,7 +46,12 @@ class RunLock:
         self._handle = None
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise RunFolderError(
+                f"{self.path.parent}: not a folder (a file has this name or a parent's); "
+                "give --out a new folder or an earlier run's folder") from None
         handle = open(self.path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

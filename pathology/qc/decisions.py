@@ -28,6 +28,7 @@ from pathology.qc.review_log import (
     read_log,
     read_review,
     review_path,
+    spreadsheet_safe,
 )
 
 REVIEW_FILE = review_path(".").name
@@ -57,9 +58,12 @@ def rejected_samples(out: Path) -> set[str]:
     return {s for s, d in latest_decisions(out).items() if d.decision == REJECTED}
 
 
-def _clean(text: str, limit: int) -> str:
-    text = "".join(ch if ch.isprintable() or ch in "\n" else " " for ch in str(text))
-    return text.strip()[:limit]
+def _clean(text: str, limit: int, field: str) -> str:
+    text = "".join(ch if ch.isprintable() or ch in "\n" else " " for ch in str(text)).strip()
+    if len(text) > limit:  # never cut what the reviewer wrote without telling them
+        raise ReviewError(f"the {field} is {len(text):,} characters long; at most {limit:,} "
+                          f"are kept: shorten it")
+    return text
 
 
 def append_decision(out: Path, sample_id: str, *, decision: str, reviewer: str,
@@ -88,14 +92,15 @@ def append_decision(out: Path, sample_id: str, *, decision: str, reviewer: str,
     Raises
     ------
     ReviewError
-        Invalid sample id, decision or reviewer, or a rejection without a comment.
+        Invalid sample id, decision or reviewer, a rejection without a comment, or a
+        comment (reviewer name) longer than 2000 (100) characters.
     """
     if not valid_sample_id(sample_id):
         raise ReviewError(f"invalid sample id {sample_id!r}")
     if decision not in DECISIONS:
         raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
-    reviewer = _clean(reviewer, MAX_REVIEWER)
-    comment = _clean(comment, MAX_COMMENT)
+    reviewer = _clean(reviewer, MAX_REVIEWER, "reviewer name")
+    comment = _clean(comment, MAX_COMMENT, "comment")
     if not reviewer:
         raise ReviewError("a reviewer name is required")
     if decision == REJECTED and not comment:
@@ -112,7 +117,7 @@ def append_decision(out: Path, sample_id: str, *, decision: str, reviewer: str,
             writer = csv.DictWriter(buffer, fieldnames=REVIEW_COLUMNS, lineterminator="\n")
             if not existing:
                 writer.writeheader()
-            writer.writerow(asdict(row))
+            writer.writerow({k: spreadsheet_safe(v) for k, v in asdict(row).items()})
             data = existing + (b"" if not existing or existing.endswith(b"\n") else b"\n")
             tmp = path.with_name(f".{REVIEW_FILE}.{os.getpid()}.tmp")
             with open(tmp, "wb") as handle:

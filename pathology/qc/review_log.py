@@ -28,6 +28,42 @@ NOT_REVIEWED = "not_reviewed"
 REVIEW_STATES = (*DECISIONS, NOT_REVIEWED)
 
 
+# A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _formula_like(text: str) -> bool:
+    return text.startswith(FORMULA_PREFIXES) or (
+        text.startswith("'") and _formula_like(text[1:]))
+
+
+def spreadsheet_safe(value):
+    """A CSV cell that no spreadsheet runs as a formula: text starting with ``= + - @``, a tab
+    or a carriage return gets a leading ``'`` (OWASP's advice); other values pass unchanged.
+
+    Every run table a person may open in a spreadsheet (``review.csv``, ``qc_summary.csv``,
+    ``batch_report.csv``, the study tables) is written through this;
+    :func:`spreadsheet_text` undoes it exactly, so what is read back is what was typed.
+
+    Examples
+    --------
+    >>> spreadsheet_safe("=HYPERLINK(1)"), spreadsheet_safe("fold"), spreadsheet_safe(-1.5)
+    ("'=HYPERLINK(1)", 'fold', -1.5)
+    >>> all(spreadsheet_text(spreadsheet_safe(t)) == t for t in ("-x", "'-x", "''@", "a"))
+    True
+    """
+    if isinstance(value, str) and _formula_like(value):
+        return "'" + value
+    return value
+
+
+def spreadsheet_text(value: str) -> str:
+    """The text :func:`spreadsheet_safe` was given (its ``'`` removed)."""
+    if value.startswith("'") and _formula_like(value[1:]):
+        return value[1:]
+    return value
+
+
 class ReviewError(ValueError):
     """The review log breaks its contract; the message names file, line and column."""
 
@@ -105,7 +141,8 @@ def read_log(path: str | Path) -> list[Decision]:
             raise ReviewError(f"{path}: missing column(s) {', '.join(missing)}; expected "
                               f"{', '.join(REVIEW_COLUMNS)}")
         for line, record in enumerate(reader, start=2):
-            values = {k: (record.get(k) or "").strip() for k in REVIEW_COLUMNS}
+            values = {k: spreadsheet_text((record.get(k) or "").strip())
+                      for k in REVIEW_COLUMNS}
             if not values["sample_id"]:
                 raise ReviewError(f"{path}, line {line}, column 'sample_id': empty")
             if values["decision"] not in DECISIONS:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from pathology.layout import RunFolder
 from pathology.qc.decisions import latest_decisions, valid_sample_id
-from pathology.qc.review_log import NOT_REVIEWED
+from pathology.qc.review_log import NOT_REVIEWED, spreadsheet_safe
 from pathology.qc.run import QC_DIR, QC_FILE
 from pathology.store import atomic_write_text
 
@@ -86,7 +86,7 @@ def write_qc_summary(out: Path) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        writer.writerow({k: ("" if v is None else spreadsheet_safe(v)) for k, v in row.items()})
     target = out / QC_DIR / SUMMARY_FILE
     atomic_write_text(target, buffer.getvalue())
     write_index_html(out, records, rows)

@@ -10,15 +10,20 @@ Safety:
   scripts and any origin but this one;
 - decisions are accepted as JSON only (a cross-site form cannot post one) and from this
   origin only;
+- every request must name this server in its ``Host`` header (a loopback name or address, or
+  a host the server was started for): a page on another site whose DNS name is re-pointed
+  at 127.0.0.1 (DNS rebinding) sends its own name and is refused;
 - label and macro images are never read (tiles come from the pyramid levels only).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -75,6 +80,78 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+LOOPBACK_HOSTS = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def host_name(header: str) -> str | None:
+    """The host name of a ``Host`` header, lower case, without port or trailing dot (None
+    when malformed).
+
+    Examples
+    --------
+    >>> host_name("127.0.0.1:8000"), host_name("[::1]:80"), host_name("Example.ORG.")
+    ('127.0.0.1', '::1', 'example.org')
+    """
+    header = header.strip().lower()
+    if header.startswith("["):
+        end = header.find("]")
+        rest = header[end + 1:]
+        if end < 0 or (rest and not rest.startswith(":")):
+            return None
+        name = header[1:end]
+    elif header.count(":") > 1:  # a bare IPv6 address
+        name = header
+    else:
+        name = header.split(":", 1)[0]
+    name = name.rstrip(".")
+    return name or None
+
+
+class HostCheck:
+    """ASGI middleware: 400 without a ``Host`` header, 403 unless it names this server.
+
+    Allowed are the loopback names (:data:`LOOPBACK_HOSTS`), every loopback address
+    (127.0.0.0/8, ::1) and ``allowed`` (the host the server listens on, names given with
+    ``--allow-host``).
+    """
+
+    def __init__(self, app, allowed: Iterable[str] = ()) -> None:
+        self.app = app
+        self.allowed = {n for n in (host_name(h) for h in (*LOOPBACK_HOSTS, *allowed)) if n}
+
+    def permits(self, name: str) -> bool:
+        """Whether a request naming host ``name`` is served."""
+        if name in self.allowed:
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        raw = headers.get(b"host")
+        name = host_name(raw.decode("latin-1")) if raw else None
+        if name is None:
+            response = JSONResponse({"error": "missing or malformed Host header"},
+                                    status_code=400)
+        elif not self.permits(name):
+            log.warning("refused a request for host %r (DNS rebinding?)", name)
+            response = JSONResponse({"error": f"host {name!r} is not served here; open the "
+                                     "review app by the address 'hccbio review' printed, or "
+                                     "start it with --allow-host " + name}, status_code=403)
+        else:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await response(scope, receive, send)
+
+
 class ReviewState:
     """The run folder's slides and their open tile sources (opened on first use)."""
 
@@ -104,7 +181,10 @@ class ReviewState:
                     record = json.loads(RunFolder(self.out).slide(sample_id).features
                                         .read_text())
                     backend = record.get("slide", {}).get("backend", "openslide")
-                self._tiles[sample_id] = TileSource(path, backend=backend)
+                # the manifest's mpp, as the pipeline had it: a TIFF without pixel-size
+                # metadata cannot be opened without it
+                self._tiles[sample_id] = TileSource(path, backend=backend,
+                                                    mpp=self.sources[sample_id][1])
             return self._tiles[sample_id]
 
     def summary(self, sample_id: str, decisions: dict) -> dict:
@@ -135,7 +215,8 @@ def _not_found() -> Response:
     return JSONResponse({"error": "not found"}, status_code=404)
 
 
-def create_app(out: Path, *, reviewer: str = "") -> Starlette:
+def create_app(out: Path, *, reviewer: str = "", allowed_hosts: Iterable[str] = ()
+               ) -> Starlette:
     """The review app over a run folder.
 
     Parameters
@@ -144,6 +225,9 @@ def create_app(out: Path, *, reviewer: str = "") -> Starlette:
         The run folder (``OUT/slides/<id>/features.json`` names each slide file).
     reviewer
         Default reviewer name shown in the sign-off form.
+    allowed_hosts
+        Host names (or addresses) requests may name besides the loopback ones: the host the
+        server listens on and any name given with ``--allow-host`` (:class:`HostCheck`).
 
     Returns
     -------
@@ -247,7 +331,8 @@ def create_app(out: Path, *, reviewer: str = "") -> Starlette:
         Route("/qc/{sid}/{name}", qc_file),
         Route("/api/review/{sid}", review, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
-    ], middleware=[Middleware(SecurityHeaders)], lifespan=lifespan,
+    ], middleware=[Middleware(SecurityHeaders),
+                   Middleware(HostCheck, allowed=tuple(allowed_hosts))], lifespan=lifespan,
         max_body_size=MAX_BODY)
     app.state.review = state
     return app

@@ -100,9 +100,11 @@ class TileSource:
     backend
         ``openslide`` uses OpenSlide's ``DeepZoomGenerator``; anything else uses
         :class:`SlideDeepZoom`.
+    mpp
+        The manifest's level-0 pixel size, for files without one in their metadata.
     """
 
-    def __init__(self, path: Path, *, backend: str) -> None:
+    def __init__(self, path: Path, *, backend: str, mpp: float | None = None) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         if backend == "openslide":
@@ -114,7 +116,7 @@ class TileSource:
                                                 overlap=OVERLAP, limit_bounds=False)
             self._ours = None
         else:
-            self._handle = Slide(self.path, backend="tiffslide")
+            self._handle = Slide(self.path, backend="tiffslide", manifest_mpp=mpp)
             self._ours = SlideDeepZoom(self._handle)
             self._generator = None
         self.backend = "openslide" if self._generator is not None else "hccbio"
