@@ -25,6 +25,10 @@ Sets (none of them used to train or tune the model reported, unless the table sa
 * ``crc_lymphocytes``: on the classifier's four held-out CRCHistoPhenotypes images, the H&E
   lymphocyte call (``lymphocyte_pos`` in ``cell_classes.parquet``) against the "inflammatory"
   annotation, and the classifier's per-class precision and recall.
+* ``dsb2018_fluo`` (fluorescence model): the DSB2018 fluorescence images that
+  ``models/train.py fluo`` holds out (every fifth), as single-channel slides at 0.5 um/px (the
+  model works at DSB2018's native pixels, which state no size), through the ``nuclei_only``
+  panel.
 * ``speed``: nuclei per second and seconds per Mpx of the network plus non-maximum suppression
   on one 1024 px tile of real H&E at 0.5 um/px.
 """
@@ -50,6 +54,7 @@ from pathology.annotations import (  # noqa: E402
     AnnotatedImage,
     load_crchistophenotypes,
     load_deepliif,
+    load_dsb2018,
     load_monuseg,
 )
 from pathology.evaluation import (  # noqa: E402
@@ -63,6 +68,7 @@ from pathology.evaluation import (  # noqa: E402
 from pathology.store import atomic_write_text  # noqa: E402
 
 BRIGHTFIELD_MODELS = ("models/he_nuclei", "models/he_nuclei_fast", "models/bf_nuclei")
+FLUORESCENCE_MODEL = "models/fluo_nuclei"
 N_VAL_MONUSEG = 3  # as models/train.py: the last three MoNuSeg test-set tiles by name
 CENTROID_UM = 3.0
 LYMPHOCYTE_MATCH_UM = 4.0  # as models/train_lymphocytes.py
@@ -137,7 +143,7 @@ def deepliif_test(root: Path, model: str, work: Path) -> dict:
         scores = score_instances(result, item.labels, classes=item.classes,
                                  centroid_um=CENTROID_UM)
         truth_index = 100.0 * float(np.mean(item.classes[1:]))
-        ours = 100.0 * float(result.cells["Ki67_pos"].mean()) if len(result.cells) else 0.0
+        ours = 100.0 * float(result.cells["ki67_pos"].mean()) if len(result.cells) else 0.0
         per_image.append({
             "image": item.name, "iou50": scores["iou50"], "centroid": scores["centroid"],
             "recall_negative": scores["recall_by_class"].get(0, float("nan")),
@@ -149,6 +155,21 @@ def deepliif_test(root: Path, model: str, work: Path) -> dict:
             "note": "34_3's manual mask leaves many DAB-positive nuclei unannotated "
                     "(tests/pathology/test_phenotypes.py), so its precision and Ki67 index "
                     "are against an incomplete truth; recall is not affected."}
+
+
+def dsb2018_fluo(root: Path, model: str, work: Path) -> dict:
+    """Nucleus F1 of the fluorescence model on its held-out DSB2018 images."""
+    items = load_dsb2018(root / "nuclei" / "dsb2018", "fluorescence")[::5]
+    items = [AnnotatedImage(i.name, i.image, i.labels, 0.5, i.source) for i in items]
+    config = {"segmentation": {"fluorescence_model": model}, "tissue": {"mode": "whole_image"}}
+    results = run_pipeline(items, work, modality="mif", stain="nuclei_only", config=config)
+    per_image = []
+    for item, result in zip(items, results, strict=True):
+        scores = score_instances(result, item.labels, centroid_um=CENTROID_UM)
+        per_image.append({"image": item.name[:16], "iou50": scores["iou50"],
+                          "centroid": scores["centroid"]})
+    return {"images": [i.name for i in items], "iou50": _pooled(per_image, "iou50"),
+            "centroid": _pooled(per_image, "centroid"), "per_image": per_image}
 
 
 def crc(root: Path, model: str, work: Path) -> tuple[dict, dict]:
@@ -252,6 +273,12 @@ def table(report: dict) -> str:
             f"{d['iou50']['f1']:.3f} | {neg:.2f} / {pos:.2f} | {errors} | "
             f"{r['crc_coverage']['recall']:.3f} | {lym['f1']:.3f} ({lym['precision']:.2f} / "
             f"{lym['recall']:.2f}) | {r['speed']['s_per_mpx']:.2f} |")
+    for name, r in report.get("fluorescence", {}).items():
+        d = r["dsb2018_fluo"]
+        lines += ["", "| fluorescence model | DSB2018 held-out F1 IoU0.5 (P / R) | centroid F1 |",
+                  "|---|---|---|",
+                  f"| {name} | {d['iou50']['f1']:.3f} ({d['iou50']['precision']:.2f} / "
+                  f"{d['iou50']['recall']:.2f}) | {d['centroid']['f1']:.3f} |"]
     return "\n".join(lines)
 
 
@@ -270,16 +297,20 @@ def update_readme(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=None,
-                        help="brightfield model folders (default: every shipped one)")
+    parser.add_argument("--models", nargs="*", default=None,
+                        help="brightfield model folders (default: every shipped one; none "
+                        "with --fluorescence measures that model alone)")
     parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--fluorescence", action="store_true",
+                        help="also measure the fluorescence model on DSB2018")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS),
                         help="measure only these sets; the others keep their previous figures")
     parser.add_argument("--no-readme", action="store_true",
                         help="do not rewrite the table in benchmarks/README.md")
     args = parser.parse_args(argv)
     root = shared_data()
-    models = args.models or [m for m in BRIGHTFIELD_MODELS if (ROOT / m / "config.json").is_file()]
+    models = (args.models if args.models is not None else
+              [m for m in BRIGHTFIELD_MODELS if (ROOT / m / "config.json").is_file()])
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
@@ -302,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         report["models"][Path(model).name] = result
         atomic_write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
         print(f"{model}: done in {result['seconds']} s", flush=True)
+    report.setdefault("fluorescence", previous.get("fluorescence", {}))
+    if args.fluorescence:
+        with tempfile.TemporaryDirectory(prefix="hccbio-accuracy-") as tmp:
+            report["fluorescence"][Path(FLUORESCENCE_MODEL).name] = {
+                "dsb2018_fluo": dsb2018_fluo(root, FLUORESCENCE_MODEL, Path(tmp)),
+                "measured": report["date"]}
+        atomic_write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
     print(table(report))
     if not args.no_readme:
         update_readme(report)

@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from pathology.annotations import AnnotatedImage, AnnotatedPoints
+from pathology.layout import RunFolder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,9 @@ def run_pipeline(items: list[AnnotatedImage] | list[AnnotatedPoints], work: Path
             raise ValueError(f"{item.name}: no pixel size; the pipeline needs one")
         sample_id = sample_id_for(item.name)
         path = images / f"{sample_id}.tif"
-        tifffile.imwrite(path, np.ascontiguousarray(item.image), photometric="rgb")
+        rgb = item.image.ndim == 3 and item.image.shape[2] == 3
+        tifffile.imwrite(path, np.ascontiguousarray(item.image),
+                         photometric="rgb" if rgb else "minisblack")
         rows.append({"patient_id": sample_id, "timepoint": "baseline", "sample_id": sample_id,
                      "modality": modality, "stain": stain, "path": str(path),
                      "mpp": f"{item.mpp:.6g}"})
@@ -117,7 +120,8 @@ def run_pipeline(items: list[AnnotatedImage] | list[AnnotatedPoints], work: Path
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout_s, check=False)
-    report = out / "batch_report.csv"
+    run = RunFolder(out)
+    report = run.batch_report
     if not report.is_file():
         raise EvaluationError(f"hccbio slides run wrote no report (exit {done.returncode}): "
                               f"{done.stderr.strip()[-2000:]}")
@@ -128,9 +132,9 @@ def run_pipeline(items: list[AnnotatedImage] | list[AnnotatedPoints], work: Path
         status = statuses.loc[sample_id]
         if status["status"] == "failed":
             raise EvaluationError(f"{item.name}: hccbio slides run failed: {status['reason']}")
-        folder = out / "slides" / sample_id
-        cells = pd.read_parquet(folder / "cells.parquet")
-        classes_path = folder / "cell_classes.parquet"
+        folder = run.slide(sample_id)
+        cells = pd.read_parquet(folder.cells)
+        classes_path = folder.classes
         if classes_path.is_file():
             classes = pd.read_parquet(classes_path)
             cells = cells.merge(classes, on="cell_id", how="left", suffixes=("", "_class"))
