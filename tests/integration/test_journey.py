@@ -94,7 +94,7 @@ def test_lab_pathologist_statistician_journey(shared_data, tmp_path):
     assert int(classes["artefact"].sum()) == pen["he_n_cells_excl"]
 
     # 2. the pathologist rejects one slide and approves another in the review app
-    with TestClient(create_app(out)) as client:
+    with TestClient(create_app(out), base_url="http://127.0.0.1") as client:
         reply = client.post(f"/api/review/{REJECTED_SAMPLE}", json={
             "decision": REJECTED, "reviewer": "Dr Path", "comment": REASON})
         assert reply.status_code == 200, reply.text

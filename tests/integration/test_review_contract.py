@@ -41,7 +41,7 @@ def _run_folder(tmp_path):
 
 def test_a_rejection_in_the_app_leaves_the_slide_out_of_the_study_table(tmp_path):
     out = _run_folder(tmp_path)
-    with TestClient(create_app(out)) as client:
+    with TestClient(create_app(out), base_url="http://127.0.0.1") as client:
         reply = client.post("/api/review/p1_he", json={
             "decision": REJECTED, "reviewer": "Dr A", "comment": "pen over the tumour"})
         assert reply.status_code == 200, reply.text
@@ -72,7 +72,7 @@ def test_a_rejection_in_the_app_leaves_the_slide_out_of_the_study_table(tmp_path
     assert summary["counts"]["slides_not_reviewed"] == 1
 
     # the pathologist changes their mind: the later approval stands
-    with TestClient(create_app(out)) as client:
+    with TestClient(create_app(out), base_url="http://127.0.0.1") as client:
         client.post("/api/review/p1_he", json={"decision": APPROVED, "reviewer": "Dr B",
                                                "comment": "ink is off the tissue"})
     assert CliRunner().invoke(cli_app, ["integrate", str(out / "samples.csv"), "--out",
