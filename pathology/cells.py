@@ -18,6 +18,7 @@ from skimage.segmentation import expand_labels
 
 from pathology.nuclei import TileNuclei
 from pathology.tiles import Tile
+from pathology.wholecell import WholeCellPlan, grow_cells, star_polygons
 
 STAIN_NAMES = ("hematoxylin", "eosin", "dab")
 
@@ -254,7 +255,7 @@ def _member_lookup(members: np.ndarray, largest: int) -> np.ndarray:
 
 def measure_labels(labels: np.ndarray, image: np.ndarray, *, kind: str, mpp: float,
                    channels: tuple[str, ...] = (), ring_width_um: float = 2.0,
-                   background: float = 255.0) -> pa.Table:
+                   background: float = 255.0, cell_labels: np.ndarray | None = None) -> pa.Table:
     """Measure every nucleus of a labelled image (no tiling): the cells.parquet columns.
 
     For annotated images, external segmentations and tests; a slide goes through
@@ -274,12 +275,16 @@ def measure_labels(labels: np.ndarray, image: np.ndarray, *, kind: str, mpp: flo
         Fluorescence channel names, one per plane.
     ring_width_um
         Ring width for the ``ring_*`` columns (0 = none).
+    cell_labels
+        Fluorescence: whole-cell labels with the ids of ``labels`` (e.g. from
+        :func:`pathology.wholecell.grow_cells`); default the nucleus plus its ring.
 
     Returns
     -------
     pyarrow.Table
         ``cell_id, label, x_um, y_um, area_um2, perimeter_um, eccentricity, solidity,
-        major_axis_um, minor_axis_um, nucleus_*, ring_*``.
+        major_axis_um, minor_axis_um, nucleus_*, ring_*``; fluorescence also
+        ``cell_area_um2, cell_*``.
     """
     labels = np.asarray(labels)
     if labels.shape != image.shape[:2]:
@@ -305,13 +310,49 @@ def measure_labels(labels: np.ndarray, image: np.ndarray, *, kind: str, mpp: flo
         rings = ring_means(labels, intensity, ids, ring_px=ring_width_um / mpp)
         for c, stem in enumerate(stems):
             columns[f"ring_{stem}"] = rings[:, c]
+    if kind == "fluorescence":
+        if cell_labels is None:
+            cell_labels = (expand_labels(labels, distance=ring_width_um / mpp)
+                           if ring_width_um > 0 else labels)
+        area, means = cell_means(np.asarray(cell_labels), intensity, ids)
+        columns["cell_area_um2"] = area * mpp**2
+        for c, stem in enumerate(stems):
+            columns[f"cell_{stem}"] = means[:, c]
     return pa.table(columns)
+
+
+def cell_means(cells: np.ndarray, intensity: np.ndarray,
+               label_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel count and mean intensity per channel of each whole cell.
+
+    Returns
+    -------
+    area, means
+        ``(n,)`` pixel counts and ``(n, C)`` float32 means (NaN for a cell without pixels).
+
+    Examples
+    --------
+    >>> cells = np.array([[1, 1, 2]]); img = np.array([[[1.0], [3.0], [5.0]]])
+    >>> area, means = cell_means(cells, img, np.array([2, 1]))
+    >>> area.tolist(), means[:, 0].tolist()
+    ([1.0, 2.0], [5.0, 2.0])
+    """
+    flat = np.asarray(cells, dtype=np.int64).ravel()
+    size = max(int(flat.max(initial=0)), int(np.max(label_ids, initial=0))) + 1
+    counts = np.bincount(flat, minlength=size)[label_ids].astype(np.float64)
+    means = np.full((len(label_ids), intensity.shape[-1]), np.nan, dtype=np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for c in range(intensity.shape[-1]):
+            sums = np.bincount(flat, weights=intensity[..., c].ravel(), minlength=size)
+            means[:, c] = np.where(counts > 0, sums[label_ids] / counts, np.nan)
+    return counts, means
 
 
 def measure_tile(tile: Tile, nuclei: TileNuclei, image: np.ndarray, *, kind: str,
                  working_mpp: float, level0_mpp: float, channels: tuple[str, ...],
                  min_area_um2: float = 0.0, background: float = 255.0,
-                 ring_width_um: float = 2.0, unmixing: np.ndarray | None = None) -> pa.Table:
+                 ring_width_um: float = 2.0, unmixing: np.ndarray | None = None,
+                 whole_cell: WholeCellPlan | None = None) -> pa.Table:
     """Measure the nuclei that ``tile`` owns.
 
     Parameters
@@ -338,6 +379,10 @@ def measure_tile(tile: Tile, nuclei: TileNuclei, image: np.ndarray, *, kind: str
     unmixing
         Brightfield: optional per-slide optical-density-to-stain matrix
         (:mod:`pathology.stains`); default the Ruifrok-Johnston vectors.
+    whole_cell
+        Fluorescence: how whole cells are grown from the nuclei of the read box
+        (:mod:`pathology.wholecell`); adds ``cell_area_um2``, ``cell_<channel>_mean`` and the
+        cell outline ``cell_poly_x_um`` / ``cell_poly_y_um``.
 
     Returns
     -------
@@ -393,10 +438,35 @@ def measure_tile(tile: Tile, nuclei: TileNuclei, image: np.ndarray, *, kind: str
         for channel, stem in enumerate(stems):
             columns[f"ring_{stem}"] = rings[:, channel]
     n_rays = coord.shape[2] if coord.ndim == 3 else 0
+    cell_poly = None
+    if whole_cell is not None and kind == "fluorescence":
+        cells = grow_cells(nuclei.labels, image, whole_cell)
+        cell_area, means = cell_means(cells, intensity, label_ids)
+        columns["cell_area_um2"] = cell_area * working_mpp**2
+        for channel, stem in enumerate(stems):
+            columns[f"cell_{stem}"] = means[:, channel]
+        reach = max(whole_cell.max_distance_px, whole_cell.ring_px)
+        cell_poly = star_polygons(cells, label_ids, nuclei.points[index].astype(np.float64),
+                                  n_rays=max(n_rays, 1),
+                                  max_radius_px=_largest_radius(coord, nuclei.points[index])
+                                  + reach + 2)
     columns = {k: np.asarray(v)[order] for k, v in columns.items()}
     columns["poly_x_um"] = _fixed_list(poly_x[order], n_rays)
     columns["poly_y_um"] = _fixed_list(poly_y[order], n_rays)
+    if cell_poly is not None:
+        cell_y = ((cell_poly[:, 0, :] + tile.read_y + 0.5) * working_mpp).astype(np.float32)
+        cell_x = ((cell_poly[:, 1, :] + tile.read_x + 0.5) * working_mpp).astype(np.float32)
+        columns["cell_poly_x_um"] = _fixed_list(cell_x[order], cell_x.shape[1])
+        columns["cell_poly_y_um"] = _fixed_list(cell_y[order], cell_y.shape[1])
     return pa.table(columns)
+
+
+def _largest_radius(coord: np.ndarray, points: np.ndarray) -> float:
+    """The longest ray of the nucleus polygons (px), 0 without nuclei."""
+    if not len(points) or coord.ndim != 3:
+        return 0.0
+    dist = np.hypot(coord[:, 0, :] - points[:, 0, None], coord[:, 1, :] - points[:, 1, None])
+    return float(dist.max())
 
 
 def _fixed_list(values: np.ndarray, width: int) -> pa.Array:

@@ -29,8 +29,10 @@ class SlideSection(_Section):
     mpp_tolerance: float = Field(0.02, ge=0, lt=0.5, description="Largest relative disagreement "
                                  "allowed between pixel-size sources (readers, manifest).")
     backend: Literal["auto", "openslide", "tiffslide"] = Field(
-        "auto", description="Slide reader; auto = OpenSlide, tiffslide for what it cannot open.")
-    nuclear_channels: tuple[str, ...] = Field(("DAPI", "dsDNA", "H3", "Hoechst", "Histone"),
+        "auto", description="Slide reader; auto = OpenSlide, tiffslide for what it cannot open, "
+        "tifffile for channel stacks (IYX, QYX, one series per channel) and folders of TIFFs.")
+    nuclear_channels: tuple[str, ...] = Field(("DAPI", "dsDNA", "H3", "Hoechst", "Histone",
+                                               "Nuc"),
                                               description="Fluorescence: channel names tried in "
                                               "order (case-insensitive prefix) for nuclei.")
 
@@ -112,6 +114,30 @@ class SegmentationSection(_Section):
         return self.ihc_model if modality == "ihc" else self.brightfield_model
 
 
+class WholeCellSection(_Section):
+    """Whole-cell outlines of fluorescence slides, grown from the nuclei (pathology/wholecell.py).
+
+    The cytoplasm / membrane signal is the sum of ``channels``, each divided by its slide-wide
+    99th percentile, smoothed by ``smooth_um``; pixels above its per-slide Otsu threshold are
+    cell. ``expand``: each nucleus grows (scikit-image ``expand_labels``, nearest nucleus wins)
+    up to ``max_distance_um`` into that signal, keeping the part connected to it; ``watershed``:
+    the same area split between nuclei by a watershed on the smoothed signal (borders on
+    membrane ridges); ``ring``: the nucleus plus a fixed ring of ``cells.ring_width_um``, no
+    signal used.
+    """
+
+    method: Literal["expand", "watershed", "ring"] = Field(
+        "expand", description="expand | watershed (both limited by the cytoplasm / membrane "
+        "signal and max_distance_um) | ring (nucleus + cells.ring_width_um, no signal).")
+    max_distance_um: float = Field(4.0, gt=0, description="Largest growth from the nucleus "
+                                   "border (um).")
+    channels: tuple[str, ...] = Field((), description="Channels whose sum is the cytoplasm / "
+                                      "membrane signal; empty = the channels of the panel's "
+                                      "markers read outside the nucleus (compartment ring, max "
+                                      "or cell), else every channel but the nuclear one.")
+    smooth_um: float = Field(1.0, ge=0, description="Gaussian sigma (um) of the signal.")
+
+
 class CellsSection(_Section):
     """Per-cell measurements."""
 
@@ -124,6 +150,10 @@ class CellsSection(_Section):
     ring_width_um: float = Field(2.0, ge=0, description="Width (um) of the cytoplasm / membrane "
                                  "ring grown around each nucleus (expand_labels) for the ring_* "
                                  "intensity columns; 0 = no ring columns.")
+    whole_cell: WholeCellSection = Field(default_factory=lambda: WholeCellSection(),
+                                         description="Fluorescence: whole-cell outlines grown "
+                                         "from the nuclei (cell_* columns, the panels' 'cell' "
+                                         "compartment).")
 
 
 class SlurmSection(_Section):

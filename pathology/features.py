@@ -501,7 +501,7 @@ def _needed_columns(panel: Panel, kind: str, available: list[str]) -> list[str]:
         if marker.source == "lymphocyte_classifier":
             wanted |= set(LYMPHOCYTE_COLUMNS)
             continue
-        for compartment in ("nucleus", "ring"):
+        for compartment in ("nucleus", "ring", "cell"):
             wanted.add(marker_column(marker, kind=kind, compartment=compartment))
     if kind == "brightfield":
         wanted |= {f"{c}_{s}_od" for c in ("nucleus", "ring")

@@ -62,9 +62,10 @@ class Marker(_Model):
     name: str = Field(..., description="Marker name used in phenotype rules (e.g. CD8).")
     channel: str = Field("dab", description="Fluorescence channel name as stored in the slide "
                          "(e.g. 'CD8 (Opal 520)'), or 'dab' for IHC.")
-    compartment: Literal["nucleus", "ring", "max"] = Field(
+    compartment: Literal["nucleus", "ring", "max", "cell"] = Field(
         "nucleus", description="nucleus; ring (cytoplasm / membrane, width cells.ring_width_um);"
-        " max = the larger of the two.")
+        " max = the larger of the two; cell = the whole cell grown from the nucleus "
+        "(fluorescence, cells.whole_cell) for membrane and cytoplasm markers.")
     threshold: Threshold = Threshold(method="otsu")
     background: Background = Background()
     bins: tuple[float, float] | None = Field(None, description="IHC: DAB OD lower bounds of 2+ "
@@ -74,6 +75,14 @@ class Marker(_Model):
         "classifier's call.")
     short: str | None = Field(None, description="Column-name fragment (default: the name, "
                               "lowercased).")
+    color: str | None = Field(None, description="Fluorescence: display colour of the channel "
+                              "in QC composites ('#rrggbb'); default a colour-blind-safe cycle.")
+
+    @model_validator(mode="after")
+    def _valid_color(self) -> Marker:
+        if self.color is not None and not re.fullmatch(r"#[0-9a-fA-F]{6}", self.color):
+            raise ValueError(f"marker {self.name!r}: color {self.color!r} must be '#rrggbb'")
+        return self
 
     @property
     def key(self) -> str:
@@ -114,6 +123,9 @@ class Panel(_Model):
     prefix: str = Field(..., description="Feature-name prefix, e.g. mif_io (at most 9 chars).")
     markers: tuple[Marker, ...]
     phenotypes: tuple[Phenotype, ...] = ()
+    channels: tuple[str, ...] = Field((), description="Multiplex: the image's channel names in "
+                                      "file order, for stacks that carry none (no OME / QPTIFF "
+                                      "/ ImageJ names and no <file>.channels.txt sidecar).")
 
     @model_validator(mode="after")
     def _consistent(self) -> Panel:

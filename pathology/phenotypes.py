@@ -87,7 +87,8 @@ class Phenotyping:
 
 
 def marker_column(marker: Marker, *, kind: str, compartment: str | None = None) -> str:
-    """The cells.parquet column of a marker in one compartment (``nucleus`` or ``ring``)."""
+    """The cells.parquet column of a marker in one compartment (``nucleus``, ``ring`` or
+    ``cell``)."""
     compartment = compartment or marker.compartment
     if kind == "brightfield":
         return f"{compartment}_dab_od"

@@ -38,6 +38,7 @@ from pathology.slide import Slide, SlideError
 from pathology.store import SlideStore, atomic_write_parquet, atomic_write_text
 from pathology.tiles import Tile, tile_grid
 from pathology.tissue import detect_tissue, explain_no_tissue
+from pathology.wholecell import WholeCellPlan, plan_whole_cells
 
 log = logging.getLogger("hccbio.pathology")
 
@@ -97,9 +98,25 @@ class ModelCache:
 
 
 def file_signature(path: Path) -> dict:
-    """Cheap identity of an input file: name, size and modification time."""
+    """Cheap identity of an input file: name, size and modification time.
+
+    A folder of channel TIFFs is identified by each file's name, size and modification time;
+    a channel-name sidecar (``<file>.channels.txt``) is part of its image's identity.
+    """
+    from pathology.stacks import TIFF_SUFFIXES, sidecar_path
+
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file()
+                       and p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith("."))
+        return {"path": str(path.resolve()),
+                "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
     stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    signature = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        signature["channels_file"] = [sidecar.name, sidecar.stat().st_size,
+                                      sidecar.stat().st_mtime_ns]
+    return signature
 
 
 def nuclear_channel_index(channels: tuple[str, ...], preferred: tuple[str, ...]) -> int | None:
@@ -134,6 +151,13 @@ def _normalisation_sample(slide: Slide, mask: np.ndarray, mask_mpp: float, worki
     The lattice spacing halves from 2048 px until at least 16 windows fall on tissue, so small
     slides are sampled as well as large ones.
     """
+    windows = _sample_windows(slide, mask, mask_mpp, working_mpp)
+    return np.concatenate([_segmentation_input(w, kind, nuclear).ravel() for w in windows])
+
+
+def _sample_windows(slide: Slide, mask: np.ndarray, mask_mpp: float,
+                    working_mpp: float) -> list[np.ndarray]:
+    """The windows (all channels, working resolution) of :func:`_normalisation_sample`."""
     height, width = slide.working_shape(working_mpp)
     scale = working_mpp / mask_mpp
     spacing = NORM_SAMPLE_SPACING
@@ -151,9 +175,7 @@ def _normalisation_sample(slide: Slide, mask: np.ndarray, mask_mpp: float, worki
         spacing //= 2
     if not origins:
         raise SlideError(f"{slide.path}: no tissue found to compute intensity normalisation")
-    windows = [_segmentation_input(slide.read_region_at(x, y, w, h, mpp=working_mpp), kind,
-                                   nuclear).ravel() for x, y, w, h in origins]
-    return np.concatenate(windows)
+    return [slide.read_region_at(x, y, w, h, mpp=working_mpp) for x, y, w, h in origins]
 
 
 @dataclass(frozen=True)
@@ -169,6 +191,7 @@ class SlidePlan:
     identity: dict
     info: dict
     stains: dict | None = None  # cells.stain_matrix: method, matrix rows, note
+    whole_cell: WholeCellPlan | None = None  # fluorescence: cells.whole_cell, per-slide values
 
 
 def slide_stain_matrix(slide: Slide, mask: np.ndarray, mask_mpp: float, working_mpp: float, *,
@@ -214,9 +237,76 @@ def slide_stain_matrix(slide: Slide, mask: np.ndarray, mask_mpp: float, working_
                     f"DAB {angle_degrees(matrix[2], DEFAULT_MATRIX[2]):.1f} degrees"}
 
 
+def _panel(job: SlideJob, config: PathologyConfig):
+    """The multiplex panel of a fluorescence slide, or None (no panel, or an invalid one: the
+    features step reports that)."""
+    if job.modality != "mif":
+        return None
+    from pathology.panels import PanelError, resolve_panel
+
+    try:
+        return resolve_panel("mif", job.stain, directory=config.phenotypes.panels_dir)
+    except PanelError:
+        return None
+
+
 def _open(job: SlideJob, config: PathologyConfig) -> Slide:
+    panel = _panel(job, config)
     return Slide(job.path, manifest_mpp=job.mpp, backend=config.slide.backend,
-                 mpp_range=config.slide.mpp_range, mpp_tolerance=config.slide.mpp_tolerance)
+                 mpp_range=config.slide.mpp_range, mpp_tolerance=config.slide.mpp_tolerance,
+                 channel_names=panel.channels if panel is not None else None,
+                 channel_names_source=f"panel:{panel.name}" if panel is not None else "panel")
+
+
+def check_panel_channels(job: SlideJob, channels: tuple[str, ...], source: str,
+                         config: PathologyConfig) -> None:
+    """Every marker of the slide's multiplex panel must name one of its channels.
+
+    Raises
+    ------
+    SlideError
+        Naming the file, the markers without a channel, and the channels found (with where
+        their names came from), before any tile is segmented.
+    """
+    panel = _panel(job, config)
+    if panel is None:
+        return
+    missing = [f"{m.name} (channel {m.channel!r})" for m in panel.markers
+               if m.source == "intensity" and m.channel not in channels]
+    if missing:
+        hint = ("; the file names no channels: list them one per line in "
+                f"{job.path.name}.channels.txt beside it, or under 'channels:' in the panel"
+                if source == "none" else "; fix the panel's channel names or the file's")
+        raise SlideError(f"{job.path}: panel {panel.name!r} marker(s) {', '.join(missing)} "
+                         f"have no channel in this image; channels found ({source}): "
+                         f"{', '.join(channels)}{hint}")
+
+
+def whole_cell_channels(channels: tuple[str, ...], nuclear: int | None, job: SlideJob,
+                        config: PathologyConfig) -> tuple[int, ...]:
+    """Indices of the channels summed into the cytoplasm / membrane signal
+    (``cells.whole_cell.channels``; default the panel's markers read outside the nucleus,
+    else every channel but the nuclear one).
+
+    Raises
+    ------
+    SlideError
+        A configured channel is not in the slide.
+    """
+    wanted = config.cells.whole_cell.channels
+    if wanted:
+        missing = [c for c in wanted if c not in channels]
+        if missing:
+            raise SlideError(f"{job.path}: cells.whole_cell.channels names {', '.join(missing)}"
+                             f", not among the channels found: {', '.join(channels)}")
+        return tuple(channels.index(c) for c in wanted)
+    panel = _panel(job, config)
+    if panel is not None:
+        from_panel = [channels.index(m.channel) for m in panel.markers
+                      if m.compartment != "nucleus" and m.channel in channels]
+        if from_panel:
+            return tuple(sorted(set(from_panel)))
+    return tuple(i for i in range(len(channels)) if i != nuclear)
 
 
 def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
@@ -238,8 +328,14 @@ def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
         if kind == "brightfield" and (len(info.channels) < 3 or info.dtype != "uint8"):
             raise SlideError(f"{job.path}: modality {job.modality} needs an 8-bit RGB slide, "
                              f"found {len(info.channels)} channel(s) of {info.dtype}")
-        nuclear = (nuclear_channel_index(info.channels, cfg.slide.nuclear_channels)
-                   if kind == "fluorescence" else None)
+        if kind == "fluorescence":
+            check_panel_channels(job, info.channels, info.channels_source, cfg)
+        try:
+            nuclear = (nuclear_channel_index(info.channels, cfg.slide.nuclear_channels)
+                       if kind == "fluorescence" else None)
+        except SlideError as error:
+            raise SlideError(f"{job.path}: {error} (channels from {info.channels_source})"
+                             ) from error
         model = models.get(job.modality)
         identity = {"input": file_signature(job.path), "config": cfg.digest(),
                     "model": model.sha256, "modality": job.modality,
@@ -281,12 +377,24 @@ def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
                 slide, mask, mask_mpp, working_mpp, kind, nuclear))
         stains = (slide_stain_matrix(slide, mask, mask_mpp, working_mpp, modality=job.modality,
                                      config=cfg) if kind == "brightfield" else None)
+        whole_cell = None
+        if kind == "fluorescence":
+            wc = cfg.cells.whole_cell
+            whole_cell = plan_whole_cells(
+                _sample_windows(slide, mask, mask_mpp, working_mpp) if wc.method != "ring"
+                else [], method=wc.method,
+                channels=whole_cell_channels(info.channels, nuclear, job, cfg),
+                max_distance_px=wc.max_distance_um / working_mpp,
+                smooth_px=wc.smooth_um / working_mpp,
+                ring_px=cfg.cells.ring_width_um / working_mpp)
+            store.set_attr("whole_cell", whole_cell.to_json(info.channels, working_mpp))
         store.set_attr("slide", info.to_json())
         store.set_attr("normalization_range", list(norm_range))
         if store.reset_reason:
             store.set_attr("reset_reason", store.reset_reason)
     return SlidePlan(job, kind, nuclear, tuple(tiles), norm_range,
-                     float(mask.sum()) * mask_mpp**2 / 1e6, identity, info.to_json(), stains)
+                     float(mask.sum()) * mask_mpp**2 / 1e6, identity, info.to_json(), stains,
+                     whole_cell)
 
 
 def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: ModelCache,
@@ -339,7 +447,8 @@ def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: M
                     level0_mpp=level0_mpp, channels=channels,
                     min_area_um2=config.segmentation.min_area_um2,
                     background=config.cells.background_intensity,
-                    ring_width_um=config.cells.ring_width_um, unmixing=_unmixing(plan)))
+                    ring_width_um=config.cells.ring_width_um, unmixing=_unmixing(plan),
+                    whole_cell=plan.whole_cell))
     return len(todo)
 
 
@@ -396,6 +505,9 @@ def finalize_slide(plan: SlidePlan, out: Path, config: PathologyConfig, models: 
         "normalization_range": list(plan.norm_range), "config_sha256": config.digest(),
         "stain_matrix": ({k: v for k, v in plan.stains.items() if k != "unmixing"}
                          if plan.stains else None),
+        "whole_cell": (plan.whole_cell.to_json(tuple(plan.info["channels"]),
+                                               config.slide.working_mpp)
+                       if plan.whole_cell else None),
         "identity": plan.identity, "n_tiles": len(plan.tiles), "seconds": round(seconds, 2),
     }
     atomic_write_text(folder / FEATURES_FILE, json.dumps(features, indent=2) + "\n")

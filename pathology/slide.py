@@ -2,8 +2,14 @@
 
 OpenSlide (openslide-python + openslide-bin) reads brightfield slides (Aperio SVS, Hamamatsu
 NDPI, generic pyramidal TIFF, DICOM...); tiffslide reads what OpenSlide cannot open
-(multichannel fluorescence such as Vectra QPTIFF, OME-TIFF). Label and macro images are never
-read: only the pyramid levels of the main image are touched.
+(multichannel fluorescence such as Vectra QPTIFF, OME-TIFF); :class:`pathology.stacks.TiffStack`
+(tifffile) reads multiplex channel stacks (``IYX`` / ``QYX`` multi-page TIFF, one series per
+channel) and folders of single-channel TIFFs. Label and macro images are never read: only the
+pyramid levels of the main image are touched.
+
+Channel names come from the file (OME, QPTIFF, ImageJ labels, ``PageName``; a folder's file
+stems), else from a sidecar ``<file>.channels.txt``, else from the caller (the panel's
+``channels``), else they are ``ch0, ch1, ...``; ``SlideInfo.channels_source`` says which.
 
 The pixel size is never guessed. Every source is collected (OpenSlide ``openslide.mpp-x``,
 tiffslide, OME ``PhysicalSizeX``, TIFF resolution tags, the manifest) with its origin; strong
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,7 +30,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
-Backend = Literal["openslide", "tiffslide"]
+Backend = Literal["openslide", "tiffslide", "tifffile"]
 
 
 class SlideError(ValueError):
@@ -73,6 +80,7 @@ class SlideInfo:
     channels: tuple[str, ...]
     dtype: str
     pixel_size: PixelSize
+    channels_source: str = ""  # "ome", "qptiff", "sidecar:<file>", "panel:<name>", "none" ...
 
     def level_mpp(self, level: int) -> float:
         """Pixel size (um/px) of a pyramid level."""
@@ -85,7 +93,8 @@ class SlideInfo:
             "dimensions": list(self.dimensions),
             "level_dimensions": [list(d) for d in self.level_dimensions],
             "level_downsamples": list(self.level_downsamples), "channels": list(self.channels),
-            "dtype": self.dtype, "mpp_x": self.pixel_size.mpp_x, "mpp_y": self.pixel_size.mpp_y,
+            "channels_source": self.channels_source, "dtype": self.dtype,
+            "mpp_x": self.pixel_size.mpp_x, "mpp_y": self.pixel_size.mpp_y,
             "mpp_source": self.pixel_size.source,
             "mpp_evidence": [e.__dict__ for e in self.pixel_size.evidence],
             "mpp_notes": list(self.pixel_size.notes),
@@ -177,12 +186,16 @@ def _ome_metadata(ome_xml: str) -> tuple[tuple[float, float] | None, list[str]]:
     return size, names
 
 
-def _tiff_facts(path: Path) -> tuple[list[PixelSizeEvidence], list[str], int]:
-    """Pixel-size evidence, channel names and sample count of the first series (tifffile)."""
+def _tiff_facts(path: Path) -> tuple[list[PixelSizeEvidence], list[str], int, str]:
+    """Pixel-size evidence, channel names (empty when the file names none), sample count and
+    the names' source, of the first series (tifffile)."""
     import tifffile
+
+    from pathology.stacks import metadata_channel_names
 
     evidence: list[PixelSizeEvidence] = []
     names: list[str] = []
+    source = ""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes = series.axes
@@ -190,23 +203,29 @@ def _tiff_facts(path: Path) -> tuple[list[PixelSizeEvidence], list[str], int]:
             series.shape[axes.index("S")] if "S" in axes else 1)
         if tif.is_ome and tif.ome_metadata:
             size, names = _ome_metadata(tif.ome_metadata)
+            source = "ome"
             if size:
                 evidence.append(PixelSizeEvidence("ome:PhysicalSizeX", size[0], size[1], True))
         elif tif.is_qpi:
+            source = "qptiff"
             for page in series.pages[:n_channels]:
                 text = page.description or ""
                 start, end = text.find("<Name>"), text.find("</Name>")
                 names.append(text[start + 6:end].strip() if start >= 0 < end else
                              f"ch{len(names)}")
+        elif "C" in axes:
+            found = metadata_channel_names(tif, n_channels, list(series.pages[:n_channels]))
+            if found is not None:
+                names, source = list(found.names), found.source
         page0 = series.pages[0]
         resolution = _tiff_resolution_mpp(page0) if page0 is not None else None
         if resolution:
             evidence.append(PixelSizeEvidence("tiff:XResolution", *resolution, False))
     if "C" not in axes and "S" in axes and n_channels in (3, 4) and not names:
-        names = ["R", "G", "B", "A"][:n_channels]
+        names, source = ["R", "G", "B", "A"][:n_channels], "rgb"
     if len(names) != n_channels:
-        names = [f"ch{i}" for i in range(n_channels)]
-    return evidence, names, n_channels
+        names, source = [], ""
+    return evidence, names, n_channels, source
 
 
 def _damaged_hint(path: Path) -> str:
@@ -239,14 +258,20 @@ class Slide:
     Parameters
     ----------
     path
-        The slide file.
+        The slide file, or a folder of single-channel TIFFs (one per marker, name = channel).
     manifest_mpp
         The manifest's ``mpp`` for this slide, if any (um/px at level 0).
     backend
-        ``"auto"`` (OpenSlide, tiffslide for what OpenSlide cannot open), ``"openslide"`` or
-        ``"tiffslide"``.
+        ``"auto"`` (OpenSlide; tiffslide for what OpenSlide cannot open; tifffile for channel
+        stacks and folders), ``"openslide"`` or ``"tiffslide"`` (stacks and folders still go
+        to tifffile, which tiffslide cannot read).
     mpp_range, mpp_tolerance
         Plausible pixel sizes and the largest relative disagreement between sources.
+    channel_names
+        Names of the channels in file order, used only when neither the file nor a sidecar
+        ``<file>.channels.txt`` names them (e.g. a panel's ``channels`` list).
+    channel_names_source
+        Where ``channel_names`` came from (recorded in ``SlideInfo.channels_source``).
 
     Raises
     ------
@@ -262,17 +287,20 @@ class Slide:
     def __init__(self, path: str | Path, *, manifest_mpp: float | None = None,
                  backend: Literal["auto", "openslide", "tiffslide"] = "auto",
                  mpp_range: tuple[float, float] = (0.1, 2.0),
-                 mpp_tolerance: float = 0.02) -> None:
+                 mpp_tolerance: float = 0.02,
+                 channel_names: Sequence[str] | None = None,
+                 channel_names_source: str = "caller") -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise SlideError(f"{self.path}: slide file not found")
-        if not self.path.is_file():
-            raise SlideError(f"{self.path}: not a file (a folder-based format? give its main "
-                             "file)")
+        if not self.path.is_file() and not self.path.is_dir():
+            raise SlideError(f"{self.path}: not a file or a folder of channel TIFFs")
         self._handle, used = self._open(backend)
         try:
             evidence = self._collect_evidence(used)
+            self._name_channels(channel_names, channel_names_source)
         except (SlideError, ValueError):
+            self._handle.close()
             raise
         except Exception as error:  # a reader's internals on a damaged file (IndexError ...)
             raise SlideError(f"{self.path}: cannot read the slide's metadata "
@@ -290,11 +318,26 @@ class Slide:
             level_dimensions=tuple(tuple(d) for d in handle.level_dimensions),
             level_downsamples=tuple(float(d) for d in handle.level_downsamples),
             channels=tuple(self._channels), dtype=self._dtype, pixel_size=pixel_size,
+            channels_source=self._channels_source,
         )
 
     # -- opening ---------------------------------------------------------------------------
     def _open(self, backend: str):
+        from pathology.stacks import StackError, TiffStack, is_stack
+
         errors = []
+        if self.path.is_dir() and backend == "openslide":
+            raise SlideError(f"{self.path}: a folder of channel TIFFs needs slide.backend auto "
+                             "or tiffslide (read by tifffile), not openslide")
+        if backend != "openslide" and is_stack(self.path):
+            try:
+                return TiffStack(self.path), "tifffile"
+            except StackError as error:
+                raise SlideError(str(error)) from error
+            except Exception as error:  # tifffile / zarr raise many types for broken files
+                raise SlideError(f"{self.path}: cannot read the channel stack "
+                                 f"({type(error).__name__}: {error}); "
+                                 f"{_damaged_hint(self.path)}") from error
         if backend == "auto" and _needs_tiffslide(self.path):
             backend = "tiffslide"
         if backend in ("auto", "openslide"):
@@ -325,6 +368,12 @@ class Slide:
 
     def _collect_evidence(self, used: str) -> list[PixelSizeEvidence]:
         handle = self._handle
+        if used == "tifffile":
+            self._channels = list(handle.channels.names) if handle.channels else []
+            self._channels_source = handle.channels.source if handle.channels else ""
+            self._n_channels = handle.n_channels
+            self._dtype = str(handle.dtype)
+            return [PixelSizeEvidence(*e) for e in handle.evidence]
         evidence: list[PixelSizeEvidence] = []
         vendor = handle.properties.get(f"{used}.vendor")
         strong_vendor = vendor not in (None, "", "generic-tiff")
@@ -334,15 +383,18 @@ class Slide:
             evidence.append(PixelSizeEvidence(f"{used}:{used}.mpp-x", float(mpp_x), float(mpp_y),
                                               strong_vendor))
         self._channels: list[str] = ["R", "G", "B"]
+        self._channels_source = "rgb"
+        self._n_channels = 3
         self._dtype = "uint8"
         try:
-            tiff_evidence, names, _ = _tiff_facts(self.path)
+            tiff_evidence, names, _, names_source = _tiff_facts(self.path)
         except Exception:  # not a TIFF (e.g. DICOM, MIRAX): OpenSlide's word stands alone
-            tiff_evidence, names = [], []
+            tiff_evidence, names, names_source = [], [], ""
         if used == "tiffslide":
-            self._channels = names or self._channels
-            self._dtype = str(np.dtype(handle.read_region((0, 0), 0, (1, 1),
-                                                          as_array=True).dtype))
+            first = np.asarray(handle.read_region((0, 0), 0, (1, 1), as_array=True))
+            self._dtype = str(first.dtype)
+            self._n_channels = 1 if first.ndim == 2 else int(first.shape[-1])
+            self._channels, self._channels_source = names, names_source
             # tiffslide's mpp for non-vendor files comes from the same resolution tags.
             evidence = [PixelSizeEvidence(e.source, e.mpp_x, e.mpp_y, e.strong and strong_vendor)
                         for e in evidence]
@@ -352,6 +404,35 @@ class Slide:
         if used == "openslide":
             evidence.extend(self._cross_check_tiffslide())
         return evidence
+
+    def _name_channels(self, given: Sequence[str] | None, given_source: str) -> None:
+        """Channel names: the file's, else the sidecar's, else ``given``, else ch0, ch1..."""
+        from pathology.cells import safe_channel_name
+        from pathology.stacks import StackError, read_sidecar
+
+        n = self._n_channels
+        if len(self._channels) != n:
+            try:
+                sidecar = read_sidecar(self.path, n) if self.path.is_file() else None
+            except StackError as error:
+                raise SlideError(str(error)) from error
+            if sidecar is not None:
+                self._channels, self._channels_source = list(sidecar.names), sidecar.source
+            elif given:
+                if len(given) != n:
+                    raise SlideError(f"{self.path}: {given_source} lists {len(given)} channel "
+                                     f"name(s) ({', '.join(given)}) but the image has {n} "
+                                     "channel(s)")
+                self._channels, self._channels_source = list(given), given_source
+            else:
+                self._channels, self._channels_source = [f"ch{i}" for i in range(n)], "none"
+        keys = [safe_channel_name(c) for c in self._channels]
+        clashes = sorted({c for c, k in zip(self._channels, keys, strict=True)
+                          if keys.count(k) > 1})
+        if clashes:
+            raise SlideError(f"{self.path}: channel names {', '.join(clashes)} (from "
+                             f"{self._channels_source}) give the same column name; rename "
+                             "them (e.g. in a <file>.channels.txt sidecar)")
 
     def _cross_check_tiffslide(self) -> list[PixelSizeEvidence]:
         """tiffslide's reading of the same file, when it can open it: a second opinion."""

@@ -68,8 +68,43 @@ def channel_scales(image: np.ndarray) -> np.ndarray:
     return np.where(scales > 0, scales, 1.0).astype(np.float32)
 
 
+def channel_tints(channels: tuple[str, ...], *, nuclear: int | None,
+                  markers: list[tuple[str, str | None]]) -> list[tuple | None]:
+    """False colours of a multiplex composite: the nuclear channel in blue, each panel
+    marker's channel in its ``color`` (else the next Okabe-Ito colour), other channels hidden;
+    when some markers have a ``color``, only those are shown.
+
+    Parameters
+    ----------
+    channels
+        The slide's channel names.
+    nuclear
+        Index of the nuclear channel (None: none shown).
+    markers
+        ``(channel, '#rrggbb' or None)`` per panel marker, in panel order.
+
+    Examples
+    --------
+    >>> channel_tints(("DAPI", "CD8", "x"), nuclear=0, markers=[("CD8", "#ff0000")])
+    [(0.0, 0.447, 0.698), (1.0, 0.0, 0.0), None]
+    """
+    tints: list[tuple | None] = [None] * len(channels)
+    if any(color for _, color in markers):  # the panel chose its display: show only those
+        markers = [(channel, color) for channel, color in markers if color]
+    if nuclear is not None:
+        tints[nuclear] = OKABE_ITO["blue"]
+    spare = iter([OKABE_ITO[c] for c in ("orange", "bluish_green", "reddish_purple",
+                                          "yellow", "vermillion", "sky_blue")] * 8)
+    for channel, color in markers:
+        if channel not in channels or tints[channels.index(channel)] is not None:
+            continue
+        tints[channels.index(channel)] = (tuple(int(color[i:i + 2], 16) / 255
+                                                for i in (1, 3, 5)) if color else next(spare))
+    return tints
+
+
 def display_rgb(image: np.ndarray, *, scales: np.ndarray | None = None,
-                rgb: bool | None = None) -> np.ndarray:
+                rgb: bool | None = None, tints: list[tuple | None] | None = None) -> np.ndarray:
     """An 8-bit RGB rendering (multichannel images as an Okabe-Ito colour composite).
 
     8-bit RGB is returned as is. Other images: each channel divided by its ``scales`` (default
@@ -81,18 +116,25 @@ def display_rgb(image: np.ndarray, *, scales: np.ndarray | None = None,
     rgb
         Whether the channels are R, G, B (default: any 8-bit 3-channel image). Pass False
         for three fluorescence channels stored as 8 bits (e.g. DAPI, FITC, Cy3).
+    tints
+        RGB colour per channel, None to hide it (:func:`channel_tints`); default the
+        Okabe-Ito cycle over all channels.
     """
     if rgb is None:
         rgb = image.dtype == np.uint8 and image.shape[2] == 3
     if rgb and image.dtype == np.uint8:
         return image[..., :3]
     scales = channel_scales(image) if scales is None else scales
-    tints = [OKABE_ITO[c] for c in ("blue", "bluish_green", "vermillion", "yellow",
-                                     "reddish_purple", "sky_blue", "orange")]
+    if tints is None:
+        cycle = [OKABE_ITO[c] for c in ("blue", "bluish_green", "vermillion", "yellow",
+                                         "reddish_purple", "sky_blue", "orange")]
+        tints = [cycle[i % len(cycle)] for i in range(image.shape[2])]
     out = np.zeros((*image.shape[:2], 3), dtype=np.float32)
     for i in range(image.shape[2]):
+        if tints[i] is None:
+            continue
         channel = np.clip(image[..., i].astype(np.float32) / scales[i], 0, 1)
-        out += channel[..., None] * np.asarray(tints[i % len(tints)], dtype=np.float32)
+        out += channel[..., None] * np.asarray(tints[i], dtype=np.float32)
     return (np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 
@@ -312,7 +354,9 @@ def crop_centres(tissue: np.ndarray, *, n: int, mpp: float) -> list[tuple[float,
 
 def write_crops(slide, centres: list[tuple[float, float]], cell_batches, folder: Path, *,
                 crop_um: float, colors: dict[str, tuple], rgb: bool = True,
-                scales: np.ndarray | None = None) -> list[dict]:
+                scales: np.ndarray | None = None,
+                tints: list[tuple | None] | None = None,
+                channel_legend: list[tuple[str, tuple]] | None = None) -> list[dict]:
     """Full-resolution crops (level 0) with and without the cell outlines.
 
     Parameters
@@ -323,15 +367,18 @@ def write_crops(slide, centres: list[tuple[float, float]], cell_batches, folder:
         Crop centres in um (see :func:`crop_centres`).
     cell_batches
         Iterable of record batches with ``poly_x_um``, ``poly_y_um``, ``x_um``, ``y_um`` and
-        optional ``phenotype`` (read once for all crops).
+        optional ``phenotype`` and whole-cell outlines ``cell_poly_x_um`` / ``cell_poly_y_um``
+        (drawn dashed; read once for all crops).
     folder
         The slide's ``qc`` folder.
     crop_um
         Side of each crop; at most 1024 level-0 pixels are read.
     colors
         Class name to colour.
-    rgb, scales
+    rgb, scales, tints
         How pixels are rendered (see :func:`display_rgb`).
+    channel_legend
+        ``(channel, colour)`` entries of a multiplex composite, added to the legend.
 
     Returns
     -------
@@ -353,6 +400,7 @@ def write_crops(slide, centres: list[tuple[float, float]], cell_batches, folder:
         y0 = int(np.clip(round(cy / mpp0 - side / 2), 0, max(0, height0 - side)))
         boxes.append((x0, y0, min(side, width0), min(side, height0)))
     polygons: list[list] = [[] for _ in boxes]
+    cell_polygons: list[list] = [[] for _ in boxes]
     labels: list[list] = [[] for _ in boxes]
     if cell_batches is not None:
         for batch in cell_batches:
@@ -372,9 +420,17 @@ def write_crops(slide, centres: list[tuple[float, float]], cell_batches, folder:
                 polygons[k].extend(ring)
                 labels[k].extend(names[inside] if names is not None
                                  else ["nucleus"] * inside.size)
+                if "cell_poly_x_um" in batch.schema.names:
+                    n_cell = len(batch.column("cell_poly_x_um")[0])
+                    cx_ = batch.column("cell_poly_x_um").take(inside).flatten().to_numpy()
+                    cy_ = batch.column("cell_poly_y_um").take(inside).flatten().to_numpy()
+                    cell_polygons[k].extend(np.stack([cx_.reshape(-1, n_cell) / mpp0 - x0,
+                                                      cy_.reshape(-1, n_cell) / mpp0 - y0],
+                                                     axis=2))
     out = []
     for k, (x0, y0, w, h) in enumerate(boxes):
-        image = display_rgb(slide.read_level(0, x0, y0, w, h), rgb=rgb, scales=scales)
+        image = display_rgb(slide.read_level(0, x0, y0, w, h), rgb=rgb, scales=scales,
+                            tints=tints)
         plain, overlay = f"crop_{k}.png", f"crop_{k}_overlay.png"
         save_png(folder / plain, image)
         figure, axes = plt.subplots(figsize=(6.5, 6.5 * h / w))
@@ -384,10 +440,17 @@ def write_crops(slide, centres: list[tuple[float, float]], cell_batches, folder:
             axes.add_collection(PolyCollection(
                 polygons[k], facecolors="none", linewidths=0.8,
                 edgecolors=[colors.get(name, OKABE_ITO["grey"]) for name in labels[k]]))
+        if cell_polygons[k]:
+            axes.add_collection(PolyCollection(
+                cell_polygons[k], facecolors="none", linewidths=0.8, linestyles="dashed",
+                edgecolors=[colors.get(name, OKABE_ITO["grey"]) for name in labels[k]]))
         axes.set_axis_off()
         axes.set_title(f"crop {k}: level-0 x={x0} y={y0} ({w * mpp0:.0f} um)", fontsize=9)
-        _legend(axes, [(f"{name} (n={labels[k].count(name)})", colors.get(
+        _legend(axes, ([(f"{name} (n={labels[k].count(name)})", colors.get(
             name, OKABE_ITO["grey"])) for name in present] or [("no cells", OKABE_ITO["grey"])])
+            + ([("cells: nucleus solid, whole cell dashed", (1, 1, 1))]
+               if cell_polygons[k] else [])
+            + [(f"channel {name}", color) for name, color in channel_legend or []])
         _save_figure(figure, folder / overlay)
         out.append({"image": plain, "overlay": overlay, "x_px": x0, "y_px": y0,
                     "width_px": w, "height_px": h})

@@ -30,7 +30,7 @@ from pathology.qc.decisions import valid_sample_id
 from pathology.qc.metrics import SlideQc, slide_qc
 from pathology.qc.shapes import REGION_CODES, mask_polygons, region_raster
 from pathology.registration.serial import registration_checks
-from pathology.slide import Slide
+from pathology.slide import Slide, SlideError
 from pathology.store import atomic_write_text
 
 log = logging.getLogger("hccbio.pathology")
@@ -110,9 +110,34 @@ def _region_features(qc: SlideQc, codes: np.ndarray):
                 "area_mm2": float((mask & qc.tissue).sum() * pixel_mm2)}
 
 
-def _open_slide(slide_path: Path, manifest_mpp: float | None, config: PathologyConfig) -> Slide:
+def _composite_colors(slide: Slide, kind: str, stain: str | None, config: PathologyConfig
+                      ) -> tuple[list | None, list[tuple[str, tuple]]]:
+    """A multiplex slide's false colours from its panel (nuclear channel blue, each marker in
+    its colour, other channels hidden) and the legend; (None, []) otherwise."""
+    from pathology.panels import PanelError, resolve_panel
+    from pathology.pipeline import nuclear_channel_index
+
+    channels = slide.info.channels
+    if kind != "fluorescence" or not stain:
+        return None, []
+    try:
+        panel = resolve_panel("mif", stain, directory=config.phenotypes.panels_dir)
+        nuclear = nuclear_channel_index(channels, config.slide.nuclear_channels)
+    except (PanelError, SlideError):
+        return None, []
+    tints = overlays.channel_tints(channels, nuclear=nuclear,
+                                   markers=[(m.channel, m.color) for m in panel.markers])
+    legend = [(name, tint) for name, tint in zip(channels, tints, strict=True) if tint]
+    return tints, legend
+
+
+def _open_slide(slide_path: Path, manifest_mpp: float | None, config: PathologyConfig,
+                record: dict | None = None) -> Slide:
+    """Open the slide; channel names the file lacks are those the run used (features.json)."""
+    channels = ((record or {}).get("slide") or {}).get("channels")
     return Slide(slide_path, manifest_mpp=manifest_mpp, backend=config.slide.backend,
-                 mpp_range=config.slide.mpp_range, mpp_tolerance=config.slide.mpp_tolerance)
+                 mpp_range=config.slide.mpp_range, mpp_tolerance=config.slide.mpp_tolerance,
+                 channel_names=channels, channel_names_source="features.json")
 
 
 def _measure(slide: Slide, folder: Path, mask: np.ndarray, mask_mpp: float, *, kind: str,
@@ -150,7 +175,7 @@ def measure_slide_qc(out: Path, sample_id: str, *, slide_path: Path,
     features_path = folder / FEATURES_FILE
     record = json.loads(features_path.read_text()) if features_path.is_file() else {}
     cells = _read_cells(folder)
-    with _open_slide(slide_path, manifest_mpp, config) as slide:
+    with _open_slide(slide_path, manifest_mpp, config, record) as slide:
         kind = _kind(modality or record.get("modality"), slide)
         return _measure(slide, folder, mask, mask_mpp, kind=kind, cells=cells, config=config)
 
@@ -208,12 +233,13 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
     cells = _read_cells(folder)
     target = folder / QC_DIR
     target.mkdir(parents=True, exist_ok=True)
-    with _open_slide(slide_path, manifest_mpp, config) as slide:
+    with _open_slide(slide_path, manifest_mpp, config, record) as slide:
         kind = _kind(modality, slide)
         qc = measured if measured is not None else _measure(
             slide, folder, mask, mask_mpp, kind=kind, cells=cells, config=config)
         rgb = tuple(c.upper() for c in slide.info.channels[:3]) == ("R", "G", "B")
-        display = overlays.display_rgb(qc.overview, rgb=rgb)
+        tints, legend = _composite_colors(slide, kind, record.get("stain"), config)
+        display = overlays.display_rgb(qc.overview, rgb=rgb, tints=tints)
         overlays.write_thumbnail(display, target / "thumbnail.png")
         overlays.write_tissue_artefacts(display, qc.tissue, qc.artefacts,
                                         target / "tissue_artefacts.png",
@@ -238,13 +264,16 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
                                         n=qcc.crops, mpp=qc.mpp)
         cells_path = folder / CELLS_FILE
         has_polygons = cells_path.is_file() and "poly_x_um" in pq.read_schema(cells_path).names
+        cell_outlines = (["cell_poly_x_um", "cell_poly_y_um"] if has_polygons and
+                         "cell_poly_x_um" in pq.read_schema(cells_path).names else [])
         batches = (geojson.iter_cell_batches(
             cells_path, classes_path=folder / CLASSES_FILE,
-            columns=["x_um", "y_um", "poly_x_um", "poly_y_um", "phenotype"])
+            columns=["x_um", "y_um", "poly_x_um", "poly_y_um", "phenotype", *cell_outlines])
             if has_polygons else None)
         crops = overlays.write_crops(slide, centres, batches, target, crop_um=qcc.crop_um,
                                      colors=colors, rgb=rgb,
-                                     scales=None if rgb else overlays.channel_scales(qc.overview))
+                                     scales=None if rgb else overlays.channel_scales(qc.overview),
+                                     tints=tints, channel_legend=legend)
         info = slide.info
     n_detections = None
     if has_polygons:
