@@ -152,6 +152,38 @@ def test_a_fixed_failure_is_returned_by_the_worker_task_not_retried(shared_data,
     assert "truncated.svs" in result.reason and "damaged or incomplete" in result.reason
 
 
+def test_dask_does_not_retry_a_slide_that_fails_for_a_fixed_reason(shared_data, tmp_path,
+                                                                   monkeypatch):
+    """Issue 18.6: through a real (in-process) Dask cluster with batch.retries = 2, the
+    truncated SVS is opened once, not three times, and its row gives the reason."""
+    from distributed import Client
+
+    import pathology.distributed as distributed
+    from pathology.batch import BatchRow, _run_dask
+    from pathology.config import BatchSection, PathologyConfig
+    from pathology.pipeline import SlideJob
+    from pathology.progress import BatchProgress
+
+    calls = []
+    real_prepare = distributed.prepare_slide
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].sample_id)
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "prepare_slide", counted)
+    config = PathologyConfig(batch=BatchSection(retries=2))
+    job = SlideJob("broken", truncated_svs(shared_data, tmp_path), "he", "HE", None)
+    rows: list[BatchRow] = []
+    with Client(processes=False, n_workers=1, threads_per_worker=1,
+                dashboard_address=None) as client:
+        _run_dask(client, [job], tmp_path / "out", config,
+                  BatchProgress(1, live=False), rows.append)
+    assert calls == ["broken"]
+    assert [r.status for r in rows] == ["failed"]
+    assert "truncated.svs" in rows[0].reason and "damaged or incomplete" in rows[0].reason
+
+
 def test_an_unexpected_slide_error_is_one_log_line_unless_debug(caplog, tmp_path):
     """Issue 18.6: under --quiet an unexpected error is one line; its traceback is a debug
     line (shown by hccbio --debug)."""
