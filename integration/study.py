@@ -291,7 +291,7 @@ def _arm_configs(study: StudySection, *, slides: bool, blood: bool, rnaseq: bool
 def _run_slide_arm(samples: list[Sample], study: StudySection, config, *, force: bool,
                    show_progress: bool) -> dict[str, str]:
     from pathology.batch import run_slides
-    from pathology.lock import RunLockedError
+    from pathology.lock import RunFolderError, RunLockedError
     from pathology.pipeline import SlideJob
     from pathology.registration.serial import BlockMember, plan_serial_pairs
 
@@ -302,7 +302,7 @@ def _run_slide_arm(samples: list[Sample], study: StudySection, config, *, force:
     try:
         rows = run_slides(jobs, study.out, config, scheduler=study.scheduler, force=force,
                           show_progress=show_progress, serial=serial)
-    except RunLockedError as error:
+    except (RunLockedError, RunFolderError) as error:
         raise StudyError(str(error)) from None
     return {row.sample_id: row.status for row in rows}
 
