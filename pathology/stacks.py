@@ -90,6 +90,7 @@ def metadata_channel_names(tif, n_channels: int, pages: list) -> ChannelNames | 
         return ChannelNames(tuple(str(label).strip() for label in labels), "imagej:Labels")
     names = []
     for page in pages:
+        page = page.aspage() if hasattr(page, "aspage") else page  # TiffFrame: no tags
         tag = page.tags.get("PageName") if page is not None else None
         names.append(str(tag.value).strip() if tag is not None else "")
     if len(names) == n_channels and all(names):
