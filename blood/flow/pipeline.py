@@ -120,9 +120,9 @@ def _check_gate_channels(gating, channels: list[str], fcs_path: Path) -> None:
                 continue
             if channel not in channels:
                 raise BloodInputError(
-                    f"{fcs_path}: gate '{gate_id}' of {gating.path} uses channel '{channel}', "
-                    f"which this file does not have; use one of its channels ($PnN): "
-                    f"{', '.join(channels)}")
+                    f"{fcs_path}: gates of {gating.path} do not fit this file: gate "
+                    f"'{gate_id}' uses channel '{channel}', which the file does not have; use "
+                    f"one of its channels ($PnN): {', '.join(channels)}")
 
 
 def flow_features(populations: pd.DataFrame, features: list[FlowFeature], *,
