@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SIGNATURE_DIR = PROJECT_ROOT / "configs" / "signatures"
 DEFAULT_GENE_MAP = DEFAULT_SIGNATURE_DIR / "ensembl_to_symbol.tsv"
-DEFAULT_GENE_SETS = (DEFAULT_SIGNATURE_DIR / "hcc_atezo_bev.yaml",)
+DEFAULT_GENE_SETS = (DEFAULT_SIGNATURE_DIR / "hcc_atezo_bev.yaml",
+                     DEFAULT_SIGNATURE_DIR / "ifng_ayers.yaml")
 DEFAULT_SINGLE_GENES = ("CD274", "GPC3", "AFP", "VEGFA", "KDR")
 
 ValueType = Literal["counts", "tpm", "log2"]

@@ -100,6 +100,7 @@ def test_shipped_gene_sets_and_gene_map():
     assert sets["teff"].genes == ("CD8A", "EOMES", "PRF1", "IFNG", "CD274")
     assert sets["myeloid_inflam"].genes == ("IL6", "CXCL1", "CXCL2", "CXCL3", "CXCL8", "PTGS2")
     assert "10.1038/s41591-022-01868-2" in sets["abrs"].source
+    assert sets["ifng"].genes == ("IFNG", "STAT1", "IDO1", "CXCL10", "CXCL9", "HLA-DRA")
     symbols = set(load_gene_map(DEFAULT_GENE_MAP).values())
     wanted = {g for s in sets.values() for g in s.genes} | set(
         TranscriptomeConfig().signatures.single_genes)
