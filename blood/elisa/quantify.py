@@ -53,7 +53,9 @@ def quantify(wells: pd.DataFrame, *, model: Model = "4pl", weight_power: float =
     """Blank-correct, fit the standard curve, check recovery and back-calculate samples.
 
     Standards whose back-calculated mean recovers outside ``recovery_window`` are excluded
-    one at a time (worst first) and the curve is refitted, while enough levels remain.
+    one at a time (worst first) and the curve is refitted, while enough levels remain. A
+    zero-concentration standard (S0) is fitted as the curve's asymptote, has no recovery and
+    never sets the LLOQ (the lowest retained standard above zero does).
     Samples are never extrapolated: responses below the LLOQ follow ``below_rule``
     ('lloq_half': LLOQ/2 x dilution; 'lowest_standard': LLOQ x dilution; 'censor': NaN),
     responses above the ULOQ are NaN; both are flagged.
@@ -97,10 +99,14 @@ def quantify(wells: pd.DataFrame, *, model: Model = "4pl", weight_power: float =
         keep = std["concentration"].isin(conc[mask])
         curve = fit_logistic(std.loc[keep, "concentration"], std.loc[keep, "signal"],
                              model=model, weight_power=weight_power)
-        return curve, 100 * curve.concentration(levels["response"].to_numpy()) / conc
+        with np.errstate(divide="ignore", invalid="ignore"):
+            recovery = 100 * curve.concentration(levels["response"].to_numpy()) / conc
+        return curve, np.where(conc > 0, recovery, np.nan)
 
     def outside(recovery: np.ndarray) -> np.ndarray:
-        return ~((recovery >= recovery_window[0]) & (recovery <= recovery_window[1]))
+        # a zero standard (S0) has no recovery: it anchors the asymptote and is always kept
+        return (conc > 0) & ~((recovery >= recovery_window[0]) &
+                              (recovery <= recovery_window[1]))
 
     curve, recovery = fit_on(used)
     while (outside(recovery) & used).any() and used.sum() > n_min:
@@ -121,7 +127,7 @@ def quantify(wells: pd.DataFrame, *, model: Model = "4pl", weight_power: float =
     levels["back_calculated"] = back
     levels["recovery_pct"] = recovery
     levels["used"] = used
-    lloq = float(levels.loc[used, "concentration"].min())
+    lloq = float(levels.loc[used & (conc > 0), "concentration"].min())
     uloq = float(levels.loc[used, "concentration"].max())
     samples = _samples(wells, curve, lloq, uloq, max_cv_pct, below_rule)
     return Quantified(curve, levels, samples, lloq, uloq)
