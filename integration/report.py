@@ -72,9 +72,13 @@ def methods_text(result: AnalysisResult) -> str:
         f"{c.elastic_net.l1_ratio:g}, {c.elastic_net.n_alphas} penalties) over baseline "
         f"features missing in at most {c.elastic_net.max_missing_fraction:.0%} of patients, "
         f"median-imputed and standardised within each of {c.elastic_net.folds} stratified "
-        "folds; penalty chosen by mean out-of-fold Harrell's C (slightly optimistic); "
+        "folds; penalty chosen by mean out-of-fold Harrell's C (cv_c_index, optimistic: the "
+        "same folds chose the penalty). nested_c_index is the honest estimate: nested "
+        "cross-validation, the penalty tuned by an inner cross-validation inside each outer "
+        "training set, scored on outer test patients that never saw the tuning; "
+        "apparent_c_index is the final model on its own patients. "
         f"{c.elastic_net.bootstrap} bootstrap resamples of the pooled out-of-fold C for the "
-        "95% interval.",
+        "95% intervals.",
         "Response: Mann-Whitney U test, logistic-regression odds ratio (statsmodels, Wald CI)"
         " and ROC AUC with DeLong 95% CI; BH q per endpoint over the Mann-Whitney p values.",
         "Treatment changes: Wilcoxon signed-rank test of on-treatment vs baseline per feature;"

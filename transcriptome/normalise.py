@@ -133,6 +133,10 @@ def tmm_factors(counts: pd.DataFrame, *, logratio_trim: float = 0.3,
     >>> tmm_factors(frame).round(6).tolist()
     [1.0, 1.0]
     """
+    # Hand-written although rnanorm.TMM computes the same factors (equal to 2e-16 on GTEx lung
+    # counts, tests/transcriptome/test_reference_libraries.py): 3.6x faster at this scale
+    # (20,000 genes x 100 samples: 0.50 s vs 1.81 s; 818 x 30: 0.027 s vs 0.134 s), and it
+    # keeps edgeR's early exits (identical samples, nothing left after trimming -> 1).
     x = counts.to_numpy(dtype=float)
     x = x[(x > 0).any(axis=1)]
     lib = x.sum(axis=0)
@@ -171,8 +175,10 @@ def _tmm_pair(obs: np.ndarray, ref: np.ndarray, n_obs: float, n_ref: float,
 def median_ratio_factors(counts: pd.DataFrame, *, source: str | Path = "counts") -> pd.Series:
     """Median-of-ratios factors (Anders & Huber, Genome Biol 2010; DESeq2 size factors).
 
-    Returned relative to the library size, like TMM factors: DESeq2's size factor of sample j is
-    proportional to ``library_size_j * factor_j``; factors have a geometric mean of 1.
+    The size factors are pydeseq2's (``pydeseq2.preprocessing.deseq2_norm``, genes with a zero
+    count in any sample left out, as DESeq2 does). They are returned relative to the library
+    size, like TMM factors: DESeq2's size factor of sample j is proportional to
+    ``library_size_j * factor_j``; factors have a geometric mean of 1.
 
     Raises
     ------
@@ -185,9 +191,10 @@ def median_ratio_factors(counts: pd.DataFrame, *, source: str | Path = "counts")
         raise ExpressionError(f"{source}: no gene has a non-zero count in every sample, so "
                               "median-of-ratios size factors are undefined; use "
                               "normalise.method: tmm or cpm")
-    logs = np.log(x[positive])
-    size = np.exp(np.median(logs - logs.mean(axis=1, keepdims=True), axis=0))
-    factors = size / x.sum(axis=0)
+    from pydeseq2.preprocessing import deseq2_norm  # imported here: heavy (anndata, formulaic)
+
+    _, size = deseq2_norm(x.T)
+    factors = np.asarray(size, dtype=float) / x.sum(axis=0)
     factors = factors / np.exp(np.mean(np.log(factors)))
     return pd.Series(factors, index=counts.columns, name="norm_factor")
 

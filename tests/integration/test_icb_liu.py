@@ -174,6 +174,16 @@ def test_response_table_equals_direct_and_direction(liu, liu_run, key):
     assert row["auc"] == pytest.approx({"teff": 0.4557, "ifng": 0.4846}[key], abs=1e-3)
 
 
+def test_elastic_net_reports_nested_beside_apparent(liu_run):
+    out, _ = liu_run
+    table = pd.read_csv(out / "analysis" / "elastic_net.csv").set_index("endpoint")
+    for endpoint in ("os", "pfs"):
+        row = table.loc[endpoint]
+        assert row["n"] == 74
+        assert np.isfinite(row["nested_c_index"]) and np.isfinite(row["apparent_c_index"])
+        assert row["apparent_c_index"] > row["nested_c_index"]  # the apparent C flatters
+
+
 def test_report_and_provenance(liu_run):
     out, _ = liu_run
     report = (out / "report.html").read_text()
