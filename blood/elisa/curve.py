@@ -310,7 +310,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, model: Model = "4pl",
             q0 = np.array([start[name] for name in free], dtype=float)
             try:
                 fit = least_squares(residuals, q0, jac=jac, method="trf", x_scale="jac",
-                                    xtol=1e-14, ftol=1e-14, gtol=1e-14, max_nfev=20000)
+                                    xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=2000)
             except (ValueError, FloatingPointError):
                 continue
             if np.all(np.isfinite(fit.x)) and np.isfinite(fit.cost) and (
