@@ -22,9 +22,16 @@ from integration.changes import change_table
 from integration.clinical import read_clinical
 from integration.config import AnalysisConfig
 from integration.exports import SUMMARY_FILE, atomic_write, write_csv
-from integration.frame import AnalysisData, build_analysis_data, outcome, read_features
+from integration.frame import AnalysisData, Variable, build_analysis_data, outcome, read_features
+from integration.mofa import MofaResult, fit_mofa
 from integration.penalised import elastic_net_cox
-from integration.plots import forest_figure, km_figure, response_figure, save_figure
+from integration.plots import (
+    forest_figure,
+    km_figure,
+    response_figure,
+    save_figure,
+    variance_heatmap,
+)
 from integration.response import response_labels, response_table
 from integration.scores import derive_scores
 from integration.subtypes import consensus_subtypes
@@ -135,6 +142,14 @@ def run_analysis(features: str | Path, clinical: str | Path, out: str | Path, *,
     design, design_notes = design_covariates(data, config.cox.covariates)
     notes.extend(design_notes)
     tick = lap("inputs", started)
+    mofa = None
+    if config.mofa.enabled:
+        mofa = fit_mofa(data, config=config.mofa, seed=config.seed)
+        if mofa.note:
+            notes.append(f"MOFA+ {mofa.note}")
+        else:  # the factors are candidate biomarkers like every baseline feature
+            data = _with_factors(data, mofa)
+        tick = lap("mofa", tick)
     endpoints = list(config.endpoints)
     landmark = config.landmark_months
     tables: dict[str, pd.DataFrame] = {}
@@ -169,8 +184,14 @@ def run_analysis(features: str | Path, clinical: str | Path, out: str | Path, *,
             tables["subtype_features"] = subtypes.features
             tables["subtype_logrank"] = _subtype_logrank(data, subtypes.labels, endpoints)
         tick = lap("subtypes", tick)
+    if mofa is not None and not mofa.note:
+        tables.update(_mofa_tables(data, mofa, endpoints,
+                                   subtypes.labels if subtypes is not None and not subtypes.note
+                                   else None))
     figures = _figures(data, tables, config, out / ANALYSIS_DIR,
                        subtypes.labels if subtypes is not None and not subtypes.note else None)
+    if mofa is not None and not mofa.note:
+        figures.update(_mofa_figures(data, mofa, tables, config, out / ANALYSIS_DIR))
     lap("figures", tick)
     folder = out / ANALYSIS_DIR
     for name, frame in tables.items():
@@ -215,6 +236,64 @@ def _subtype_logrank(data: AnalysisData, labels: pd.Series, endpoints: list[str]
                      "subtypes": int(frame["subtype"].nunique()),
                      "chi2": float(test.test_statistic), "p": float(test.p_value)})
     return pd.DataFrame(rows, columns=["endpoint", "n", "events", "subtypes", "chi2", "p"])
+
+
+def _with_factors(data: AnalysisData, mofa: MofaResult) -> AnalysisData:
+    """The analysis frame with the MOFA+ factors as baseline variables (not in the blocks,
+    so consensus clustering does not count them twice)."""
+    x = data.x.join(mofa.factors.reindex(data.x.index))
+    labels = mofa.dictionary().set_index("name")["label"]
+    variables = data.variables + [Variable(name, name, "baseline", False, labels[name],
+                                           "factor score", "mofa")
+                                  for name in mofa.factors.columns]
+    return AnalysisData(data.clinical, x, variables, data.blocks, data.notes)
+
+
+def _mofa_tables(data: AnalysisData, mofa: MofaResult, endpoints: list[str],
+                 consensus: pd.Series | None) -> dict[str, pd.DataFrame]:
+    factors = mofa.factors.reset_index()
+    factors.insert(1, "timepoint", "baseline")
+    tables = {"mofa_factors": factors, "mofa_dictionary": mofa.dictionary(),
+              "mofa_variance": mofa.variance, "mofa_loadings": mofa.loadings,
+              "mofa_views": pd.DataFrame([{"view": v, "features": len(k),
+                                           "patients": int(data.x[k].notna().any(axis=1).sum())}
+                                          for v, k in mofa.views.items()])}
+    if not mofa.subtypes.empty:
+        tables["mofa_subtypes"] = mofa.subtypes.rename_axis("patient_id").reset_index()
+        tables["mofa_subtype_stability"] = mofa.stability
+        tables["mofa_subtype_logrank"] = _subtype_logrank(data, mofa.subtypes, endpoints)
+        if consensus is not None:
+            from sklearn.metrics import adjusted_rand_score
+
+            common = mofa.subtypes.index.intersection(consensus.index)
+            tables["mofa_vs_consensus"] = pd.crosstab(
+                mofa.subtypes[common].rename("mofa_subtype"),
+                consensus[common].rename("consensus")).reset_index().assign(
+                adjusted_rand=adjusted_rand_score(mofa.subtypes[common], consensus[common]))
+    return tables
+
+
+def _mofa_figures(data: AnalysisData, mofa: MofaResult, tables: dict[str, pd.DataFrame],
+                  config: AnalysisConfig, folder: Path) -> dict[str, tuple[str, bytes]]:
+    tag = " [SYNTHETIC OUTCOMES]" if config.synthetic_outcomes else ""
+    figures = {"mofa_variance": ("MOFA+: variance explained (%) per view and factor",
+                                 save_figure(variance_heatmap(mofa.variance,
+                                                              title="MOFA+ variance explained "
+                                                                    "(%)"),
+                                             folder / "mofa_variance.png"))}
+    if mofa.subtypes.empty:
+        return figures
+    lr = tables["mofa_subtype_logrank"]
+    for endpoint in config.endpoints:
+        frame = outcome(data.clinical, endpoint).join(mofa.subtypes, how="inner")
+        p = lr.loc[lr["endpoint"] == endpoint, "p"]
+        fig = km_figure(frame["time"], frame["event"], frame["subtype"],
+                        title=f"{endpoint.upper()} by MOFA+ factor subtype{tag}",
+                        note=f"log-rank p = {float(p.iloc[0]):.3g}" if len(p) else "")
+        figures[f"km_{endpoint}_mofa_subtypes"] = (
+            f"Kaplan-Meier, {endpoint.upper()}, MOFA+ factor subtypes{tag}",
+            save_figure(fig, folder / f"km_{endpoint}_mofa_subtypes.png"))
+    return figures
 
 
 def _figures(data: AnalysisData, tables: dict[str, pd.DataFrame], config: AnalysisConfig,

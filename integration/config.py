@@ -100,6 +100,34 @@ class SubtypeConfig(_Section):
         return self
 
 
+class MofaConfig(_Section):
+    """Multi-omics factor analysis (MOFA+, mofapy2) of the baseline modality views."""
+
+    enabled: bool = Field(True, description="Fit MOFA+ (needs >= 1 view with >= 2 features and "
+                          ">= 10 patients).")
+    factors: int = Field(8, ge=1, le=50, description="Factors to start from; inactive ones "
+                         "(explaining < min_variance_pct in every view) are dropped.")
+    min_variance_pct: float = Field(1.0, ge=0, lt=100, description="A factor is kept when it "
+                                    "explains at least this % of the variance of some view.")
+    iterations: int = Field(1000, ge=10, description="Most training iterations (MOFA+ stops "
+                            "earlier at convergence, mode 'fast').")
+    include_clinical: bool = Field(False, description="Add the clinical scores (CRAFITY, ALBI, "
+                                   "NLR, ...) as a view.")
+    max_missing_fraction: float = Field(0.5, ge=0, lt=1, description="Within a view, features "
+                                        "missing in more of the view's patients are left out.")
+    top_loadings: int = Field(10, ge=1, description="Features listed per factor and view.")
+    k_min: int = Field(2, ge=2, description="Fewest subtypes tried on the factors.")
+    k_max: int = Field(4, ge=2, description="Most subtypes tried on the factors.")
+    resamples: int = Field(50, ge=5, description="Subsamples (80% of patients) for the "
+                           "stability of each k (mean adjusted Rand index to the full fit).")
+
+    @model_validator(mode="after")
+    def _k_order(self) -> MofaConfig:
+        if self.k_max < self.k_min:
+            raise ValueError("k_max must be at least k_min")
+        return self
+
+
 class AnalysisConfig(_Section):
     """The ``analysis`` section: outcome analysis of the merged feature table."""
 
@@ -122,6 +150,8 @@ class AnalysisConfig(_Section):
                                           description="Penalised Cox.")
     response: ResponseConfig = Field(default_factory=ResponseConfig, description="Response.")
     subtypes: SubtypeConfig = Field(default_factory=SubtypeConfig, description="Subtypes.")
+    mofa: MofaConfig = Field(default_factory=MofaConfig, description="MOFA+ factors and "
+                             "factor subtypes.")
 
     def resolved(self) -> dict:
         """The config as a plain dict (defaults filled in)."""

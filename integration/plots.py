@@ -103,6 +103,22 @@ def response_figure(values: pd.Series, labels: pd.Series, *, title: str) -> Figu
     return fig
 
 
+def variance_heatmap(variance: pd.DataFrame, *, title: str) -> Figure:
+    """Heatmap of ``view, factor, r2_pct`` (variance explained, %), values written in cells."""
+    grid = variance.pivot(index="view", columns="factor", values="r2_pct")
+    grid = grid[list(dict.fromkeys(variance["factor"]))]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * grid.shape[1], 1.0 + 0.5 * grid.shape[0]))
+    image = ax.imshow(grid.to_numpy(), cmap="Blues", vmin=0, aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
+    for (i, j), value in np.ndenumerate(grid.to_numpy()):
+        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(image, ax=ax, label="% variance")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig: Figure, path: Path) -> bytes:
     """Write ``fig`` as PNG to ``path`` (atomically), close it and return the PNG bytes."""
     buffer = io.BytesIO()

@@ -87,9 +87,23 @@ def methods_text(result: AnalysisResult) -> str:
         f"80% of patients, k = {c.subtypes.k_min}-{c.subtypes.k_max}, k by the smallest PAC) "
         "of z-scored baseline features with equal weight per modality block; KM and log-rank"
         " by subtype; defining features by Kruskal-Wallis with BH q.",
+        f"MOFA+ (mofapy2; Argelaguet et al., Genome Biol 2020) on the baseline views "
+        "(pathology, blood, tumour RNA"
+        f"{', clinical scores' if c.mofa.include_clinical else ''}; patients missing a view "
+        f"kept; features missing in more than {c.mofa.max_missing_fraction:.0%} of a view's "
+        f"patients left out; views scaled to unit variance), {c.mofa.factors} factors at the "
+        f"start, spike-and-slab and ARD priors, factors explaining < "
+        f"{c.mofa.min_variance_pct:g}% of every view dropped; the factors are analysed as "
+        f"baseline features (mofa_f*). Factor subtypes: k-means on the standardised factors, "
+        f"k = {c.mofa.k_min}-{c.mofa.k_max} chosen by stability (mean adjusted Rand index "
+        f"over {c.mofa.resamples} subsamples of 80% of patients).",
         f"Random seed {c.seed}; q < {c.fdr:g} is called significant.",
     ]
     return "".join(f"<p>{html.escape(p)}</p>" for p in parts)
+
+
+def _is_mofa_figure(name: str) -> bool:
+    return name == "mofa_variance" or name.endswith("_mofa_subtypes")
 
 
 def _cohort_section(result: AnalysisResult, cohort: dict) -> str:
@@ -160,7 +174,8 @@ def render_report(result: AnalysisResult, *, cohort: dict | None = None) -> str:
                                   "n_high"], rows=10))
     body.append("<h3>Clinical model</h3>" + _table(t.get("clinical_model"), rows=40))
     body.append("<h2>Figures</h2>")
-    body.extend(_figure(caption, png) for caption, png in result.figures.values())
+    body.extend(_figure(caption, png) for name, (caption, png) in result.figures.items()
+                if not _is_mofa_figure(name))
     response = t["response"].sort_values("mw_p", na_position="last")
     body.append("<h2>Response</h2>")
     body.append(_table(response, ["endpoint", "feature", "timepoint", "n_pos", "n_neg",
@@ -182,6 +197,26 @@ def render_report(result: AnalysisResult, *, cohort: dict | None = None) -> str:
         body.append(_table(sizes) + _table(t["subtype_selection"]) +
                     _table(t["subtype_logrank"]) + "<h3>Defining features</h3>" +
                     _table(t["subtype_features"]))
+    else:
+        body.append("<p class='note'>not done (see notes)</p>")
+    body.append("<h2>MOFA+ factors and factor subtypes</h2>")
+    if "mofa_variance" in t:
+        body.append(_table(t["mofa_views"]) + "<h3>Variance explained (%)</h3>" +
+                    _table(t["mofa_variance"].pivot(index="view", columns="factor",
+                                                    values="r2_pct").round(1).reset_index()))
+        body.extend(_figure(caption, png) for name, (caption, png) in result.figures.items()
+                    if _is_mofa_figure(name))
+        top = t["mofa_loadings"]
+        body.append("<h3>Top loadings (5 per factor and view)</h3>" +
+                    _table(top[top["rank"] <= 5]))
+        if "mofa_subtypes" in t:
+            sizes = t["mofa_subtypes"]["subtype"].value_counts().rename_axis(
+                "subtype").reset_index()
+            body.append("<h3>Subtypes from the factors</h3>" + _table(sizes) +
+                        _table(t["mofa_subtype_stability"]) + _table(t["mofa_subtype_logrank"]))
+        if "mofa_vs_consensus" in t:
+            body.append("<h3>Compared with the consensus k-means subtypes</h3>" +
+                        _table(t["mofa_vs_consensus"]))
     else:
         body.append("<p class='note'>not done (see notes)</p>")
     body.append("<h2>Methods</h2>" + methods_text(result))

@@ -36,7 +36,8 @@ IFNG = ("IFNG", "STAT1", "IDO1", "CXCL10", "CXCL9", "HLA-DRA")
 ANALYSIS = {"endpoints": ["os", "pfs"], "seed": 7,
             "cox": {"covariates": ["sex"], "n_km_plots": 1},
             "elastic_net": {"bootstrap": 20, "n_alphas": 10},
-            "subtypes": {"resamples": 10, "k_max": 3}}
+            "subtypes": {"resamples": 10, "k_max": 3},
+            "mofa": {"factors": 4, "resamples": 10, "k_max": 3, "iterations": 500}}
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +183,32 @@ def test_elastic_net_reports_nested_beside_apparent(liu_run):
         assert row["n"] == 74
         assert np.isfinite(row["nested_c_index"]) and np.isfinite(row["apparent_c_index"])
         assert row["apparent_c_index"] > row["nested_c_index"]  # the apparent C flatters
+
+
+def test_mofa_factors_through_analyze(liu_run):
+    """One view here (tumour RNA: signature scores and single genes); the factors are in the
+    tables, the dictionary, the outcome analyses and the report."""
+    out, _ = liu_run
+    folder = out / "analysis"
+    views = pd.read_csv(folder / "mofa_views.csv")
+    assert list(views["view"]) == ["rna"] and views["patients"].iloc[0] == 74
+    factors = pd.read_csv(folder / "mofa_factors.csv")
+    columns = [c for c in factors.columns if c.startswith("mofa_f")]
+    assert len(factors) == 74 and columns
+    dictionary = pd.read_csv(folder / "mofa_dictionary.csv")
+    assert list(dictionary["name"]) == columns
+    variance = pd.read_csv(folder / "mofa_variance.csv")
+    assert variance["r2_pct"].iloc[0] > 30  # the immune genes move together
+    loadings = pd.read_csv(folder / "mofa_loadings.csv")
+    top = loadings[(loadings["factor"] == "mofa_f1")].sort_values("rank")["feature"].head(5)
+    assert top.str.contains("teff|ifng|abrs|cd274").any()
+    uni = pd.read_csv(folder / "univariate_cox.csv")
+    assert set(columns) <= set(uni["feature"])
+    assert (folder / "mofa_variance.png").is_file()
+    assert (folder / "mofa_subtype_stability.csv").is_file()
+    comparison = pd.read_csv(folder / "mofa_vs_consensus.csv")
+    assert comparison["adjusted_rand"].between(-1, 1).all()
+    assert "MOFA+ factors and factor subtypes" in (out / "report.html").read_text()
 
 
 def test_report_and_provenance(liu_run):
