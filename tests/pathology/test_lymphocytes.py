@@ -21,34 +21,49 @@ def training(project_root):
     return module
 
 
-def test_shipped_classifier_f1_on_held_out_images(project_root, shared_data, training):
+def test_shipped_classifier_on_held_out_images(project_root, shared_data, training):
+    """Held-out CRCHistoPhenotypes images through `hccbio slides run` (the nuclei a slide
+    gets), scored as the card states: the lymphocyte call and the four classes."""
     folder = project_root / "models" / "lymphocyte_classifier"
     model = load_lymphocyte_model(folder)
     meta = model.meta
     assert not set(meta["test_images"]) & set(meta["train_images"])
-    root = shared_data / "nuclei" / "crchistophenotypes"
-    table = pd.concat([training.nucleus_table(root / name, segmenter=meta["segmenter"])
-                       for name in meta["test_images"]], ignore_index=True)
-    metrics = training.evaluate(model, table[table["cls"] != ""])
+    assert model.classes == ("epithelial", "fibroblast", "inflammatory", "others")
+    table = training.dataset(shared_data, model_spec=meta["segmentation_model"],
+                             images=tuple(meta["test_images"]))
+    matched = table[table["cls"] != ""]
+    metrics = training.evaluate(model, matched)
     assert metrics["f1"] == pytest.approx(meta["test"]["f1"], abs=0.005)
+    assert metrics["precision"] == pytest.approx(meta["test"]["precision"], abs=0.005)
     assert metrics["f1"] >= 0.7
+    assert metrics["precision"] >= 0.75  # the call stays specific, not only sensitive
     card = (folder / "MODEL_CARD.md").read_text()
-    assert f"{meta['test']['f1']:.3f}" in card and meta["segmenter"] in card
-    # the classifier beats the trivial "everything is a lymphocyte" call
-    truth = (table["cls"] == "inflammatory").to_numpy()[table["cls"].to_numpy() != ""]
+    assert f"{meta['test']['f1']:.3f}" in card and meta["segmentation_model"] in card
+    for name, scores in meta["test"]["per_class"].items():
+        assert f"| {name} | {scores['precision']:.3f} | {scores['recall']:.3f} |" in card
+    # better than the trivial "everything is a lymphocyte" call
+    truth = (matched["cls"] == "inflammatory").to_numpy()
     assert metrics["f1"] > training.f1_score(truth, np.ones_like(truth)) + 0.1
+    # epithelial nuclei, the tumour cells of these images, are mostly not lymphocytes
+    epithelial = matched["cls"].to_numpy() == "epithelial"
+    assert model.predict(matched)[epithelial].mean() < 0.25
 
 
 def test_small_round_dark_nuclei_are_lymphocytes(project_root):
+    """Two synthetic nuclei with the median measurements of CRCHistoPhenotypes' inflammatory
+    nuclei, and of a large carcinoma nucleus (80 um^2, the epithelial stain profile)."""
     model = load_lymphocyte_model(project_root / "models" / "lymphocyte_classifier")
-    base = {"eccentricity": 0.4, "solidity": 0.97, "nucleus_eosin_od": 0.05,
-            "ring_eosin_od": 0.25, "ring_hematoxylin_od": 0.15}
-    lymphocyte = dict(base, area_um2=22.0, perimeter_um=17.0, major_axis_um=5.6,
-                      minor_axis_um=5.0, nucleus_hematoxylin_od=0.75)
-    tumour = dict(base, area_um2=80.0, perimeter_um=36.0, major_axis_um=12.0,
-                  minor_axis_um=8.5, eccentricity=0.7, nucleus_hematoxylin_od=0.35)
-    p = model.probability(pd.DataFrame([lymphocyte, tumour]))
+    base = {"solidity": 0.95, "nucleus_eosin_od": 0.13}
+    lymphocyte = dict(base, area_um2=19.5, perimeter_um=15.8, major_axis_um=5.8,
+                      minor_axis_um=4.3, eccentricity=0.65, nucleus_hematoxylin_od=0.43,
+                      ring_hematoxylin_od=0.10, ring_eosin_od=0.08)
+    tumour = dict(base, area_um2=80.0, perimeter_um=34.0, major_axis_um=12.0,
+                  minor_axis_um=8.5, eccentricity=0.7, nucleus_hematoxylin_od=0.34,
+                  ring_hematoxylin_od=0.20, ring_eosin_od=0.10)
+    cells = pd.DataFrame([lymphocyte, tumour])
+    p = model.probability(cells)
     assert p[0] > model.threshold > p[1]
+    assert list(model.predict_class(cells)) == ["inflammatory", "epithelial"]
 
 
 def test_missing_model_or_columns_are_clear_errors(tmp_path, project_root):
