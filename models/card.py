@@ -19,7 +19,17 @@ DATA = {
              "2019), licence CC0, at their native resolution (no pixel size published; nuclei "
              "of about 10-30 px across)."),
 }
+DATA["bf"] = (
+    DATA["he"] + " Also: the MoNuSeg 2018 training-set tiles that have nucleus outlines (13 of "
+    "30, several organs, CC BY-NC-SA 4.0; the last three by name are the tuning split), and the "
+    "two DeepLIIF Ki67 IHC training tiles (Ghahremani et al., Nat Mach Intell 2022; 40x, all "
+    "nuclei annotated; see their SOURCE.txt for the licence), rescaled from 0.25 to 0.5 um/px "
+    "and repeated three times. Half of the H&E patches are re-rendered as hematoxylin + DAB "
+    "(`models/train.py:render_hdab`: the H&E's hematoxylin, pale to dark, with DAB on a random "
+    "share of the annotated nuclei or around them).")
 USE = {
+    "bf": "Nuclei in brightfield slides at 0.5 um/px: H&E, and IHC with a hematoxylin "
+          "counterstain however pale, DAB-positive or not.",
     "he": "Nuclei in H&E and IHC (hematoxylin counterstain) brightfield slides at 0.5 um/px.",
     "fluo": "Nuclei in the nuclear channel (DAPI, Hoechst, dsDNA, H3) of fluorescence and "
             "multiplex images. Trained at DSB2018's native pixel size (unpublished; nuclei "
@@ -29,11 +39,54 @@ USE = {
 }
 
 
+ACCURACY_REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "accuracy.json"
+
+
+def accuracy_lines(name: str, report_path: Path = ACCURACY_REPORT) -> list[str]:
+    """The card's section with the model's row of ``python -m benchmarks.accuracy``."""
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    r = report.get("models", {}).get(name)
+    if r is None:
+        return ["## Accuracy through `hccbio slides run`", "",
+                "Not yet measured: run `python -m benchmarks.accuracy`.", ""]
+    m, d = r["monuseg_val"], r["deepliif_test"]
+    tiles = "; ".join(
+        f"{t['image']}: Ki67- recall {t['recall_negative']:.3f}, Ki67+ recall "
+        f"{t['recall_positive']:.3f}, Ki67 index {t['ki67_pct']:.1f} % (truth "
+        f"{t['ki67_truth_pct']:.1f} %)" for t in d["per_image"])
+    lym = r["crc_lymphocytes"]
+    return [
+        "## Accuracy through `hccbio slides run`", "",
+        f"From `benchmarks/results/accuracy.json` ({report['date'][:10]}; "
+        "`python -m benchmarks.accuracy` writes it by running the annotated tiles through the "
+        "pipeline: reader, resampling to 0.5 um/px, tiling, normalisation, this model, "
+        "measurements, phenotypes). None of these images was used to train or tune this model.",
+        "",
+        "| set | measure | value |", "|---|---|---|",
+        f"| MoNuSeg validation (3 H&E tiles) | F1 at IoU 0.5 | {m['iou50']['f1']:.3f} |",
+        f"| | precision / recall | {m['iou50']['precision']:.3f} / "
+        f"{m['iou50']['recall']:.3f} |",
+        f"| | centroid F1 (3 um) | {m['centroid']['f1']:.3f} |",
+        f"| MoNuSeg training tiles without outlines (17) | foreground Dice | "
+        f"{r['monuseg_masks']['dice']:.3f} |",
+        f"| DeepLIIF Ki67 IHC test tiles (2) | F1 at IoU 0.5 | {d['iou50']['f1']:.3f} |",
+        f"| | centroid recall (3 um) | {d['centroid']['recall']:.3f} |",
+        f"| CRCHistoPhenotypes (14 colorectal H&E) | centroid recall (3 um) | "
+        f"{r['crc_coverage']['recall']:.3f} |",
+        f"| CRCHistoPhenotypes held-out (4) | lymphocyte F1 (precision / recall) | "
+        f"{lym['f1']:.3f} ({lym['precision']:.3f} / {lym['recall']:.3f}) |",
+        f"| speed | s per Mpx (network + NMS, 2 CPU cores) | {r['speed']['s_per_mpx']:.2f} |",
+        "", f"DeepLIIF per tile: {tiles}.", "",
+    ]
+
+
 def render(folder: Path) -> str:
     """The model card text for a trained model folder."""
     meta = json.loads((folder / "hccbio_model.json").read_text())
     config = json.loads((folder / "config.json").read_text())
     kind = meta["kind"]
+    if kind == "bf":
+        return _render_brightfield(folder, meta, config)
     metrics, baseline = meta["metrics_val"], meta["watershed_val"]
     norm = meta["normalization"]
     norm_text = (f"fixed range {norm['low']:g}-{norm['high']:g} (uint8 / 255): the same input "
@@ -89,12 +142,7 @@ def render(folder: Path) -> str:
         "`tests/pathology/test_models.py` recomputes these numbers from the shipped weights. "
         "The thresholds were tuned on the same validation images, so the figures are slightly "
         "optimistic; the images themselves never entered training.", "",
-        *([f"On unseen tissue (CRCHistoPhenotypes, colorectal H&E at 0.55 um/px, 14 images): "
-           f"{meta['crc_centroid_coverage']['coverage']:.1%} of "
-           f"{meta['crc_centroid_coverage']['annotated']} annotated nucleus centroids fall "
-           f"inside a detected nucleus ({meta['crc_centroid_coverage']['detected']} nuclei "
-           "detected; `models/train_lymphocytes.py:centroid_coverage`).", ""]
-          if meta.get("crc_centroid_coverage") else []),
+        *(accuracy_lines(folder.name) if kind == "he" else []),
         "## Limitations", "",
         "Few training images (no MoNuSeg training split is available here, no liver tissue); "
         "expect lower accuracy on unusual stains, heavy pigment or out-of-focus areas. Retrain "
@@ -102,6 +150,82 @@ def render(folder: Path) -> str:
         "## Reproduce", "",
         f"```\npython models/train.py {kind} --steps {meta['steps']}{architecture} "
         f"--out models/{folder.name}\npython models/card.py models/{folder.name}\n```", "",
+    ]
+    return "\n".join(lines)
+
+
+def _target_lines(name: str, report_path: Path = ACCURACY_REPORT) -> list[str]:
+    """What the accuracy report says of the brightfield targets (issue 12), met or not."""
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    r = report.get("models", {}).get(name)
+    if r is None:
+        return []
+    tiles = r["deepliif_test"]["per_image"]
+    worst_negative = min(t["recall_negative"] for t in tiles)
+    worst_positive = min(t["recall_positive"] for t in tiles)
+    f1 = r["monuseg_val"]["iou50"]["f1"]
+    return [
+        "Targets (issue 12) on the reporting images: H&E F1 >= 0.85 "
+        f"({'met' if f1 >= 0.85 else 'not met'}: {f1:.3f}); recall >= 0.85 of Ki67-negative "
+        f"and of Ki67-positive nuclei on each DeepLIIF tile "
+        f"({'met' if min(worst_negative, worst_positive) >= 0.85 else 'not met'}: lowest "
+        f"{worst_negative:.2f} and {worst_positive:.2f}). The palest hematoxylin-only nuclei "
+        "are still the ones missed (lowering the probability threshold gains a few points of "
+        "recall at a cost in precision, so it is not the fix); more real IHC with all nuclei "
+        "annotated, or longer training from these weights, is the next step.", ""]
+
+
+def _render_brightfield(folder: Path, meta: dict, config: dict) -> str:
+    """Card of a ``bf`` model: tuned on its own split, reported by the accuracy benchmark."""
+    tune = meta["metrics_tune"]
+    lines = [
+        f"# Model card: `{folder.name}` (StarDist 2D, brightfield H&E + IHC)", "",
+        f"**Intended use.** {USE['bf']} Research use; not a medical device. The default "
+        "model of `hccbio slides run` for `he` and `ihc` rows.", "",
+        "## Data", "", DATA["bf"], "",
+        f"- Training images ({len(meta['train_images'])}): " + ", ".join(
+            f"`{n[:16]}`" for n in meta["train_images"]),
+        f"- Tuning images ({len(meta['tune_images'])}; early stopping and thresholds, with "
+        "seeded H-DAB renderings of each): " + ", ".join(f"`{n[:24]}`" for n in
+                                                        meta["tune_images"]),
+        f"- Reporting images ({len(meta['report_images'])}; never used to train or tune): " +
+        ", ".join(f"`{n[:24]}`" for n in meta["report_images"]),
+        "- The data stay outside the repository (`$HCCBIO_SHARED_DATA`, default "
+        "`../shared/data`).", "",
+        "## Licence", "",
+        "Weights: BSD-3-Clause like the project code. Training data licences above apply to "
+        "derived use; MoNuSeg is CC BY-NC-SA 4.0 (non-commercial) and DeepLIIF's data are for "
+        "academic use, so the weights inherit those restrictions in practice.", "",
+        "## Settings", "",
+        f"- StarDist {meta['versions']['stardist']}, TensorFlow {meta['versions']['tensorflow']}"
+        f" (CPU), {config['n_rays']} rays, grid {tuple(config['grid'])}, U-Net depth "
+        f"{config['unet_n_depth']}, {config['unet_n_filter_base']} base filters, "
+        f"{config['net_conv_after_unet']} filters after the U-Net, 3 input channels "
+        "(the same network as `he_nuclei`, so the same speed)",
+        f"- Started from `{meta.get('init', '-')}`'s weights; {meta['steps']} steps in all, "
+        f"batch {meta['batch']}, patch {meta['patch']} px, learning rate "
+        f"{config['train_learning_rate']}, seed {meta['seed']}, "
+        f"{meta['train_seconds'] / 60:.0f} min on 2 CPU cores for the last stage",
+        "- Augmentation: flips, 90-degree rotations, H-DAB re-rendering of half the H&E "
+        "patches, global stain strength (optical density x 0.6-1.3), per-channel stain jitter "
+        "(x 0.85-1.15, +-0.05), Gaussian noise (sd 0.02)",
+        "- Input normalisation: fixed range 0-255 (uint8 / 255)",
+        f"- Resolution: {meta['mpp']} um/px",
+        f"- Thresholds (StarDist's optimize_thresholds on the tuning split): prob "
+        f"{meta['thresholds']['prob']:.3f}, nms {meta['thresholds']['nms']:.2f}; F1 at IoU 0.5 "
+        f"on the tuning split {tune['f1_iou50']:.3f} (watershed "
+        f"{meta['watershed_tune']['f1_iou50']:.3f} on its H&E tiles)", "",
+        *accuracy_lines(folder.name),
+        "## Limitations", "",
+        *_target_lines(folder.name),
+        "No liver tissue and two real IHC tiles in training (the rest of the IHC appearance "
+        "is rendered from H&E); expect lower accuracy on unusual stains, heavy pigment or "
+        "out-of-focus areas. Retrain with `python models/train.py bf` when annotated HCC "
+        "tiles are available.", "",
+        "## Reproduce", "",
+        f"```\npython models/train.py bf --steps {meta['steps'] - 2000} --init models/he_nuclei "
+        f"--previous-steps 2000 --out models/{folder.name}\npython -m benchmarks.accuracy\n"
+        f"python models/card.py models/{folder.name}\n```", "",
     ]
     return "\n".join(lines)
 

@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="no training: tune thresholds and write the card for the weights "
                         "already in --out (e.g. a run stopped after its last checkpoint); "
                         "--steps then states how many steps those weights had")
+    parser.add_argument("--train-seconds", type=float, default=None,
+                        help="with --finalize: how long the stopped run trained (for the card)")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -297,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         model = StarDist2D(None, name=args.out.name, basedir=str(args.out.parent))
         previous = json.loads((args.out / "hccbio_model.json").read_text()) if (
             args.out / "hccbio_model.json").is_file() else {}
-        train_seconds = float(previous.get("train_seconds", 0.0))
+        train_seconds = (args.train_seconds if args.train_seconds is not None
+                         else float(previous.get("train_seconds", 0.0)))
     else:
         config = Config2D(
             n_rays=32, grid=(2, 2), n_channel_in=n_channel, unet_n_depth=3,

@@ -95,7 +95,7 @@ class SegmentationSection(_Section):
     brightfield_model: str = Field("models/he_nuclei", description="Model for H&E slides: a "
                                    "folder (relative to the project root or absolute) or a "
                                    "registered pretrained name such as 2D_versatile_he.")
-    ihc_model: str = Field("models/he_nuclei", description="Model for IHC slides (hematoxylin "
+    ihc_model: str = Field("models/bf_nuclei", description="Model for IHC slides (hematoxylin "
                            "counterstain with DAB), folder or pretrained name.")
     fluorescence_model: str = Field("models/fluo_nuclei", description="Model for the nuclear "
                                     "channel of fluorescence slides (folder or 2D_versatile_fluo).")
