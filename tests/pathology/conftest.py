@@ -33,3 +33,19 @@ def small_tile_config() -> PathologyConfig:
 def models(small_tile_config) -> ModelCache:
     """One model cache for the whole session (loading TensorFlow models is slow)."""
     return ModelCache(small_tile_config)
+
+
+@pytest.fixture(scope="session")
+def deepliif_pipeline(shared_data, tmp_path_factory) -> dict:
+    """DeepLIIF's Ki67 IHC test tiles (manual masks; never used to train or tune a model)
+    through `hccbio slides run` with the shipped defaults for `ihc` rows (the IHC model, the
+    Ki67 panel): name -> (AnnotatedImage, PipelineCells)."""
+    from pathology.annotations import load_deepliif
+    from pathology.config import SegmentationSection
+    from pathology.evaluation import annotated_tile_config, run_pipeline
+
+    items = load_deepliif(shared_data / "ihc" / "deepliif", "test")
+    config = annotated_tile_config(SegmentationSection().ihc_model)
+    results = run_pipeline(items, tmp_path_factory.mktemp("deepliif"), modality="ihc",
+                           stain="Ki67", config=config)
+    return {item.name: (item, result) for item, result in zip(items, results, strict=True)}

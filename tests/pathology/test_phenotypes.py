@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.io import imread
 
-from pathology.cells import intensity_image, measure_labels, optical_density
+from pathology.cells import intensity_image, measure_labels
 from pathology.config import PhenotypesSection
 from pathology.panels import PanelError, load_panel, resolve_panel
 from pathology.phenotypes import auto_threshold, call_marker, classify_cells
@@ -51,46 +51,31 @@ def ki67_fraction(cells: pd.DataFrame, panels_dir) -> float:
     return 100.0 * result.positive["Ki67"].mean()
 
 
-def segment_ihc(ihc: np.ndarray) -> np.ndarray:
-    """Classical nuclei for development (StarDist he_nuclei is still training): watershed on
-    the total optical density, clipped so that dark DAB nuclei do not dominate Otsu."""
-    signal = np.minimum(optical_density(ihc).sum(axis=-1), 0.8)
-    return segment_nuclei_watershed(signal, min_distance_px=7, min_area_px=60)
+@pytest.mark.parametrize("name", ["22_2", "34_3"])
+def test_ki67_fraction_within_5_points_on_pipeline_nuclei_that_hit_truth(
+        deepliif_pipeline, name):
+    """The Ki67 call on the nuclei `hccbio slides run` finds (the shipped IHC model), scored
+    on those that match an annotated nucleus, so that 34_3's incomplete mask does not count."""
+    item, result = deepliif_pipeline[name]
+    from pathology.evaluation import score_instances
+
+    pairs = score_instances(result, item.labels)["matched_truth"]
+    truth = np.array([item.classes[t] for t in pairs], dtype=bool)
+    ours = result.cells["ki67_pos"].to_numpy()[list(pairs.values())].astype(bool)
+    assert len(pairs) >= 0.6 * item.labels.max()  # IoU-0.5 matches; see test_evaluation
+    assert abs(100 * ours.mean() - 100 * truth.mean()) <= 5
+    assert (ours == truth).mean() >= 0.9  # cell by cell, not only on average
 
 
-@pytest.mark.parametrize("name", list(DEEPLIIF))
-def test_ki67_fraction_on_truth_nuclei_within_10_points(shared_data, panels_dir, name):
-    ihc, labels, truth_positive = deepliif_tile(shared_data, name)
-    cells = measure_labels(labels, ihc, kind="brightfield", mpp=DEEPLIIF_MPP).to_pandas()
-    cells = cells[cells["area_um2"] >= 5]  # slivers of masks cut by the tile edge
-    truth = 100.0 * truth_positive[cells["label"].to_numpy()].mean()
-    ours = ki67_fraction(cells, panels_dir)
-    assert abs(ours - truth) <= 10, (name, ours, truth)
-    assert abs(ours - truth) <= 5  # measured: at most 2.7 points (Bladder1)
-
-
-@pytest.mark.parametrize("name", ["22_2", "Bladder1", "Lung1"])
-def test_ki67_fraction_end_to_end_within_10_points(shared_data, panels_dir, name):
-    ihc, labels, truth_positive = deepliif_tile(shared_data, name)
-    truth = 100.0 * truth_positive[1:].mean()
-    cells = measure_labels(segment_ihc(ihc), ihc, kind="brightfield",
-                           mpp=DEEPLIIF_MPP).to_pandas()
-    assert 0.6 < len(cells) / (len(truth_positive) - 1) < 1.5
-    assert abs(ki67_fraction(cells, panels_dir) - truth) <= 10
-
-
-def test_ki67_34_3_truth_mask_leaves_positive_nuclei_unannotated(shared_data, panels_dir):
-    """Why 34_3 is scored on its truth nuclei only: half the brown nuclei that the segmenter
+def test_ki67_34_3_truth_mask_leaves_positive_nuclei_unannotated(deepliif_pipeline):
+    """Why 34_3 is scored on matched nuclei only: many of the brown nuclei that the pipeline
     finds lie on unannotated background of its manual mask (checked, not assumed)."""
-    ihc, labels, _ = deepliif_tile(shared_data, "34_3")
-    cells = measure_labels(segment_ihc(ihc), ihc, kind="brightfield",
-                           mpp=DEEPLIIF_MPP).to_pandas()
-    panel = resolve_panel("ihc", "Ki67", directory=panels_dir)
-    positive = classify_cells(cells, panel, kind="brightfield",
-                              config=PhenotypesSection()).positive["Ki67"]
-    annotated = ndi.binary_dilation(labels > 0, iterations=4)
-    rows = (cells["y_um"] / DEEPLIIF_MPP).astype(int).to_numpy()
-    cols = (cells["x_um"] / DEEPLIIF_MPP).astype(int).to_numpy()
+    item, result = deepliif_pipeline["34_3"]
+    cells = result.cells
+    positive = cells["ki67_pos"].to_numpy().astype(bool)
+    annotated = ndi.binary_dilation(item.labels > 0, iterations=4)
+    rows = np.clip((cells["y_um"] / DEEPLIIF_MPP).astype(int).to_numpy(), 0, TILE - 1)
+    cols = np.clip((cells["x_um"] / DEEPLIIF_MPP).astype(int).to_numpy(), 0, TILE - 1)
     on_truth = annotated[rows, cols]
     assert (positive & ~on_truth).sum() > 0.3 * positive.sum()
     assert (~positive & ~on_truth).sum() < 0.1 * (~positive).sum()

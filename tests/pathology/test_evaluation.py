@@ -1,0 +1,89 @@
+"""Scoring the pipeline against annotations, and IHC nuclei through `hccbio slides run`.
+
+The IHC tests segment with the model the pipeline ships for `ihc` rows, through the same
+subprocess call a lab makes (`pathology.evaluation.run_pipeline`), never with a helper.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pathology.config import SegmentationSection
+from pathology.evaluation import (
+    PipelineCells,
+    match_centroids,
+    rasterise_cells,
+    score_instances,
+)
+
+
+def _disc_cell(cx: float, cy: float, r: float, mpp: float, n_rays: int = 32) -> dict:
+    angles = np.linspace(0, 2 * np.pi, n_rays, endpoint=False)
+    return {"x_um": cx, "y_um": cy, "poly_x_um": (cx + r * np.cos(angles)).tolist(),
+            "poly_y_um": (cy + r * np.sin(angles)).tolist()}
+
+
+def test_centroid_matching_is_one_to_one_within_the_distance():
+    """Synthetic points: two truths compete for one prediction; a far pair never matches."""
+    truth = np.array([[0.0, 0.0], [2.0, 0.0], [50.0, 50.0]])
+    predicted = np.array([[1.2, 0.0], [50.0, 54.0]])
+    t, p = match_centroids(truth, predicted, 3.0)
+    assert list(zip(t.tolist(), p.tolist(), strict=True)) == [(1, 0)]  # nearer truth wins
+    assert len(match_centroids(truth, np.zeros((0, 2)), 3.0)[0]) == 0
+
+
+def test_rasterised_polygons_score_as_the_truth_they_were_drawn_from():
+    """Synthetic known geometry: discs drawn as the truth and given back as cells'
+    polygons in um (pixel-centre convention of cells.parquet) match one-to-one at IoU 0.5."""
+    mpp, shape = 0.25, (200, 200)
+    centres = [(10.0, 10.0), (30.0, 12.0), (20.0, 35.0)]
+    cells = pd.DataFrame([_disc_cell(x, y, 3.0, mpp) for x, y in centres])
+    truth = rasterise_cells(cells, shape, mpp)
+    yy, xx = np.nonzero(truth == 1)
+    assert (xx.mean() + 0.5) * mpp == pytest.approx(10.0, abs=0.1)
+    assert (yy.mean() + 0.5) * mpp == pytest.approx(10.0, abs=0.1)
+    # the prediction misses the third nucleus and adds one on background
+    predicted = pd.DataFrame([_disc_cell(x, y, 3.0, mpp) for x, y in
+                              [centres[0], centres[1], (45.0, 45.0)]])
+    result = PipelineCells("synthetic", predicted, mpp, shape)
+    scores = score_instances(result, truth, classes=np.array([0, 0, 0, 1]))
+    assert scores["iou50"]["n_matched"] == 2 and scores["iou50"]["f1"] == pytest.approx(2 / 3)
+    assert scores["centroid"]["n_matched"] == 2
+    assert scores["recall_by_class"] == {0: 1.0, 1: 0.0}
+
+
+@pytest.mark.parametrize("name", ["22_2", "34_3"])
+def test_ihc_finds_pale_and_dab_nuclei(deepliif_pipeline, project_root, name):
+    """22_2 is the pale-counterstain tile where the H&E model found 5-10 % of the blue nuclei.
+
+    The shipped IHC model finds 68 % (22_2) and 60 % (34_3) of them: the issue's target of
+    85 % is not met yet (models/bf_nuclei/MODEL_CARD.md), so these bounds hold what is
+    reached, and the figures must equal those the accuracy report and the card state.
+    """
+    item, result = deepliif_pipeline[name]
+    scores = score_instances(result, item.labels, classes=item.classes)
+    assert scores["centroid"]["recall"] >= 0.7
+    assert scores["recall_by_class"][0] >= 0.55  # Ki67-negative (hematoxylin only)
+    assert scores["recall_by_class"][1] >= 0.7  # Ki67-positive (DAB)
+    report = json.loads((project_root / "benchmarks" / "results" / "accuracy.json").read_text())
+    model = Path(SegmentationSection().ihc_model).name
+    stated = {t["image"]: t for t in report["models"][model]["deepliif_test"]["per_image"]}
+    assert scores["recall_by_class"][0] == pytest.approx(stated[name]["recall_negative"],
+                                                         abs=0.01)
+    assert scores["recall_by_class"][1] == pytest.approx(stated[name]["recall_positive"],
+                                                         abs=0.01)
+
+
+def test_ki67_index_end_to_end_within_5_points(deepliif_pipeline):
+    """The labelling index from `hccbio slides run` (segmentation, DAB measurement, the Ki67
+    panel's threshold), on the tile whose manual mask is complete (34_3's leaves positive
+    nuclei unannotated: tests/pathology/test_phenotypes.py)."""
+    item, result = deepliif_pipeline["22_2"]
+    truth = 100.0 * item.classes[1:].mean()
+    ours = 100.0 * result.cells["ki67_pos"].mean()
+    assert abs(ours - truth) <= 5, (ours, truth)
