@@ -24,6 +24,7 @@ import pandas as pd
 from integration.clinical import ClinicalTable
 from integration.dictionary import DELTA_PREFIX
 from integration.scores import ON_TREATMENT_CLINICAL
+from pathology.features import BOOKKEEPING_SUFFIXES
 
 ANALYSED_SCORES = ("crafity", "albi", "albi_grade", "nlr", "afp_w6_chg_pct", "afp_resp",
                    "afp_nonprog")
@@ -182,7 +183,13 @@ def build_analysis_data(wide: pd.DataFrame, clinical: ClinicalTable, *,
     if skipped:
         notes.append(f"{len(skipped)} non-numeric feature column(s) not analysed: "
                      f"{', '.join(skipped[:8])}{' ...' if len(skipped) > 8 else ''}")
-    numeric = [c for c in feature_columns if c not in skipped]
+    bookkeeping = [c for c in feature_columns if c not in skipped
+                   and c.removeprefix(DELTA_PREFIX).endswith(BOOKKEEPING_SUFFIXES)]
+    if bookkeeping:
+        notes.append(f"{len(bookkeeping)} QC bookkeeping column(s) (areas before QC and under "
+                     "artefacts, excluded cells, automatic thresholds) kept in the table but "
+                     "not analysed as biomarkers")
+    numeric = [c for c in feature_columns if c not in skipped and c not in bookkeeping]
     if (wide["timepoint"] == "progression").any():
         notes.append("progression samples are not used in outcome models (measured after the "
                      "event)")

@@ -91,6 +91,9 @@ class Feature:
     config_keys: str
 
 
+# Features kept for provenance (areas before QC and under artefacts, excluded cells, automatic
+# thresholds beside the fixed ones): bookkeeping, not candidate biomarkers.
+BOOKKEEPING_SUFFIXES = ("_raw_mm2", "_excl_mm2", "_n_cells_excl", "_pct_auto")
 PROXY_TOKENS = {"tumour", "margin", "stroma", "tps", "cps", "immune", "mh"}
 PROXY_NOTE = " [tumour from the nuclear-size PROXY]"
 

@@ -32,6 +32,21 @@ def rossi_data(rossi_study):
     return build_analysis_data(wide, clinical, dictionary=dictionary)
 
 
+def test_qc_bookkeeping_columns_are_not_candidate_biomarkers(rossi_study):
+    """Areas before QC / under artefacts, excluded cells and automatic thresholds stay in
+    features.csv for provenance, but the analysis does not test them."""
+    wide, dictionary = read_features(rossi_study / "features.csv")
+    wide = wide.assign(he_tumour_raw_mm2=wide["prio"], he_n_cells_excl=wide["prio"],
+                       d_he_tumour_excl_mm2=wide["prio"], ihc_ki67_pct_auto=wide["prio"])
+    clinical = derive_scores(read_clinical(rossi_study / "clinical.csv"))
+    data = build_analysis_data(wide, clinical, dictionary=dictionary)
+    names = {v.feature for v in data.variables}
+    assert "prio" in names
+    assert not names & {"he_tumour_raw_mm2", "he_n_cells_excl", "d_he_tumour_excl_mm2",
+                        "ihc_ki67_pct_auto"}
+    assert any("4 QC bookkeeping" in note for note in data.notes)
+
+
 def test_univariate_cox_equals_lifelines(rossi, rossi_data):
     table = univariate_cox(rossi_data, endpoints=["os"]).set_index("feature")
     assert set(ROSSI_FEATURES) <= set(table.index)
