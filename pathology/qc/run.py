@@ -71,6 +71,17 @@ def _tissue_mask(folder: Path) -> tuple[np.ndarray, float]:
                       "'hccbio slides run' first") from error
 
 
+
+def _finished_slide(out: Path, sample_id: str) -> tuple[Path, np.ndarray, float, dict]:
+    """A finished slide's folder, tissue mask (with its um/px) and features.json record."""
+    if not valid_sample_id(sample_id):
+        raise QcError(f"invalid sample id {sample_id!r}")
+    folder = RunFolder(out).slides / sample_id
+    mask, mask_mpp = _tissue_mask(folder)
+    features_path = folder / FEATURES_FILE
+    record = json.loads(features_path.read_text()) if features_path.is_file() else {}
+    return folder, mask, mask_mpp, record
+
 def _read_cells(folder: Path) -> pd.DataFrame | None:
     path = folder / CELLS_FILE
     if not path.is_file():
@@ -168,12 +179,7 @@ def measure_slide_qc(out: Path, sample_id: str, *, slide_path: Path,
     -------
     pathology.qc.metrics.SlideQc
     """
-    if not valid_sample_id(sample_id):
-        raise QcError(f"invalid sample id {sample_id!r}")
-    folder = RunFolder(out).slides / sample_id
-    mask, mask_mpp = _tissue_mask(folder)
-    features_path = folder / FEATURES_FILE
-    record = json.loads(features_path.read_text()) if features_path.is_file() else {}
+    folder, mask, mask_mpp, record = _finished_slide(out, sample_id)
     cells = _read_cells(folder)
     with _open_slide(slide_path, manifest_mpp, config, record) as slide:
         kind = _kind(modality or record.get("modality"), slide)
@@ -222,12 +228,7 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
     pathology.slide.SlideError
         The slide cannot be opened or read.
     """
-    if not valid_sample_id(sample_id):
-        raise QcError(f"invalid sample id {sample_id!r}")
-    folder = RunFolder(out).slides / sample_id
-    mask, mask_mpp = _tissue_mask(folder)
-    features_path = folder / FEATURES_FILE
-    record = json.loads(features_path.read_text()) if features_path.is_file() else {}
+    folder, mask, mask_mpp, record = _finished_slide(out, sample_id)
     modality = modality or record.get("modality")
     qcc = config.qc
     cells = _read_cells(folder)

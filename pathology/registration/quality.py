@@ -7,41 +7,16 @@ A registration whose checks fire is *flagged*: it is stored and shown in QC, but
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 from pathology.config import RegistrationSection
+from pathology.qc.flags import Flag
 from pathology.registration.align import Alignment
 
 CHECK_NAMES = ("tissue", "dice", "nmi", "scale", "anisotropy", "converged")
 
 
-@dataclass(frozen=True)
-class Check:
-    """One registration check (the same shape as a QC flag).
-
-    Attributes
-    ----------
-    name
-        One of :data:`CHECK_NAMES`.
-    fired
-        Whether the registration fails this check.
-    value
-        The measured value (``None`` when the check does not apply).
-    threshold
-        The configured limit with its config key.
-    reason
-        Plain-language explanation.
-    """
-
-    name: str
-    fired: bool
-    value: float | None
-    threshold: str
-    reason: str
-
-    def to_json(self) -> dict:
-        """JSON-serialisable form."""
-        return asdict(self)
+# A registration check has the shape of a QC flag, so QC shows it like any other.
+Check = Flag
 
 
 def evaluate(alignment: Alignment, *, moving_tissue: float, fixed_tissue: float,
