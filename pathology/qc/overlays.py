@@ -61,6 +61,17 @@ def class_colors(names: Iterable[str]) -> dict[str, tuple[float, float, float]]:
     return colors
 
 
+def hex_color(tint: Iterable[float]) -> str:
+    """``#rrggbb`` of an RGB tint in [0, 1].
+
+    Examples
+    --------
+    >>> hex_color((0.0, 0.447, 0.698))
+    '#0072b2'
+    """
+    return "#" + "".join(f"{round(255 * float(c)):02x}" for c in tint)
+
+
 def channel_scales(image: np.ndarray) -> np.ndarray:
     """Per-channel display maximum (99.5th percentile) of a multichannel image."""
     flat = image.reshape(-1, image.shape[-1]).astype(np.float32)

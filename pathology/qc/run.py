@@ -309,6 +309,10 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
                   "layers": VIEWER_LAYERS, "crops": crops,
                   "detections_geojson": DETECTIONS_FILE if has_polygons else None,
                   "regions_geojson": REGIONS_FILE},
+        # the composite's channel colours (panel colours; None = hidden), which the review
+        # app's channel controls start from
+        "display": ({"colors": [overlays.hex_color(t) if t else None for t in tints]}
+                    if tints else None),
         "n_detections": n_detections, "n_region_annotations": n_regions,
         "classes": {name: [int(255 * c) for c in colors[name]] for name in colors},
         "qc_config": config.qc.model_dump(mode="json"),

@@ -183,8 +183,10 @@ class ReviewState:
                     backend = record.get("slide", {}).get("backend", "openslide")
                 # the manifest's mpp, as the pipeline had it: a TIFF without pixel-size
                 # metadata cannot be opened without it
+                colors = (self.qc(sample_id).get("display") or {}).get("colors")
                 self._tiles[sample_id] = TileSource(path, backend=backend,
-                                                    mpp=self.sources[sample_id][1])
+                                                    mpp=self.sources[sample_id][1],
+                                                    colors=colors)
             return self._tiles[sample_id]
 
     def summary(self, sample_id: str, decisions: dict) -> dict:
@@ -262,7 +264,8 @@ def create_app(out: Path, *, reviewer: str = "", allowed_hosts: Iterable[str] = 
                     for k in ("image", "overlay")]
         summary = state.summary(sid, latest_decisions(state.out))
         return HTMLResponse(viewer_page(summary, layers=layers, figures=figures,
-                                        reviewer=state.reviewer))
+                                        reviewer=state.reviewer,
+                                        channels=state.tiles(sid).channel_controls()))
 
     def dzi(request: Request) -> Response:
         sid = request.path_params["sid"]
@@ -275,8 +278,13 @@ def create_app(out: Path, *, reviewer: str = "", allowed_hosts: Iterable[str] = 
         if not state.known(sid):
             return _not_found()
         p = request.path_params
+        source = state.tiles(sid)
         try:
-            data = state.tiles(sid).tile_jpeg(p["level"], p["col"], p["row"])
+            display = source.parse_display(request.query_params.get("ch"))
+        except ValueError as error:
+            return JSONResponse({"error": str(error)}, status_code=400)
+        try:
+            data = source.tile_jpeg(p["level"], p["col"], p["row"], display)
         except ValueError:
             return _not_found()
         return Response(data, media_type="image/jpeg",

@@ -52,8 +52,30 @@ def list_page(slides: list[dict]) -> str:
     return _page("hccbio slide QC", body)
 
 
+def _channel_controls(channels: list[dict]) -> str:
+    """Per-channel toggle, colour and contrast (display maximum) of a multichannel slide."""
+    rows = []
+    for c in channels:
+        i, limit = int(c["index"]), float(c["limit"])
+        checked = " checked" if c["shown"] else ""
+        rows.append(
+            f"<div class='channel' data-index='{i}'><label><input type='checkbox' "
+            f"class='channel-toggle'{checked}> {esc(c['name'])}</label> "
+            f"<input type='color' class='channel-color' value='{esc(c['color'])}' "
+            f"aria-label='{esc(c['name'])} colour'> "
+            f"<input type='range' class='channel-max' min='{limit / 500:.6g}' "
+            f"max='{limit:.6g}' step='{limit / 500:.6g}' value='{float(c['max']):.6g}' "
+            f"aria-label='{esc(c['name'])} display maximum' "
+            f"title='full brightness at this intensity'></div>")
+    return ("<fieldset id='channels'><legend>channels</legend>"
+            "<p class='hint'>tick to show; the slider sets the intensity shown at full "
+            "brightness (lower = brighter)</p>"
+            "<button type='button' id='channels-reset'>reset</button>"
+            f"<div class='channel-list'>{''.join(rows)}</div></fieldset>")
+
+
 def viewer_page(slide: dict, *, layers: dict[str, dict], figures: list[str],
-                reviewer: str) -> str:
+                reviewer: str, channels: list[dict] | None = None) -> str:
     """The viewer: deep zoom with overlay toggles, QC flags, figures and the sign-off form.
 
     Parameters
@@ -66,6 +88,9 @@ def viewer_page(slide: dict, *, layers: dict[str, dict], figures: list[str],
         URLs of the QC figures and crops.
     reviewer
         Default reviewer name for the form.
+    channels
+        Display controls of a multichannel slide (``TileSource.channel_controls``): a toggle,
+        a colour and a contrast slider per channel; none for RGB slides.
     """
     sid = slide["sample_id"]
     config = json.dumps({"dzi": f"/dzi/{quote(sid)}.dzi", "layers": layers,
@@ -84,6 +109,7 @@ def viewer_page(slide: dict, *, layers: dict[str, dict], figures: list[str],
         f"<p>QC: <span class='qc {esc(slide['qc_status'])}'>{esc(slide['qc_status'])}"
         f"</span></p><ul class='reasons'>{reasons}</ul>"
         f"<fieldset><legend>overlays</legend>{toggles or 'none'}</fieldset>"
+        f"{_channel_controls(channels) if channels else ''}"
         f"<form id='review-form'><fieldset><legend>sign-off</legend>"
         f"<p>status: {_status(slide['decision'])}</p>"
         f"<label>reviewer <input id='reviewer' name='reviewer' required maxlength='100' "

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +54,59 @@ def deepliif_pipeline(shared_data, tmp_path_factory) -> dict:
     results = run_pipeline(items, tmp_path_factory.mktemp("deepliif"), modality="ihc",
                            stain="Ki67", config=config)
     return {item.name: (item, result) for item, result in zip(items, results, strict=True)}
+
+
+CHROMIUM = Path(os.environ.get("HCCBIO_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def _serving(out: Path):
+    """The review app on a free loopback port, in a thread, stopped on exit."""
+    import uvicorn
+
+    from pathology.review.app import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(out, reviewer="Dr Test"),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("review server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def serving():
+    """``with serving(out) as url``: the review app over run folder ``out``."""
+    return _serving
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium through Playwright (never 'playwright install')."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{CHROMIUM} missing under CI; .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} not found: apt-get install chromium to run the browser tests")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()

@@ -131,6 +131,68 @@ def test_qc_overlays_show_panel_colours_and_cells(mif_run):
     assert record["n_detections"] > 300
 
 
+def _tile(url: str) -> np.ndarray:
+    import io
+    import urllib.request
+
+    from PIL import Image
+
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - loopback test
+        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB")).astype(float)
+
+
+def test_review_app_channel_toggles_and_contrast(mif_run, browser, serving, tmp_path):
+    """The pathologist's viewer on the real MIBI field: one control row per channel, the
+    panel's channels shown in the panel's colours by default, a channel toggled on and off
+    and its contrast changed in the browser redraw the slide with that choice."""
+    record = json.loads((mif_run / "slides" / "mibi" / "qc" / "qc.json").read_text())
+    channels, colors = record["slide"]["channels"], record["display"]["colors"]
+    shown = [i for i, color in enumerate(colors) if color]
+    assert len(channels) == 41 and 2 <= len(shown) < 41
+    with serving(mif_run) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors, tiles = [], []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("response", lambda r: tiles.append(r) if "_files/" in r.url else None)
+        page.goto(url + "/slides/mibi")
+        loaded = ("() => window.hccbioViewer.world.getItemCount() > 0 && "
+                  "window.hccbioViewer.world.getItemAt(0).getFullyLoaded()")
+        page.wait_for_function(loaded, timeout=30000)
+        rows = page.locator("#channels .channel")
+        assert rows.count() == 41
+        assert rows.evaluate_all(
+            "rs => rs.filter(r => r.querySelector('.channel-toggle').checked)"
+            ".map(r => Number(r.dataset.index))") == shown
+        assert [page.locator(f"#channels .channel[data-index='{i}'] .channel-color")
+                .input_value() for i in shown] == [colors[i] for i in shown]
+        # show only PanKRT, at a quarter of its default maximum
+        first = channels.index("PanKRT")
+        for i in shown:
+            if i == first:
+                continue
+            page.locator(f"#channels .channel[data-index='{i}'] .channel-toggle").uncheck()
+        slider = page.locator(f"#channels .channel[data-index='{first}'] .channel-max")
+        slider.evaluate("(s) => { s.value = s.value / 4; "
+                        "s.dispatchEvent(new Event('input')); }")
+        page.wait_for_function(f"() => (window.hccbioChannels || '').startsWith('{first}-')"
+                               " && !window.hccbioChannels.includes(',')", timeout=10000)
+        page.wait_for_function(loaded, timeout=30000)
+        query = page.evaluate("window.hccbioChannels")
+        assert any("ch=" + query in r.url for r in tiles)
+        assert all(r.status == 200 for r in tiles)
+        page.screenshot(path=str(tmp_path / "mibi_channels.png"))
+        assert errors == []
+        page.close()
+        # the whole field in one tile (1024 px / 8 = 128 px), as the browser asked for it,
+        # against the default composite
+        base = f"{url}/dzi/mibi_files/7/0_0.jpeg"
+        one = _tile(f"{base}?ch={query}")
+        assert np.abs(one - _tile(base)).mean() > 2
+        dimmer = _tile(base + "?ch=" + query.rsplit("-", 1)[0] + "-"
+                       + str(float(query.rsplit("-", 1)[1]) * 4))
+        assert one.mean() > dimmer.mean()
+
+
 def cell_agreement(predicted: np.ndarray, truth: np.ndarray) -> dict:
     """Matched-cell agreement of two label images: a pair matches at IoU > 0.5 (so each cell
     matches at most one); F1 = 2 TP / (predicted + true cells), mean IoU of matched pairs."""

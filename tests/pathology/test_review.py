@@ -6,12 +6,7 @@ from __future__ import annotations
 import csv
 import http.client
 import json
-import os
 import shutil
-import socket
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +21,6 @@ from pathology.qc.summary import write_qc_summary
 from pathology.review.deepzoom import SlideDeepZoom, TileSource
 from pathology.review.server import BindError, check_bind
 from pathology.slide import Slide
-
-CHROMIUM = Path(os.environ.get("HCCBIO_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -52,51 +42,7 @@ def review_run(he_tiff, small_tile_config, models, tmp_path_factory) -> Path:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def serving(out: Path):
-    """The review app on a free loopback port, in a thread, stopped on exit."""
-    import uvicorn
-
-    from pathology.review.app import create_app
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(out, reviewer="Dr Test"),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("review server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's chromium through Playwright (never 'playwright install')."""
-    if not CHROMIUM.exists():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{CHROMIUM} missing under CI; .ci/run installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} not found: apt-get install chromium to run the browser tests")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield instance
-        instance.close()
-
-
-def test_list_page_shows_every_slide(review_run, browser):
+def test_list_page_shows_every_slide(review_run, browser, serving):
     with serving(review_run) as url:
         page = browser.new_page()
         page.goto(url + "/")
@@ -108,7 +54,7 @@ def test_list_page_shows_every_slide(review_run, browser):
         page.close()
 
 
-def test_viewer_loads_tiles_and_an_overlay_toggles(review_run, browser):
+def test_viewer_loads_tiles_and_an_overlay_toggles(review_run, browser, serving):
     with serving(review_run) as url:
         page = browser.new_page()
         tiles = []
@@ -133,7 +79,7 @@ def test_viewer_loads_tiles_and_an_overlay_toggles(review_run, browser):
         page.close()
 
 
-def test_an_approval_persists_across_a_restart(review_run, browser):
+def test_an_approval_persists_across_a_restart(review_run, browser, serving):
     with serving(review_run) as url:
         page = browser.new_page()
         page.goto(url + "/slides/he_2")
@@ -168,7 +114,7 @@ def _raw_get(url: str, path: str) -> int:
     return status
 
 
-def test_path_traversal_and_foreign_ids_are_refused(review_run, browser):
+def test_path_traversal_and_foreign_ids_are_refused(review_run, browser, serving):
     with serving(review_run) as url:
         page = browser.new_page()
         for path in ("/qc/he_1/..%2Fcells.parquet", "/qc/he_1/qc.json",
@@ -247,6 +193,41 @@ def test_multichannel_slides_are_tiled_as_a_composite(shared_data):
     source.close()
 
 
+def test_channel_display_picks_channels_colours_and_contrast(shared_data):
+    path = shared_data / "slides" / "pathml-testdata" / "small_vectra.qptiff"
+    source = TileSource(path, backend="tiffslide")
+    controls = source.channel_controls()
+    with Slide(path) as slide:
+        names = slide.info.channels
+        raw = slide.read_level(0, 0, 0, 255, 255).astype(float)
+    assert [c["name"] for c in controls] == list(names) == ["DAPI", "FITC", "Cy3"]
+    assert all(0 < c["max"] <= c["limit"] for c in controls)
+    top = source.level_count - 1
+    # only channel 0 (DAPI), drawn in red: green and blue stay black, red follows DAPI
+    only_dapi = source.parse_display(f"0-ff0000-{controls[0]['max']:.6g}")
+    tile = source.tile_array(top, 0, 0, only_dapi).astype(float)
+    assert tile[..., 1:].max() == 0
+    assert np.corrcoef(tile[..., 0].ravel(), raw[..., 0].ravel())[0, 1] > 0.8
+    # a lower display maximum is a brighter picture
+    brighter = source.parse_display(f"0-ff0000-{controls[0]['max'] / 4:.6g}")
+    assert source.tile_array(top, 0, 0, brighter)[..., 0].mean() > tile[..., 0].mean() * 1.5
+    # nothing shown: black; the default differs from the one-channel view
+    assert source.tile_array(top, 0, 0, source.parse_display("")).max() == 0
+    assert not np.array_equal(source.tile_array(top, 0, 0), tile.astype(np.uint8))
+    for bad in ("0-ff0000", "99-ff0000-1", "0-ff0000-1,0-00ff00-1", "0-ff0000-0", "x"):
+        with pytest.raises(ValueError):
+            source.parse_display(bad)
+    source.close()
+
+
+def test_rgb_slides_have_no_channel_controls(he_tiff):
+    source = TileSource(he_tiff, backend="tiffslide")
+    assert source.channel_controls() == []
+    with pytest.raises(ValueError, match="multichannel"):
+        source.parse_display("0-ff0000-1")
+    source.close()
+
+
 def test_static_index_works_without_a_server(review_run, browser):
     write_qc_summary(review_run)
     page = browser.new_page()
@@ -258,7 +239,7 @@ def test_static_index_works_without_a_server(review_run, browser):
     page.close()
 
 
-def test_a_rejection_in_the_browser_reaches_the_study_table(review_run, browser, tmp_path):
+def test_a_rejection_in_the_browser_reaches_the_study_table(review_run, browser, tmp_path, serving):
     """The pathologist rejects he_1 in the browser; ``hccbio integrate`` then leaves it out
     with the reviewer's comment, and keeps he_2 (approved in the browser earlier or not)."""
     import pandas as pd

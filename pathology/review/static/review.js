@@ -33,6 +33,58 @@
   window.hccbioViewer = viewer;
   window.hccbioLayers = layers;
 
+  // Multichannel slides: per-channel toggle, colour and display maximum. The choice travels
+  // in the tile URLs (ch=index-rrggbb-max,...); the base image is replaced in place so that
+  // the overlay layers above it stay.
+  var channelRows = Array.prototype.slice.call(document.querySelectorAll("#channels .channel"));
+  var defaults = channelRows.map(function (row) {
+    return {
+      shown: row.querySelector(".channel-toggle").checked,
+      color: row.querySelector(".channel-color").value,
+      max: row.querySelector(".channel-max").value
+    };
+  });
+  function channelQuery() {
+    return channelRows.filter(function (row) {
+      return row.querySelector(".channel-toggle").checked;
+    }).map(function (row) {
+      return [row.getAttribute("data-index"),
+              row.querySelector(".channel-color").value.replace("#", ""),
+              Math.max(Number(row.querySelector(".channel-max").value), 1e-6).toFixed(6)
+             ].join("-");
+    }).join(",");
+  }
+  var pending = null;
+  function redraw() {
+    if (pending) { window.clearTimeout(pending); }
+    pending = window.setTimeout(function () {
+      pending = null;
+      var query = channelQuery();
+      window.hccbioChannels = query;
+      viewer.addTiledImage({
+        tileSource: config.dzi + "?ch=" + encodeURIComponent(query),
+        index: 0,
+        replace: true
+      });
+    }, 150);
+  }
+  channelRows.forEach(function (row) {
+    row.querySelectorAll("input").forEach(function (input) {
+      input.addEventListener(input.type === "range" ? "input" : "change", redraw);
+    });
+  });
+  var reset = document.getElementById("channels-reset");
+  if (reset) {
+    reset.addEventListener("click", function () {
+      channelRows.forEach(function (row, i) {
+        row.querySelector(".channel-toggle").checked = defaults[i].shown;
+        row.querySelector(".channel-color").value = defaults[i].color;
+        row.querySelector(".channel-max").value = defaults[i].max;
+      });
+      redraw();
+    });
+  }
+
   var message = document.getElementById("review-message");
   function send(decision) {
     var body = {
