@@ -24,8 +24,8 @@ DATA["bf"] = (
     "30, several organs, CC BY-NC-SA 4.0; the last three by name are the tuning split), and the "
     "two DeepLIIF Ki67 IHC training tiles (Ghahremani et al., Nat Mach Intell 2022; 40x, all "
     "nuclei annotated; see their SOURCE.txt for the licence), rescaled from 0.25 to 0.5 um/px "
-    "and repeated three times. Half of the H&E patches are re-rendered as hematoxylin + DAB "
-    "(`models/train.py:render_hdab`: the H&E's hematoxylin, pale to dark, with DAB on a random "
+    "and repeated {ihc_repeats} times. Half of the H&E patches are re-rendered as hematoxylin + "
+    "DAB (`models/train.py:render_hdab`: the H&E's hematoxylin, pale to dark, with DAB on a random "
     "share of the annotated nuclei or around them).")
 USE = {
     "bf": "Nuclei in brightfield slides at 0.5 um/px: H&E, and IHC with a hematoxylin "
@@ -182,7 +182,7 @@ def _render_brightfield(folder: Path, meta: dict, config: dict) -> str:
         f"# Model card: `{folder.name}` (StarDist 2D, brightfield H&E + IHC)", "",
         f"**Intended use.** {USE['bf']} Research use; not a medical device. The default "
         "model of `hccbio slides run` for `he` and `ihc` rows.", "",
-        "## Data", "", DATA["bf"], "",
+        "## Data", "", DATA["bf"].format(ihc_repeats=meta.get("ihc_repeats", 3)), "",
         f"- Training images ({len(meta['train_images'])}): " + ", ".join(
             f"`{n[:16]}`" for n in meta["train_images"]),
         f"- Tuning images ({len(meta['tune_images'])}; early stopping and thresholds, with "
@@ -223,11 +223,26 @@ def _render_brightfield(folder: Path, meta: dict, config: dict) -> str:
         "out-of-focus areas. Retrain with `python models/train.py bf` when annotated HCC "
         "tiles are available.", "",
         "## Reproduce", "",
-        f"```\npython models/train.py bf --steps {meta['steps'] - 2000} --init models/he_nuclei "
-        f"--previous-steps 2000 --out models/{folder.name}\npython -m benchmarks.accuracy\n"
-        f"python models/card.py models/{folder.name}\n```", "",
+        "```", *_stage_commands(folder.name, meta), "python -m benchmarks.accuracy",
+        f"python models/card.py models/{folder.name}", "```", "",
     ]
     return "\n".join(lines)
+
+
+def _stage_commands(name: str, meta: dict) -> list[str]:
+    """``models/train.py`` commands that made a brightfield model, one per training stage
+    (``he_nuclei``'s 2000 steps first); each stage continues the weights of the one before."""
+    stages = meta.get("stages") or [{"init": "he_nuclei", "steps": meta["steps"] - 2000,
+                                     "ihc_repeats": meta.get("ihc_repeats", 3)}]
+    done, lines = 2000, []
+    for index, stage in enumerate(stages):
+        out = name if index == len(stages) - 1 else f"{name}_stage{index + 1}"
+        init = stage["init"] if index == 0 else f"{name}_stage{index}"
+        lines.append(f"python models/train.py bf --steps {stage['steps']} --init models/{init} "
+                     f"--previous-steps {done} --ihc-repeats {stage['ihc_repeats']} "
+                     f"--out models/{out}")
+        done += stage["steps"]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

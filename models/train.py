@@ -96,7 +96,8 @@ def he_split(root: Path) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
     return train, val
 
 
-def bf_split(root: Path) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
+def bf_split(root: Path, ihc_repeats: int = IHC_REPEATS
+             ) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
     """Training and tuning images for the brightfield (H&E + IHC) model, at 0.5 um/px.
 
     The reporting images (``he_split``'s validation tiles and DeepLIIF's test tiles) are in
@@ -109,7 +110,7 @@ def bf_split(root: Path) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
     train += extra[:-N_TUNE_MONUSEG_TRAIN]
     ihc = [rescale_annotated(item, WORKING_MPP) for item in
            load_deepliif(root / "ihc" / "deepliif", "train")]
-    return train + ihc * IHC_REPEATS, tune
+    return train + ihc * ihc_repeats, tune
 
 
 def he_to_hematoxylin(image: np.ndarray) -> np.ndarray:
@@ -263,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="no training: tune thresholds and write the card for the weights "
                         "already in --out (e.g. a run stopped after its last checkpoint); "
                         "--steps then states how many steps those weights had")
+    parser.add_argument("--ihc-repeats", type=int, default=IHC_REPEATS,
+                        help="bf: how many times each real IHC training tile counts among the "
+                        "images (StarDist samples images uniformly)")
     parser.add_argument("--train-seconds", type=float, default=None,
                         help="with --finalize: how long the stopped run trained (for the card)")
     args = parser.parse_args(argv)
@@ -273,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(SEED)  # noqa: NPY002 - StarDist samples patches from the global RNG
     tf.keras.utils.set_random_seed(SEED)
     root = shared_data()
-    split = {"he": he_split, "fluo": fluo_split, "bf": bf_split}[args.kind]
-    train, val = split(root)
+    if args.kind == "bf":
+        train, val = bf_split(root, args.ihc_repeats)
+    else:
+        train, val = {"he": he_split, "fluo": fluo_split}[args.kind](root)
     brightfield = args.kind in ("he", "bf")
     n_channel = 3 if brightfield else 1
     x_train = [normalise(i.image, args.kind) for i in train]
@@ -295,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    previous: dict = {}
     if args.finalize:
         model = StarDist2D(None, name=args.out.name, basedir=str(args.out.parent))
         previous = json.loads((args.out / "hccbio_model.json").read_text()) if (
@@ -328,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         "normalization": ({"method": "fixed", "low": 0.0, "high": 255.0} if brightfield
                           else {"method": "percentile", "low": 1.0, "high": 99.8}),
         "train_images": list(dict.fromkeys(i.name for i in train)),
-        "steps": args.steps + args.previous_steps, "patch": patch, "batch": args.batch,
+        "steps": args.steps + args.previous_steps,
+        **({"ihc_repeats": args.ihc_repeats} if args.kind == "bf" else {}),
+        "patch": patch, "batch": args.batch,
         "seed": SEED,
         "train_seconds": round(train_seconds, 1),
         "thresholds": json.loads((args.out / "thresholds.json").read_text()),
@@ -336,6 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.init is not None:
         meta["init"] = args.init.name
+    if args.kind == "bf":
+        # the commands that made these weights, stage by stage (the card's "Reproduce")
+        earlier = (json.loads((args.init / "hccbio_model.json").read_text()).get("stages", [])
+                   if args.init is not None and (args.init / "hccbio_model.json").is_file()
+                   else [])
+        stage = {"init": args.init.name if args.init is not None else None,
+                 "steps": args.steps, "ihc_repeats": args.ihc_repeats}
+        meta["stages"] = (previous.get("stages", []) if args.finalize
+                          else [*earlier, stage])
     if args.kind == "bf":
         # Thresholds and early stopping saw the tuning split only; accuracy is reported on other
         # images by benchmarks/accuracy.py through the slide pipeline.
