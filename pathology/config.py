@@ -30,7 +30,8 @@ class SlideSection(_Section):
                                  "allowed between pixel-size sources (readers, manifest).")
     backend: Literal["auto", "openslide", "tiffslide"] = Field(
         "auto", description="Slide reader; auto = OpenSlide, tiffslide for what it cannot open, "
-        "tifffile for channel stacks (IYX, QYX, one series per channel) and folders of TIFFs.")
+        "tifffile for channel stacks (IYX, QYX, one series per channel) and folders of TIFFs, "
+        "pylibCZIrw for Zeiss CZI.")
     nuclear_channels: tuple[str, ...] = Field(("DAPI", "dsDNA", "H3", "Hoechst", "Histone",
                                                "Nuc"),
                                               description="Fluorescence: channel names tried in "

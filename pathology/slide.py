@@ -4,8 +4,9 @@ OpenSlide (openslide-python + openslide-bin) reads brightfield slides (Aperio SV
 NDPI, generic pyramidal TIFF, DICOM...); tiffslide reads what OpenSlide cannot open
 (multichannel fluorescence such as Vectra QPTIFF, OME-TIFF); :class:`pathology.stacks.TiffStack`
 (tifffile) reads multiplex channel stacks (``IYX`` / ``QYX`` multi-page TIFF, one series per
-channel) and folders of single-channel TIFFs. Label and macro images are never read: only the
-pyramid levels of the main image are touched.
+channel) and folders of single-channel TIFFs; :class:`pathology.czi.CziImage` (Zeiss's
+pylibCZIrw) reads Zeiss CZI, brightfield and fluorescence. Label and macro images are never
+read: only the pyramid levels of the main image are touched.
 
 Channel names come from the file (OME, QPTIFF, ImageJ labels, ``PageName``; a folder's file
 stems), else from a sidecar ``<file>.channels.txt``, else from the caller (the panel's
@@ -30,7 +31,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
-Backend = Literal["openslide", "tiffslide", "tifffile"]
+Backend = Literal["openslide", "tiffslide", "tifffile", "pylibczirw"]
 
 
 class SlideError(ValueError):
@@ -263,8 +264,9 @@ class Slide:
         The manifest's ``mpp`` for this slide, if any (um/px at level 0).
     backend
         ``"auto"`` (OpenSlide; tiffslide for what OpenSlide cannot open; tifffile for channel
-        stacks and folders), ``"openslide"`` or ``"tiffslide"`` (stacks and folders still go
-        to tifffile, which tiffslide cannot read).
+        stacks and folders; pylibCZIrw for ``.czi``), ``"openslide"`` or ``"tiffslide"``
+        (stacks and folders still go to tifffile, CZI to pylibCZIrw, which tiffslide cannot
+        read).
     mpp_range, mpp_tolerance
         Plausible pixel sizes and the largest relative disagreement between sources.
     channel_names
@@ -323,9 +325,15 @@ class Slide:
 
     # -- opening ---------------------------------------------------------------------------
     def _open(self, backend: str):
+        from pathology.czi import CziError, CziImage, is_czi
         from pathology.stacks import StackError, TiffStack, is_stack
 
         errors = []
+        if backend != "openslide" and is_czi(self.path) and self.path.is_file():
+            try:
+                return CziImage(self.path), "pylibczirw"
+            except CziError as error:
+                raise SlideError(str(error)) from error
         if self.path.is_dir() and backend == "openslide":
             raise SlideError(f"{self.path}: a folder of channel TIFFs needs slide.backend auto "
                              "or tiffslide (read by tifffile), not openslide")
@@ -368,7 +376,7 @@ class Slide:
 
     def _collect_evidence(self, used: str) -> list[PixelSizeEvidence]:
         handle = self._handle
-        if used == "tifffile":
+        if used in ("tifffile", "pylibczirw"):
             self._channels = list(handle.channels.names) if handle.channels else []
             self._channels_source = handle.channels.source if handle.channels else ""
             self._n_channels = handle.n_channels

@@ -40,6 +40,21 @@ def _mibi(shared_data) -> Path:
     return shared_data / "multiplex" / "mibi" / "Point2203_pt1072_31606"
 
 
+def _imc_as_czi(shared_data, folder: Path) -> Path:
+    """The real IMC stack G01 written as a Zeiss CZI by Zeiss's own library (pylibCZIrw):
+    one Gray32Float channel per marker, named, 1 um/px in the file's Scaling (no manifest
+    mpp needed)."""
+    czi = pytest.importorskip("pylibCZIrw.czi")
+    stack = tifffile.imread(_imc(shared_data, "G01"))
+    path = folder / "G01_imc.czi"
+    with czi.create_czi(str(path), exist_ok=True) as writer:
+        for channel, plane in enumerate(stack):
+            writer.write(np.ascontiguousarray(plane, dtype=np.float32), plane={"C": channel})
+        writer.write_metadata(channel_names=dict(enumerate(IMC_CHANNELS)), scale_x=1e-6,
+                              scale_y=1e-6)
+    return path
+
+
 @pytest.fixture(scope="module")
 def mif_run(shared_data, tmp_path_factory) -> Path:
     """`hccbio slides run` on the IMC stacks G01, J02 and the MIBI folder, defaults except
@@ -47,10 +62,12 @@ def mif_run(shared_data, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("mif")
     rows = [("P1", "imc_G01", "imc_pancreas", _imc(shared_data, "G01"), 1.0),
             ("P2", "imc_J02", "imc_pancreas", _imc(shared_data, "J02"), 1.0),
-            ("P3", "mibi", "mibi_breast", _mibi(shared_data), MIBI_MPP)]
+            ("P3", "mibi", "mibi_breast", _mibi(shared_data), MIBI_MPP),
+            ("P4", "imc_G01_czi", "imc_pancreas", _imc_as_czi(shared_data, work), "")]
     manifest = work / "samples.csv"
     manifest.write_text("patient_id,timepoint,sample_id,modality,stain,path,mpp\n" + "".join(
-        f"{p},baseline,{s},mif,{stain},{path},{mpp:.6g}\n" for p, s, stain, path, mpp in rows))
+        f"{p},baseline,{s},mif,{stain},{path},{mpp if mpp == '' else f'{mpp:.6g}'}\n"
+        for p, s, stain, path, mpp in rows))
     config = work / "config.yaml"
     config.write_text(yaml.safe_dump({"tissue": {"mode": "whole_image"}}))
     out = work / "out"
@@ -86,6 +103,18 @@ def test_imc_stack_and_mibi_folder_run_with_named_channels(mif_run):
         cells.columns)
     assert (cells["cell_area_um2"] >= cells["area_um2"] - 1e-6).all()  # a cell holds its nucleus
     assert len(cells) > 300
+
+
+def test_a_czi_export_gives_the_same_cells_as_the_tiff_stack(mif_run):
+    tiff_cells, tiff_classes, _ = _slide(mif_run, "imc_G01")
+    cells, classes, record = _slide(mif_run, "imc_G01_czi")
+    assert record["slide"]["backend"] == "pylibczirw"
+    assert record["slide"]["channels"] == list(IMC_CHANNELS)
+    assert record["slide"]["channels_source"] == "czi"
+    assert record["slide"]["mpp_source"] == "czi:Scaling/Distance"
+    assert len(cells) == len(tiff_cells) > 10
+    np.testing.assert_allclose(cells[["x_um", "y_um"]], tiff_cells[["x_um", "y_um"]])
+    assert (classes["phenotype"].to_numpy() == tiff_classes["phenotype"].to_numpy()).all()
 
 
 def test_mibi_marker_calls_follow_lineages(mif_run):
