@@ -32,7 +32,7 @@ from integration.plots import (
     save_figure,
     variance_heatmap,
 )
-from integration.response import response_labels, response_table
+from integration.response import on_study_at, response_labels, response_table
 from integration.scores import derive_scores
 from integration.subtypes import consensus_subtypes
 from integration.survival import (
@@ -162,7 +162,8 @@ def run_analysis(features: str | Path, clinical: str | Path, out: str | Path, *,
     tables["cutpoints"] = cutpoint_table(data, endpoints=endpoints, landmark_months=landmark,
                                          config=config.cox)
     tick = lap("survival", tick)
-    tables["response"] = response_table(data, config=config.response)
+    tables["response"] = response_table(data, config=config.response,
+                                        landmark_months=landmark)
     tables["changes"] = change_table(data)
     tick = lap("response_changes", tick)
     if config.elastic_net.enabled:
@@ -376,7 +377,9 @@ def _figures(data: AnalysisData, tables: dict[str, pd.DataFrame], config: Analys
         "mw_p").head(4)
     for row in top.itertuples():
         variable = keys[(row.feature, row.timepoint)]
-        fig = response_figure(data.x[variable.key], orr,
+        labels = (orr[on_study_at(data, config.landmark_months)] if variable.landmark
+                  else orr)  # the patients the table's row was computed on
+        fig = response_figure(data.x[variable.key], labels,
                               title=f"{row.feature} ({row.timepoint})\nAUC {row.auc:.2f}, "
                                     f"MW p {row.mw_p:.3g}{tag}")
         name = f"response_{row.feature}_{row.timepoint}"

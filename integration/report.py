@@ -54,7 +54,8 @@ def methods_text(result: AnalysisResult) -> str:
         f" {c.scores.afp_min_baseline_ng_ml:g} ng/mL; ALBI grade; NLR).",
         f"On-treatment variables were analysed with a landmark at {c.landmark_months:g} "
         "months: only patients event-free and followed at the landmark, with time counted "
-        "from it (to avoid immortal-time bias).",
+        "from it (to avoid immortal-time bias); in the response analyses, only patients "
+        "progression-free and followed at the landmark.",
         "Univariate Cox proportional-hazards models (lifelines, Efron ties) per variable: "
         "hazard ratio per unit as given and per standard deviation, Wald 95% CI and p, "
         "Benjamini-Hochberg q per endpoint over all variables; Harrell's C; proportional "

@@ -4,6 +4,14 @@ For every variable: Mann-Whitney U test, logistic-regression odds ratio (per uni
 statsmodels), and ROC AUC with a DeLong 95% confidence interval (as R's pROC). Patients with
 best response NE are left out. q values are Benjamini-Hochberg over the Mann-Whitney p values
 per endpoint.
+
+On-treatment variables (on-treatment samples, changes from baseline; ``Variable.landmark``)
+are analysed with the landmark, as the survival analyses are: only patients still on study,
+progression-free and followed, at ``landmark_months`` (``pfs_time`` > landmark). A patient who
+progressed before the on-treatment biopsy is almost always a non-responder, and an on-treatment
+value that exists for such a patient (a late biopsy, a blood draw after progression) is
+measured after the outcome it would predict; keeping them credits the feature with the early
+progressions (the response analogue of immortal-time bias).
 """
 
 from __future__ import annotations
@@ -69,8 +77,15 @@ def auc_delong(scores: np.ndarray, labels: np.ndarray, *, level: float = 0.95
     return auc, max(0.0, auc - half), min(1.0, auc + half)
 
 
-def response_table(data: AnalysisData, *, config: ResponseConfig | None = None
-                   ) -> pd.DataFrame:
+def on_study_at(data: AnalysisData, landmark_months: float) -> pd.Series:
+    """Whether each patient was still on study at the landmark: progression-free and followed
+    beyond it (``pfs_time > landmark_months``); the set an on-treatment feature is analysed in.
+    """
+    return data.clinical.data["pfs_time"].astype(float) > landmark_months
+
+
+def response_table(data: AnalysisData, *, config: ResponseConfig | None = None,
+                   landmark_months: float | None = None) -> pd.DataFrame:
     """Response statistics for every variable, ORR and DCR.
 
     Parameters
@@ -79,6 +94,9 @@ def response_table(data: AnalysisData, *, config: ResponseConfig | None = None
         The analysis frame.
     config
         Minimum patients per group.
+    landmark_months
+        On-treatment variables are analysed only in patients on study at this time
+        (:func:`on_study_at`); the note says how many were left out. None: no landmark.
 
     Returns
     -------
@@ -87,29 +105,41 @@ def response_table(data: AnalysisData, *, config: ResponseConfig | None = None
     """
     config = config or ResponseConfig()
     best = data.clinical.data["best_response"]
+    on_study = (on_study_at(data, landmark_months) if landmark_months is not None else None)
     rows: list[dict] = []
     for endpoint in RESPONSE_ENDPOINTS:
         labels = response_labels(best, endpoint)
         start = len(rows)
         for variable in data.variables:
             frame = pd.DataFrame({"x": data.x[variable.key], "y": labels}).dropna()
+            notes = []
+            if on_study is not None and variable.landmark:
+                kept = frame[on_study.reindex(frame.index, fill_value=False)]
+                if len(kept) < len(frame):
+                    notes.append(f"landmark {landmark_months:g} mo: {len(frame) - len(kept)} "
+                                 "patient(s) progressed or left the study before it, left out")
+                frame = kept
             pos = frame.loc[frame["y"] == 1, "x"]
             neg = frame.loc[frame["y"] == 0, "x"]
             row = {"endpoint": endpoint, "feature": variable.feature,
                    "timepoint": variable.timepoint, "n": len(frame), "n_pos": len(pos),
-                   "n_neg": len(neg), "note": ""}
+                   "n_neg": len(neg), "note": "; ".join(notes)}
             rows.append(row)
             if min(len(pos), len(neg)) < config.min_per_group:
-                row["note"] = f"fewer than {config.min_per_group} patients in a group"
+                row["note"] = "; ".join([*notes, f"fewer than {config.min_per_group} patients "
+                                         "in a group"])
                 continue
             if frame["x"].nunique() < 2:
-                row["note"] = "constant feature"
+                row["note"] = "; ".join([*notes, "constant feature"])
                 continue
             row.update(median_pos=float(pos.median()), median_neg=float(neg.median()),
                        mw_p=float(mannwhitneyu(pos, neg, alternative="two-sided").pvalue))
             auc, low, high = auc_delong(frame["x"].to_numpy(), frame["y"].to_numpy())
             row.update(auc=auc, auc_ci_low=low, auc_ci_high=high)
-            row.update(_logistic(frame))
+            fit = _logistic(frame)
+            if "note" in fit:
+                fit["note"] = "; ".join([*notes, fit["note"]])
+            row.update(fit)
         block = rows[start:]
         q = bh_qvalues([r.get("mw_p", np.nan) for r in block])
         for row, value in zip(block, q, strict=True):

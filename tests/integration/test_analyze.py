@@ -57,6 +57,34 @@ def test_planted_effect_found_and_landmark_used(synthetic_run):
     assert multi["delta_c"].notna().any() and multi["lr_p"].between(0, 1).all()
 
 
+def test_on_treatment_response_uses_the_landmark(synthetic_run):
+    """On-treatment and change variables are tested for response only in patients still
+    progression-free and followed at the landmark; baseline ones in everyone evaluable."""
+    from integration.response import response_labels
+
+    _, result = synthetic_run
+    clinical = result.data.clinical.data
+    response = result.tables["response"]
+    on_study = clinical["pfs_time"] > FAST.landmark_months
+    assert (~on_study).any(), "the synthetic cohort has early progressions"
+    keys = {(v.feature, v.timepoint): v for v in result.data.variables}
+    checked = 0
+    for row in response.itertuples():
+        variable = keys[(row.feature, row.timepoint)]
+        labels = response_labels(clinical["best_response"], row.endpoint)
+        present = result.data.x[variable.key].notna() & labels.notna()
+        if variable.landmark:
+            expected = int((present & on_study).sum())
+            if (present & ~on_study).any():
+                assert "landmark" in row.note
+                checked += 1
+        else:
+            expected = int(present.sum())
+            assert "landmark" not in str(row.note)
+        assert row.n == expected, (row.feature, row.timepoint)
+    assert checked > 0
+
+
 def test_outputs_and_report(synthetic_run):
     paths, result = synthetic_run
     out = paths["out"]
