@@ -107,7 +107,13 @@ def _scrna(job: BloodJob, out_dir: Path, config: BloodConfig, cache: dict[Path, 
     if isinstance(prepared, Exception):
         raise prepared
     values = sample_features(prepared, job.sample_id, out_dir, config=config.scrna)
-    return values, feature_infos(config.scrna)
+    # types not measurable in any file of this run so far, each reason naming its file
+    unmeasured: dict[str, list[str]] = {}
+    for item in cache.values():
+        if not isinstance(item, Exception):
+            for cell_type, why in item.annotation.not_measurable.items():
+                unmeasured.setdefault(cell_type, []).append(f"{item.path.name}: {why}")
+    return values, feature_infos(config.scrna, not_measurable=unmeasured)
 
 
 def _elisa(job: BloodJob, out_dir: Path, config: BloodConfig, cache: dict[Path, Any]

@@ -9,31 +9,42 @@ import pandas as pd
 from blood.config import Signature
 from blood.errors import BloodInputError
 
-FRACTION_COLUMNS = ("cell_type", "n_cells", "fraction")
+FRACTION_COLUMNS = ("cell_type", "n_cells", "fraction", "not_measurable")
 SIGNATURE_COLUMNS = ("signature", "score", "n_genes", "genes_missing", "n_cells")
 
 
-def cell_type_fractions(labels: pd.Series, cell_types: list[str]) -> pd.DataFrame:
+def cell_type_fractions(labels: pd.Series, cell_types: list[str], *,
+                        not_measurable: dict[str, str] | None = None) -> pd.DataFrame:
     """Fraction of cells of each type among all QC-passing cells of one sample.
 
     Types listed in ``cell_types`` always get a row (zero when absent); other labels
-    ('unassigned', 'other') follow; fractions sum to one.
+    ('unassigned', 'other') follow; fractions sum to one over the measured types. A type in
+    ``not_measurable`` (none of its markers in the data) gets empty ``n_cells`` and
+    ``fraction`` and its reason in ``not_measurable``.
 
     Examples
     --------
-    >>> cell_type_fractions(pd.Series(["b", "b", "nk", "unassigned"]), ["b", "nk", "dc"])
+    >>> cell_type_fractions(pd.Series(["b", "b", "nk", "unassigned"]), ["b", "nk", "dc"],
+    ...                     not_measurable={"dc": "no marker gene"})
     ... # doctest: +NORMALIZE_WHITESPACE
-        cell_type  n_cells  fraction
+        cell_type  n_cells  fraction  not_measurable
     0           b        2      0.50
     1          nk        1      0.25
-    2          dc        0      0.00
+    2          dc     <NA>       NaN  no marker gene
     3  unassigned        1      0.25
     """
+    not_measurable = not_measurable or {}
     counts = labels.value_counts()
     order = [*cell_types, *sorted(set(counts.index) - set(cell_types))]
     n = np.array([int(counts.get(t, 0)) for t in order])
     total = max(int(n.sum()), 1)
-    return pd.DataFrame({"cell_type": order, "n_cells": n, "fraction": n / total})
+    blank = np.array([t in not_measurable for t in order])
+    return pd.DataFrame({
+        "cell_type": order,
+        "n_cells": pd.array([pd.NA if b else int(c) for b, c in zip(blank, n, strict=True)],
+                            dtype="Int64"),
+        "fraction": np.where(blank, np.nan, n / total),
+        "not_measurable": [not_measurable.get(t, "") for t in order]})
 
 
 def pseudobulk_scores(adata: ad.AnnData, labels: pd.Series, signatures: dict[str, Signature]

@@ -122,7 +122,8 @@ def sample_features(prepared: PreparedScrna, sample_id: str, out_dir: str | Path
     Returns
     -------
     dict
-        ``scrna_n_cells``, ``scrna_<type>_frac`` per cell type, ``scrna_<name>_score`` per
+        ``scrna_n_cells``, ``scrna_<type>_frac`` per cell type (NaN when the type is not
+        measurable in the file: none of its marker genes), ``scrna_<name>_score`` per
         signature.
 
     Raises
@@ -137,7 +138,9 @@ def sample_features(prepared: PreparedScrna, sample_id: str, out_dir: str | Path
         raise BloodInputError(f"{prepared.path}: sample {sample_id!r} has {passed.n_obs} cells "
                               f"passing QC (< scrna.qc.min_cells = {config.qc.min_cells})")
     types = cell_types_of(config)
-    fractions = cell_type_fractions(passed.obs[CELL_TYPE], types)
+    not_measurable = prepared.annotation.not_measurable
+    fractions = cell_type_fractions(passed.obs[CELL_TYPE], types,
+                                    not_measurable=not_measurable)
     signatures = pseudobulk_scores(passed, passed.obs[CELL_TYPE], config.signatures)
     fails = cells.obs["qc_fail"].astype(str).str.split(";").explode()
     qc = {"file": str(prepared.path), "sample_id": sample_id, "data_kind": prepared.kind,
@@ -146,6 +149,8 @@ def sample_features(prepared: PreparedScrna, sample_id: str, out_dir: str | Path
           "removed": {k: int(v) for k, v in fails[fails != ""].value_counts().items()},
           "notes": prepared.qc.notes, "annotation": prepared.annotation.method,
           "marker_genes_missing": prepared.annotation.missing_genes,
+          "not_measurable": not_measurable,
+          "celltypist_model_sha256": prepared.annotation.model_sha256,
           "normalisation": (f"normalize_total(target_sum={config.target_sum:g}) + log1p"
                             if prepared.kind == "raw_counts" else "none (input log-normalised)")}
     write_json(qc, out_dir / QC_FILE)
@@ -156,18 +161,38 @@ def sample_features(prepared: PreparedScrna, sample_id: str, out_dir: str | Path
     write_csv(signatures, out_dir / SIGNATURES_FILE)
     values: dict[str, float] = {N_CELLS: float(passed.n_obs)}
     by_type = fractions.set_index("cell_type")["fraction"]
-    values.update({f"scrna_{t}_frac": float(by_type[t]) for t in types})
+    values.update({f"scrna_{t}_frac": float(by_type[t]) for t in types})  # NaN: not measurable
     values.update({f"scrna_{row.signature}_score": float(row.score)
                    for row in signatures.itertuples()})
     return values
 
 
-def feature_infos(config: ScrnaConfig, *, source: str = "blood.scrna"
+def feature_infos(config: ScrnaConfig, *, source: str = "blood.scrna",
+                  not_measurable: dict[str, list[str]] | None = None
                   ) -> dict[str, FeatureInfo]:
-    """Data-dictionary entries of every scRNA feature column the config produces."""
-    method = ("CellTypist model " + config.celltypist_model.name
+    """Data-dictionary entries of every scRNA feature column the config produces.
+
+    Parameters
+    ----------
+    config
+        scRNA config.
+    source
+        Producing module, for the dictionary.
+    not_measurable
+        Cell type -> reasons ("<file>: <why>") it could not be measured in some input;
+        stated in that type's dictionary row (its value is empty for those samples).
+
+    Returns
+    -------
+    dict
+        Column name -> dictionary entry.
+    """
+    not_measurable = not_measurable or {}
+    method = ("CellTypist model " + config.celltypist_model.name + " (celltypist.annotate, "
+              "best match; labels mapped by scrna.celltypist_labels, others 'other')"
               if config.celltypist_model is not None else
-              "argmax of scanpy.tl.score_genes marker scores (positive - negative markers)")
+              "argmax of scanpy.tl.score_genes marker scores (positive - negative markers); "
+              "empty when none of the type's positive marker genes are in the data")
     infos = {N_CELLS: FeatureInfo(N_CELLS, "Cells passing scRNA-seq QC", "cells", "scrna",
                                   "cells passing gene, count, MT and doublet filters "
                                   "(data kind per sample in scrna_qc.json)", "scrna.qc", source)}
@@ -175,8 +200,13 @@ def feature_infos(config: ScrnaConfig, *, source: str = "blood.scrna"
         name = f"scrna_{key}_frac"
         marker = config.markers.get(key)
         label = (marker.label if marker is not None and marker.label else key)
-        infos[name] = FeatureInfo(name, f"{label}, fraction of QC-passing cells", "fraction",
-                                  "scrna", method,
+        if config.celltypist_model is not None:
+            sources = sorted(k for k, v in config.celltypist_labels.items() if v == key)
+            label += f" (CellTypist label {' + '.join(sources)})"
+        reasons = not_measurable.get(key, [])
+        note = f"; NOT MEASURABLE (empty) in {'; '.join(reasons)}" if reasons else ""
+        infos[name] = FeatureInfo(name, f"{label}, fraction of QC-passing cells",
+                                  "fraction (0-1)", "scrna", method + note,
                                   f"scrna.markers.{key}; scrna.min_score; scrna.celltypist_model",
                                   source)
     for key, signature in config.signatures.items():

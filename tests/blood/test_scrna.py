@@ -194,3 +194,51 @@ def test_10x_h5_and_one_file_per_sample_without_sample_column(tmp_path):
     assert features.loc["P7", "scrna_n_cells"] == 300  # no doublet removal, nothing fails QC
     planted = adata.obs["planted"].value_counts(normalize=True)
     assert features.loc["P7", "scrna_b_frac"] == pytest.approx(planted["b"], abs=0.02)
+
+
+# ------------------------------------------------------------------ types without markers
+def test_gene_filtered_pbmc68k_annotated_with_treg_not_measurable(pbmc68k, tmp_path):
+    data = expression(pbmc68k).adata
+    treg_genes = ScrnaConfig().markers["treg"].positive
+    assert annotate(data, config=ScrnaConfig()).not_measurable == {}  # TIGIT is there
+    filtered = data[:, ~data.var_names.isin(treg_genes)].copy()  # drops TIGIT: no treg marker
+    assert filtered.n_vars == data.n_vars - 1
+    path = tmp_path / "pbmc68k_no_treg_markers.h5ad"
+    filtered.write_h5ad(path)
+    result = run_blood([BloodJob("P1", "scrna", "", path)], tmp_path / "run",
+                       config=BloodConfig())
+    assert result.failed == []
+    out = tmp_path / "run"
+    features = pd.read_csv(out / "blood_features.csv").set_index("sample_id")
+    assert np.isnan(features.loc["P1", "scrna_treg_frac"])  # empty cell in the CSV
+    fracs = features.loc["P1", [c for c in features.columns if c.endswith("_frac")]].dropna()
+    assert len(fracs) == len(ScrnaConfig().markers) - 1 and 0.95 <= fracs.sum() <= 1.0
+    cells = pd.read_csv(out / "blood" / "P1" / "scrna_cells.csv").set_index("barcode")
+    assert "treg" not in set(cells["cell_type"])
+    passed = cells[cells["qc_pass"]]
+    truth_b = (pbmc68k.obs.loc[passed.index, "bulk_labels"] == "CD19+ B").mean()
+    assert features.loc["P1", "scrna_b_frac"] == pytest.approx(truth_b, abs=0.03)
+    types = pd.read_csv(out / "blood" / "P1" / "cell_types.csv", keep_default_na=False)
+    treg = types.set_index("cell_type").loc["treg"]
+    assert treg["n_cells"] == "" and treg["fraction"] == ""
+    assert "FOXP3" in treg["not_measurable"] and "TIGIT" in treg["not_measurable"]
+    qc = json.loads((out / "blood" / "P1" / "scrna_qc.json").read_text())
+    assert set(qc["not_measurable"]) == {"treg"}
+    dictionary = pd.read_csv(out / "blood_features_dictionary.csv").set_index("name")
+    row = dictionary.loc["scrna_treg_frac"]
+    assert "NOT MEASURABLE" in row["method"] and path.name in row["method"]
+    assert row["unit"] == "fraction (0-1)"
+    assert "NOT MEASURABLE" not in dictionary.loc["scrna_b_frac", "method"]
+
+
+def test_no_marker_gene_at_all_fails_that_sample_naming_the_cause(pbmc68k, tmp_path):
+    data = expression(pbmc68k).adata
+    data.var_names = [f"ENSG{i:011d}" for i in range(data.n_vars)]  # ids, not symbols
+    path = tmp_path / "ensembl_ids.h5ad"
+    data.write_h5ad(path)
+    result = run_blood([BloodJob("P1", "scrna", "", path)], tmp_path / "run",
+                       config=BloodConfig())
+    reason = result.batch.set_index("sample_id").loc["P1", "reason"]
+    assert result.failed == ["P1"] and "ensembl_ids.h5ad" in reason
+    assert "no cell type can be measured" in reason and "gene symbols" in reason
+
