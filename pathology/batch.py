@@ -59,7 +59,8 @@ REPORT_FILE = layout.BATCH_REPORT
 REPORT_COLUMNS = ("sample_id", "status", "reason", "seconds")
 RUN_FILE = layout.RUN_JSON
 PACKAGES = ("hccbio", "stardist", "tensorflow", "tensorflow-cpu", "numpy", "scikit-image",
-            "openslide-python", "openslide-bin", "tiffslide", "tifffile", "zarr", "pyarrow")
+            "openslide-python", "openslide-bin", "tiffslide", "tifffile", "zarr", "pyarrow",
+            "openvino")
 
 
 @dataclass(frozen=True)
@@ -370,6 +371,7 @@ def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
                 submit("finalize", job, task_finalize, value, out, config, 0.0, 0)
         elif step == "finalize":
             slide["note"], slide["cells"] = value.note, value.n_cells
+            slide["backend"] = value.backend
             if job.sample_id in deferred and held is not None:  # after its reference
                 held[job.sample_id] = BatchRow(job.sample_id, "done", value.note,
                                                time.perf_counter() - slide["started"],
@@ -388,11 +390,15 @@ def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
                             value or slide["note"], time.perf_counter() - slide["started"],
                             slide.get("cells")))
     models: dict = {}
+    used: dict[str, set[str]] = {}  # what ran the network, per kind (the workers' backend)
     for slide in state.values():
         plan = slide.get("plan")
         if plan is not None:
             models.setdefault(plan.kind, plan.identity["model"])
-    return {kind: {"sha256": sha} for kind, sha in models.items()}
+            if slide.get("backend"):
+                used.setdefault(plan.kind, set()).add(slide["backend"])
+    return {kind: {"sha256": sha, "backend": " + ".join(sorted(used.get(kind, ())))}
+            for kind, sha in models.items()}
 
 
 def _one_line(error: BaseException) -> str:

@@ -106,6 +106,12 @@ class SegmentationSection(_Section):
                                      "tuned NMS overlap threshold.")
     min_area_um2: float = Field(8.0, ge=0, description="Detections smaller than this are "
                                 "dropped as debris.")
+    backend: Literal["auto", "tensorflow", "openvino"] = Field(
+        "auto", description="What runs the network: tensorflow; openvino (on the CPU, the "
+        "converted network cached beside the weights by their SHA-256); auto = OpenVINO when "
+        "it is installed, TensorFlow sees no GPU and the network converts, else TensorFlow. "
+        "The same nuclei either way (tested); the backend used is recorded in features.json "
+        "and run.json. Not part of the config hash (like batch).")
 
     def model_for(self, modality: str) -> str:
         """The model that segments slides of ``modality`` (``he``, ``ihc``, ``mif``; or
@@ -405,12 +411,14 @@ class PathologyConfig(_Section):
     def digest(self) -> str:
         """SHA-256 of the settings that change results (stable key order).
 
-        Left out: ``batch`` (where and how work runs: results do not depend on it) and the
+        Left out: ``batch`` and ``segmentation.backend`` (where and how work runs: results do
+        not depend on them beyond floating-point rounding in the network) and the
         steps computed from ``cells.parquet`` afterwards (``phenotypes``, ``regions``,
         ``spatial``, ``qc``), which record their own hash, so changing them never re-segments.
         """
-        text = json.dumps(self.model_dump(mode="json", exclude=set(self.DOWNSTREAM)),
-                          sort_keys=True)
+        exclude: dict = dict.fromkeys(self.DOWNSTREAM, True)
+        exclude["segmentation"] = {"backend"}  # what runs the network, not what it computes
+        text = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
 

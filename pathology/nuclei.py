@@ -4,6 +4,9 @@ A model is a folder (``config.json``, ``weights_best.h5``, ``thresholds.json`` a
 ``hccbio_model.json`` that states the normalisation it was trained with) or a registered
 pretrained name (``2D_versatile_he``, ``2D_versatile_fluo``), loaded with
 ``StarDist2D.from_pretrained`` when a network is there.
+
+The network runs through TensorFlow or, on CPUs, through OpenVINO (``segmentation.backend``;
+:mod:`pathology.backends`); everything after it is the same code for both.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,6 +32,7 @@ PRETRAINED = {
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("hccbio.pathology")
 CANDIDATE_BORDER = 2  # grid cells; StarDist's own default (b=2)
+Backend = Literal["auto", "tensorflow", "openvino"]
 
 
 class ModelError(ValueError):
@@ -48,13 +52,25 @@ class NucleusModel:
     mpp: float | None
     sha256: str
     source: str
+    backend: str = "tensorflow"  # what runs the network: tensorflow | openvino
     extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
-        """Provenance record for run.json."""
+        """Provenance record for run.json and features.json (the backend included)."""
         return {"name": self.name, "source": self.source, "sha256": self.sha256,
                 "normalization": self.normalization, "prob_thresh": self.prob_thresh,
-                "nms_thresh": self.nms_thresh, "mpp": self.mpp}
+                "nms_thresh": self.nms_thresh, "mpp": self.mpp, "backend": self.backend,
+                "backend_version": _backend_version(self.backend)}
+
+
+def _backend_version(backend: str) -> str:
+    if backend == "openvino":
+        from pathology.backends import openvino_version
+
+        return openvino_version()
+    import tensorflow as tf
+
+    return str(tf.__version__)
 
 
 def file_sha256(path: Path) -> str:
@@ -77,7 +93,7 @@ def resolve_model_path(spec: str) -> Path | None:
 
 
 def load_model(spec: str, *, prob_thresh: float | None = None,
-               nms_thresh: float | None = None) -> NucleusModel:
+               nms_thresh: float | None = None, backend: Backend = "auto") -> NucleusModel:
     """Load a StarDist 2D model from a folder or by pretrained name.
 
     Parameters
@@ -87,12 +103,16 @@ def load_model(spec: str, *, prob_thresh: float | None = None,
         registered pretrained name such as ``2D_versatile_he``.
     prob_thresh, nms_thresh
         Overrides of the model's tuned thresholds.
+    backend
+        What runs the network (``segmentation.backend``): ``tensorflow``; ``openvino`` (on
+        the CPU); ``auto``: OpenVINO when it is installed, TensorFlow sees no GPU and the
+        network converts, else TensorFlow. See :func:`select_backend`.
 
     Raises
     ------
     ModelError
         Unknown name or folder, missing weights, or a pretrained model that cannot be
-        downloaded (no network).
+        downloaded (no network); ``backend="openvino"`` without OpenVINO installed.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     allow_gpu_memory_growth()
@@ -130,13 +150,64 @@ def load_model(spec: str, *, prob_thresh: float | None = None,
         raise ModelError(f"segmentation model {spec!r} is neither a model folder (with "
                          f"config.json) nor a pretrained name ({', '.join(PRETRAINED)})")
     thresholds = model.thresholds
-    return NucleusModel(
+    loaded = NucleusModel(
         name=Path(spec).name, model=model, normalization=dict(normalization),
         n_channel_in=int(model.config.n_channel_in),
         prob_thresh=float(prob_thresh if prob_thresh is not None else thresholds.prob),
         nms_thresh=float(nms_thresh if nms_thresh is not None else thresholds.nms),
         mpp=mpp, sha256=sha, source=source,
     )
+    loaded.backend = select_backend(loaded, backend)
+    return loaded
+
+
+def select_backend(model: NucleusModel, requested: Backend) -> str:
+    """Decide what runs ``model``'s network and prepare it (once per process).
+
+    ``openvino``: the network is converted (or read from the cache beside the weights, see
+    :mod:`pathology.backends`) and compiled for the CPU; the compiled network is kept in
+    ``model.extra``. ``auto`` chooses OpenVINO when it is installed and TensorFlow sees no GPU
+    (on a GPU, TensorFlow is the faster). A network that OpenVINO cannot convert or compile
+    is run by TensorFlow, with a warning.
+
+    Returns
+    -------
+    str
+        ``tensorflow`` or ``openvino``.
+
+    Raises
+    ------
+    ModelError
+        ``openvino`` requested but not installed, or an unknown backend.
+    """
+    from pathology import backends
+
+    if requested not in ("auto", "tensorflow", "openvino"):
+        raise ModelError(f"segmentation.backend {requested!r}: expected auto, tensorflow or "
+                         "openvino")
+    if requested == "tensorflow":
+        return "tensorflow"
+    if not backends.openvino_available():
+        if requested == "openvino":
+            raise ModelError("segmentation.backend openvino: OpenVINO is not installed "
+                             "(pip install openvino), or set segmentation.backend to auto or "
+                             "tensorflow")
+        log.debug("OpenVINO is not installed; TensorFlow runs the network")
+        return "tensorflow"
+    if requested == "auto" and gpu_available():
+        return "tensorflow"
+    logdir = getattr(model.model, "logdir", None)
+    try:
+        network, ir_path = backends.load_or_convert(
+            model.model.keras_model, model.n_channel_in,
+            weights_folder=Path(logdir) if logdir is not None else None, sha256=model.sha256)
+        model.extra["openvino"] = backends.compile_network(network, ir_path=ir_path)
+    except Exception as error:  # any conversion or compilation failure: TensorFlow runs it
+        log.warning("%s: OpenVINO could not convert or compile the network (%s); TensorFlow "
+                    "runs it", model.source, " ".join(str(error).split())[:300])
+        return "tensorflow"
+    log.debug("%s: OpenVINO runs the network (%s)", model.source, ir_path)
+    return "openvino"
 
 
 def normalization_range(model: NucleusModel, sample: np.ndarray) -> tuple[float, float]:
@@ -231,11 +302,14 @@ def _divisor(model: NucleusModel) -> tuple[int, int]:
 
 
 def _forward_function(model: NucleusModel):
-    """The Keras network as one traced TensorFlow function (any batch and image size).
+    """The network as one callable on a float32 batch (any batch and image size).
 
-    Calling it directly skips ``keras.Model.predict``'s per-call data-pipeline set-up; the
-    numbers are the same (tested bit for bit).
+    TensorFlow: the Keras network as one traced TensorFlow function; calling it directly skips
+    ``keras.Model.predict``'s per-call data-pipeline set-up, with the same numbers (tested bit
+    for bit). OpenVINO: the network compiled in :func:`select_backend`.
     """
+    if model.backend == "openvino":
+        return model.extra["openvino"]
     function = model.extra.get("forward")
     if function is None:
         import tensorflow as tf
@@ -261,7 +335,10 @@ def forward_pass(model: NucleusModel, batch: np.ndarray) -> tuple[np.ndarray, np
     tuple of numpy.ndarray
         ``prob`` ``(B, h, w)`` and ``dist`` ``(B, h, w, n_rays)`` at grid resolution.
     """
-    prob, dist = _forward_function(model)(np.ascontiguousarray(batch, dtype=np.float32))[:2]
+    x = np.ascontiguousarray(batch, dtype=np.float32)
+    if model.backend == "openvino":
+        return _forward_function(model)(x)
+    prob, dist = _forward_function(model)(x)[:2]
     return prob.numpy()[..., 0], dist.numpy()
 
 
@@ -291,7 +368,8 @@ def predict_tiles(model: NucleusModel, images: list[np.ndarray],
 def _forward_halving(model: NucleusModel, inputs: list[np.ndarray]
                      ) -> list[tuple[np.ndarray, np.ndarray]]:
     """One forward pass over ``inputs``; a batch that does not fit in (GPU) memory is split in
-    halves until it does (a single tile that does not fit is an error)."""
+    halves until it does (a single tile that does not fit is an error). TensorFlow only:
+    OpenVINO on the CPU raises no out-of-memory error to catch."""
     import tensorflow as tf
 
     try:

@@ -73,6 +73,7 @@ class SlideResult:
     tiles_computed: int
     tissue_area_mm2: float
     note: str
+    backend: str = ""  # what ran the network in the process that finalised the slide
 
 
 class ModelCache:
@@ -89,7 +90,7 @@ class ModelCache:
         spec = seg.model_for(modality)
         if spec not in self._models:
             self._models[spec] = load_model(spec, prob_thresh=seg.prob_thresh,
-                                            nms_thresh=seg.nms_thresh)
+                                            nms_thresh=seg.nms_thresh, backend=seg.backend)
         return self._models[spec]
 
     def describe(self) -> dict[str, dict]:
@@ -459,12 +460,13 @@ def _unmixing(plan: SlidePlan) -> np.ndarray | None:
 
 
 def tiles_per_forward(config: PathologyConfig) -> int:
-    """Tiles per network forward pass: the configured value, else 1 on a CPU and, when
-    TensorFlow sees a GPU, as many read boxes as make ``GPU_PIXELS_PER_FORWARD`` pixels
-    (8 tiles of 1024 px, 2 of 2048 px with the default halo)."""
+    """Tiles per network forward pass: the configured value, else 1 on a CPU (and with
+    ``segmentation.backend: openvino``, which runs on the CPU) and, when TensorFlow sees a
+    GPU, as many read boxes as make ``GPU_PIXELS_PER_FORWARD`` pixels (8 tiles of 1024 px,
+    2 of 2048 px with the default halo)."""
     if config.batch.tiles_per_forward is not None:
         return config.batch.tiles_per_forward
-    if not gpu_available():
+    if config.segmentation.backend == "openvino" or not gpu_available():
         return 1
     side = config.tiling.tile_size + 2 * config.tiling.halo
     return max(1, GPU_PIXELS_PER_FORWARD // side**2)
@@ -514,7 +516,8 @@ def finalize_slide(plan: SlidePlan, out: Path, config: PathologyConfig, models: 
     note = str(store.group.attrs.get("reset_reason", "") or "")
     log.info("slide=%s step=segmentation cells=%d tiles=%d computed=%d seconds=%.1f",
              job.sample_id, n_cells, len(plan.tiles), tiles_computed, seconds)
-    return SlideResult(job.sample_id, n_cells, len(plan.tiles), tiles_computed, area, note)
+    return SlideResult(job.sample_id, n_cells, len(plan.tiles), tiles_computed, area, note,
+                       model.backend)
 
 
 def process_slide(job: SlideJob, out: Path, config: PathologyConfig, models: ModelCache, *,
