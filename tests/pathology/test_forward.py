@@ -1,5 +1,9 @@
 """The direct network path equals StarDist's own predict_instances; batching and read-ahead
-change nothing; shape measurements equal regionprops on StarDist's nuclei."""
+change nothing; shape measurements equal regionprops on StarDist's nuclei.
+
+The bit-for-bit comparisons with StarDist run the network through TensorFlow
+(``segmentation.backend: tensorflow``), as StarDist does; OpenVINO's equivalence is in
+test_backends.py."""
 
 from __future__ import annotations
 
@@ -9,14 +13,14 @@ import pytest
 from skimage.measure import regionprops_table
 
 from pathology.cells import label_measurements
-from pathology.config import BatchSection, PathologyConfig, TilingSection
+from pathology.config import BatchSection, PathologyConfig, SegmentationSection, TilingSection
 from pathology.nuclei import (
     instances_from_prediction,
     network_input,
     predict_tiles,
     segment_tile,
 )
-from pathology.pipeline import SlideJob, process_slide
+from pathology.pipeline import ModelCache, SlideJob, process_slide
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +31,14 @@ def he_image():
 
 
 @pytest.fixture(scope="module")
-def he_model(models):
-    return models.get("brightfield")
+def tf_models():
+    """Models whose network TensorFlow runs, as in StarDist itself."""
+    return ModelCache(PathologyConfig(segmentation=SegmentationSection(backend="tensorflow")))
+
+
+@pytest.fixture(scope="module")
+def he_model(tf_models):
+    return tf_models.get("brightfield")
 
 
 def test_segment_tile_equals_stardist_predict_instances(he_model, he_image):
@@ -44,10 +54,10 @@ def test_segment_tile_equals_stardist_predict_instances(he_model, he_image):
     np.testing.assert_array_equal(ours.coord, details["coord"].astype(np.float32))
 
 
-def test_fluorescence_segment_tile_equals_stardist_predict_instances(models):
+def test_fluorescence_segment_tile_equals_stardist_predict_instances(tf_models):
     from stardist.data import test_image_nuclei_2d
 
-    model = models.get("fluorescence")
+    model = tf_models.get("fluorescence")
     image = test_image_nuclei_2d()[:250, :333, None]  # real nuclei, one channel, odd size
     low, high = np.percentile(image, [1, 99.8])
     ours = segment_tile(model, image, (float(low), float(high)))
@@ -155,3 +165,5 @@ def test_tiles_per_forward_defaults(monkeypatch):
     assert pipeline.tiles_per_forward(large) == 2
     fixed = PathologyConfig(batch=BatchSection(tiles_per_forward=3))
     assert pipeline.tiles_per_forward(fixed) == 3
+    openvino = PathologyConfig(segmentation=SegmentationSection(backend="openvino"))
+    assert pipeline.tiles_per_forward(openvino) == 1  # OpenVINO runs on the CPU

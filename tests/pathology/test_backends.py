@@ -1,0 +1,194 @@
+"""OpenVINO runs the StarDist network to TensorFlow's numbers: the same raw outputs within
+rounding, the same nuclei on real H&E through the same code path, recorded in features.json and
+run.json; the converted network is cached by the weights' SHA-256."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("openvino")
+
+from integration.demo import write_pyramidal_tiff  # noqa: E402
+from pathology import backends  # noqa: E402
+from pathology.config import (  # noqa: E402
+    PathologyConfig,
+    SegmentationSection,
+    TilingSection,
+)
+from pathology.evaluation import match_centroids  # noqa: E402
+from pathology.nuclei import (  # noqa: E402
+    forward_pass,
+    load_model,
+    network_input,
+    segment_tile,
+)
+from pathology.pipeline import ModelCache, SlideJob, process_slide  # noqa: E402
+
+MATCHED = 0.995  # share of nuclei matched at IoU 0.5, both ways
+COUNT_TOLERANCE = 0.005  # relative difference of the nucleus counts
+
+
+def _config(backend: str, tile_size: int = 256) -> PathologyConfig:
+    return PathologyConfig(tiling=TilingSection(tile_size=tile_size, halo=48),
+                           segmentation=SegmentationSection(backend=backend))
+
+
+@pytest.fixture(scope="module")
+def caches() -> dict[str, ModelCache]:
+    """One model cache per backend (each loads its model once for the module)."""
+    return {backend: ModelCache(_config(backend)) for backend in ("tensorflow", "openvino")}
+
+
+@pytest.fixture(scope="module")
+def he_image() -> np.ndarray:
+    from stardist.data import test_image_he_2d
+
+    return test_image_he_2d()  # real H&E, 300 x 500
+
+
+@pytest.fixture(scope="module")
+def he_region(shared_data) -> np.ndarray:
+    """A real H&E region (small_HE.svs, pathml's test data) at 0.5 um/px, 768 x 768."""
+    from pathology.slide import Slide
+
+    with Slide(shared_data / "slides" / "pathml-testdata" / "small_HE.svs") as slide:
+        return slide.read_region_at(900, 1000, 768, 768, mpp=0.5)  # epidermis and dermis
+
+
+def test_backends_are_what_was_asked(caches):
+    assert caches["tensorflow"].get("he").backend == "tensorflow"
+    openvino = caches["openvino"].get("he")
+    assert openvino.backend == "openvino"
+    assert openvino.describe()["backend"] == "openvino"
+    assert openvino.describe()["backend_version"] == backends.openvino_version()
+    assert caches["tensorflow"].get("he").sha256 == openvino.sha256
+
+
+def test_openvino_network_outputs_equal_tensorflows(caches, he_image, he_region):
+    tf_model, ov_model = caches["tensorflow"].get("he"), caches["openvino"].get("he")
+    batch = np.stack([network_input(tf_model, image[:288, :480], (0.0, 255.0))
+                      for image in (he_image, he_region)])  # two real tiles, one pass
+    tf_prob, tf_dist = forward_pass(tf_model, batch)
+    ov_prob, ov_dist = forward_pass(ov_model, batch)
+    assert ov_prob.shape == tf_prob.shape == (2, 144, 240)
+    assert ov_dist.shape == tf_dist.shape and ov_dist.dtype == np.float32
+    assert all((tf_prob[k] > tf_model.prob_thresh).sum() > 100 for k in range(2))  # nuclei
+    np.testing.assert_allclose(ov_prob, tf_prob, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ov_dist, tf_dist, rtol=0, atol=1e-3)
+
+
+def _match(reference: np.ndarray, other: np.ndarray) -> tuple[int, int, int]:
+    from stardist.matching import matching
+
+    result = matching(reference, other, thresh=0.5)
+    return int(result.n_true), int(result.n_pred), int(result.tp)
+
+
+@pytest.mark.parametrize("image_name", ["he_image", "he_region"])
+def test_openvino_finds_the_same_nuclei_as_tensorflow(caches, image_name, request):
+    image = request.getfixturevalue(image_name)
+    tf_nuclei = segment_tile(caches["tensorflow"].get("he"), image, (0.0, 255.0))
+    ov_nuclei = segment_tile(caches["openvino"].get("he"), image, (0.0, 255.0))
+    n_tf, n_ov, matched = _match(tf_nuclei.labels, ov_nuclei.labels)
+    assert n_tf > 200
+    assert matched >= MATCHED * n_tf and matched >= MATCHED * n_ov
+    assert abs(n_ov - n_tf) <= COUNT_TOLERANCE * n_tf
+
+
+def test_pipeline_gives_the_same_cells_and_records_the_backend(caches, he_region, tmp_path):
+    """process_slide on the real region (9 tiles of 256 px): the same cells with either
+    backend, and features.json says which ran the network."""
+    path = tmp_path / "region.tiff"
+    write_pyramidal_tiff(path, he_region, mpp=0.5)
+    cells, records = {}, {}
+    for backend, models in caches.items():
+        out = tmp_path / backend
+        process_slide(SlideJob("region", path, "he"), out, _config(backend), models)
+        folder = out / "slides" / "region"
+        cells[backend] = pq.read_table(folder / "cells.parquet").to_pandas()
+        records[backend] = json.loads((folder / "features.json").read_text())
+    for backend, record in records.items():
+        assert record["model"]["backend"] == backend
+        assert record["model"]["sha256"] == records["tensorflow"]["model"]["sha256"]
+    assert records["openvino"]["config_sha256"] == records["tensorflow"]["config_sha256"]
+    reference, other = cells["tensorflow"], cells["openvino"]
+    assert len(reference) > 300
+    assert abs(len(other) - len(reference)) <= COUNT_TOLERANCE * len(reference)
+    matched, _ = match_centroids(reference[["x_um", "y_um"]].to_numpy(),
+                                 other[["x_um", "y_um"]].to_numpy(), 1.0)  # within 1 um
+    assert len(matched) >= MATCHED * max(len(reference), len(other))
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "local:1"])
+def test_slides_run_records_the_backend_in_features_and_run_json(he_tiff, tmp_path, scheduler):
+    from pathology.batch import run_slides
+
+    (row,) = run_slides([SlideJob("he", he_tiff, "he")], tmp_path,
+                        _config("openvino", 128), scheduler=scheduler)
+    assert row.status == "done"
+    features = json.loads((tmp_path / "slides" / "he" / "features.json").read_text())
+    assert features["model"]["backend"] == "openvino"
+    run = json.loads((tmp_path / "run.json").read_text())["pathology"]
+    assert run["config"]["segmentation"]["backend"] == "openvino"
+    assert [m["backend"] for m in run["models"].values()] == ["openvino"]
+    assert run["versions"]["openvino"] == backends.openvino_version()
+
+
+def test_converted_network_is_cached_by_the_weights_sha256(caches, he_image, tmp_path,
+                                                           monkeypatch, caplog):
+    model = caches["tensorflow"].get("he")
+    # Beside the weights (the shipped model's folder is writable here).
+    beside = backends.ir_paths(Path(model.model.logdir), model.sha256)[0]
+    assert caches["openvino"].get("he").extra["openvino"].ir_path == beside
+    assert beside.is_file() and beside.with_suffix(".bin").is_file()
+    # Without a weights folder: the user cache ($HCCBIO_CACHE), converted once, then read.
+    monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path))
+    network, saved = backends.load_or_convert(model.model.keras_model, 3, weights_folder=None,
+                                              sha256=model.sha256)
+    assert saved == tmp_path / "openvino" / f"{model.sha256}.xml"
+    assert saved.with_suffix(".bin").stat().st_size > 4 * 1_000_000  # float32 weights
+    again, read = backends.load_or_convert(None, 3, weights_folder=None, sha256=model.sha256)
+    assert read == saved  # no conversion (no Keras model was given)
+    x = network_input(model, he_image[:160, :160], (0.0, 255.0))[None]
+    first = backends.compile_network(network)(x)
+    second = backends.compile_network(again, threads=1)(x)
+    np.testing.assert_array_equal(first[0], second[0])
+    # A damaged cache file is converted again, with a warning, and replaced.
+    saved.write_text("not an IR")
+    with caplog.at_level(logging.WARNING, logger="hccbio.pathology"):
+        _, path = backends.load_or_convert(model.model.keras_model, 3, weights_folder=None,
+                                           sha256=model.sha256)
+    assert path == saved and "converting again" in caplog.text
+    assert saved.read_text().startswith("<?xml")
+
+
+def test_auto_falls_back_to_tensorflow_when_conversion_fails(monkeypatch, caplog):
+    def conversion_fails(*args, **kwargs):
+        raise RuntimeError("Cannot convert operation XYZ")
+
+    monkeypatch.setattr(backends, "load_or_convert", conversion_fails)
+    with caplog.at_level(logging.WARNING, logger="hccbio.pathology"):
+        model = load_model("models/he_nuclei_fast", backend="auto")
+    assert model.backend == "tensorflow" and "openvino" not in model.extra
+    assert "OpenVINO could not convert" in caplog.text and "XYZ" in caplog.text
+    assert model.describe()["backend"] == "tensorflow"
+
+
+def test_openvino_requested_without_openvino_is_an_error(monkeypatch):
+    from pathology.nuclei import ModelError
+
+    monkeypatch.setattr(backends, "openvino_available", lambda: False)
+    with pytest.raises(ModelError, match="pip install openvino"):
+        load_model("models/he_nuclei_fast", backend="openvino")
+    assert load_model("models/he_nuclei_fast", backend="auto").backend == "tensorflow"
+
+
+def test_backend_is_not_part_of_the_config_hash():
+    assert _config("openvino").digest() == _config("tensorflow").digest() == _config(
+        "auto").digest()
