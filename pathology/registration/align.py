@@ -35,6 +35,7 @@ from pathology.registration.images import Overview
 from pathology.registration.transform import BSplineField, Transform
 
 SEED = 20240917  # metric sampling: same inputs, same transform
+REGISTRATION_THREADS = 1  # ITK 5 balances work across threads dynamically: one is reproducible
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,9 @@ def _method(pair: _Pair, *, shrink: list[int], smooth: list[float], bins: int,
     import SimpleITK as sitk
 
     method = sitk.ImageRegistrationMethod()
+    # ITK splits the metric over threads and sums partial results in that order: a fixed
+    # count gives the same transform on a laptop, a Dask worker or a cluster node.
+    method.SetNumberOfThreads(REGISTRATION_THREADS)
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(sampling, SEED)

@@ -132,3 +132,28 @@ def test_second_run_reuses_the_registration(block, tmp_path):
     assert json.loads(path.read_text())["created"] == before
     ck = json.loads((out / "slides" / "kidney-ck" / "features.json").read_text())
     assert ck["regions"]["source"] == "registered:kidney-he"
+
+
+def test_dask_scheduler_registers_the_block_like_the_sync_path(block, tmp_path):
+    """The same block through a local Dask cluster (one worker process): registration runs as
+    a task after both slides are segmented and gives the sync run's transform and regions."""
+    manifest = block["out"].parent / "samples.csv"
+    config = block["out"].parent / "pathology.yaml"
+    out = tmp_path / "dask_out"
+    result = CliRunner().invoke(app, ["slides", "run", str(manifest), "--out", str(out),
+                                      "--config", str(config), "--scheduler", "local:1",
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    with open(out / "batch_report.csv") as handle:
+        rows = {r["sample_id"]: r for r in csv.DictReader(handle)}
+    assert {r["status"] for r in rows.values()} == {"done"}, rows
+    sync = json.loads((block["out"] / "slides" / "kidney-ck" / "registration.json").read_text())
+    dask = json.loads((out / "slides" / "kidney-ck" / "registration.json").read_text())
+    assert dask["status"] == "pass" and dask["reference"] == "kidney-he"
+    np.testing.assert_allclose(dask["transform"]["physical"]["matrix"],
+                               sync["transform"]["physical"]["matrix"],
+                               atol=1e-6)
+    ck_sync = json.loads((block["out"] / "slides" / "kidney-ck" / "features.json").read_text())
+    ck_dask = json.loads((out / "slides" / "kidney-ck" / "features.json").read_text())
+    assert ck_dask["regions"]["source"] == "registered:kidney-he"
+    assert ck_dask["regions"]["areas_mm2"] == pytest.approx(ck_sync["regions"]["areas_mm2"])
