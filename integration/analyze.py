@@ -247,6 +247,13 @@ def _with_factors(data: AnalysisData, mofa: MofaResult) -> AnalysisData:
     variables = data.variables + [Variable(name, name, "baseline", False, labels[name],
                                            "factor score", "mofa")
                                   for name in mofa.factors.columns]
+    if not mofa.factors_on_treatment.empty:
+        # on-treatment samples projected onto the baseline factors: landmark variables
+        on = mofa.factors_on_treatment.reindex(data.x.index)
+        x = x.join(on.add_suffix("@on_treatment"))
+        variables += [Variable(f"{name}@on_treatment", name, "on_treatment", True,
+                               labels[name] + ", on-treatment sample projected",
+                               "factor score", "mofa") for name in on.columns]
     return AnalysisData(data.clinical, x, variables, data.blocks, data.notes)
 
 
@@ -254,6 +261,10 @@ def _mofa_tables(data: AnalysisData, mofa: MofaResult, endpoints: list[str],
                  consensus: pd.Series | None) -> dict[str, pd.DataFrame]:
     factors = mofa.factors.reset_index()
     factors.insert(1, "timepoint", "baseline")
+    if not mofa.factors_on_treatment.empty:
+        later = mofa.factors_on_treatment.reset_index()
+        later.insert(1, "timepoint", "on_treatment")
+        factors = pd.concat([factors, later], ignore_index=True)
     tables = {"mofa_factors": factors, "mofa_dictionary": mofa.dictionary(),
               "mofa_variance": mofa.variance, "mofa_loadings": mofa.loadings,
               "mofa_views": pd.DataFrame([{"view": v, "features": len(k),

@@ -17,6 +17,14 @@ Subtypes from the factors: k-means (k = ``k_min``..``k_max``) on the standardise
 each k's stability is the mean adjusted Rand index between the full clustering and the
 clusterings of ``resamples`` 80% subsamples (on the patients they share); the most stable k is
 kept. The consensus-clustering subtypes (:mod:`integration.subtypes`) stay as a comparison.
+
+On-treatment samples (``feature@on_treatment`` of the same view features) are too few to fit
+a model of their own; they are **projected** onto the baseline factors: centred and scaled
+with the baseline's feature means and view scales, each sample's factor values are the
+posterior mean of MOFA+'s model for a new sample given the weights and noise precisions,
+``z = (W' T W + I)^-1 W' T y`` over the features it has (a standard-normal prior on the
+factors, as MOFA+). Baseline and on-treatment factors are then on one scale, so their
+difference is a change in the same axes (:func:`project_samples`).
 """
 
 from __future__ import annotations
@@ -47,6 +55,9 @@ class MofaResult:
     ----------
     factors
         Patients (index ``patient_id``) x ``mofa_f1``, ``mofa_f2``, ... (baseline).
+    factors_on_treatment
+        The same factors for patients with on-treatment values in any view, projected onto
+        the baseline model (:func:`project_samples`); empty when none.
     variance
         ``view, factor, r2_pct``: variance of each view explained by each factor (%).
     loadings
@@ -63,6 +74,7 @@ class MofaResult:
     """
 
     factors: pd.DataFrame = field(default_factory=pd.DataFrame)
+    factors_on_treatment: pd.DataFrame = field(default_factory=pd.DataFrame)
     variance: pd.DataFrame = field(default_factory=pd.DataFrame)
     loadings: pd.DataFrame = field(default_factory=pd.DataFrame)
     views: dict[str, list[str]] = field(default_factory=dict)
@@ -132,7 +144,7 @@ def fit_mofa(data: AnalysisData, *, config: MofaConfig | None = None, seed: int 
         return MofaResult(note=f"not done: needs a view with >= 2 features and >= 10 patients "
                                f"(has {len(views)} view(s), {len(patients)} patients)")
     matrices = [[views[v].reindex(patients).to_numpy(dtype=float)] for v in views]
-    factors, weights, r2 = _run(matrices, list(views), patients, views, config, seed)
+    factors, weights, r2, tau = _run(matrices, list(views), patients, views, config, seed)
     keep = np.flatnonzero((r2 >= config.min_variance_pct).any(axis=0))
     if keep.size == 0:
         return MofaResult(note=f"no factor explains >= {config.min_variance_pct}% of a view")
@@ -157,17 +169,95 @@ def fit_mofa(data: AnalysisData, *, config: MofaConfig | None = None, seed: int 
                              "feature": variable.feature if variable else columns[j],
                              "label": variable.label if variable else "",
                              "weight": float(w[j]), "rank": rank + 1})
-    result = MofaResult(table, variance, pd.DataFrame(rows),
+    on_treatment = _on_treatment_views(data, views)
+    projected = pd.DataFrame(columns=names)
+    if on_treatment:
+        z = project_samples(
+            [on_treatment[v].to_numpy(dtype=float) for v in views],
+            [views[v].to_numpy(dtype=float) for v in views],
+            [weights[i][:, keep] * signs for i in range(len(views))], tau)
+        index = next(iter(on_treatment.values())).index
+        projected = pd.DataFrame(z, index=index.rename("patient_id"), columns=names)
+        projected = projected[np.isfinite(z).all(axis=1)]
+    result = MofaResult(table, projected, variance, pd.DataFrame(rows),
                         {v: list(views[v].columns) for v in views})
     result.subtypes, result.stability = factor_subtypes(table, config=config, seed=seed)
     return result
 
 
+def _on_treatment_views(data: AnalysisData, views: dict[str, pd.DataFrame]
+                        ) -> dict[str, pd.DataFrame]:
+    """Each view's features on treatment (``key@on_treatment``; absent ones all missing), for
+    the patients with at least one on-treatment value in any view; {} when none."""
+    out = {}
+    for view, block in views.items():
+        columns = {f"{key}@on_treatment": key for key in block.columns}
+        present = [c for c in columns if c in data.x.columns]
+        out[view] = data.x[present].rename(columns=columns).reindex(columns=block.columns)
+    if not out:
+        return {}
+    has = np.logical_or.reduce([frame.notna().any(axis=1).to_numpy() for frame in out.values()])
+    if not has.any():
+        return {}
+    return {view: frame[has] for view, frame in out.items()}
+
+
+def project_samples(new: list[np.ndarray], baseline: list[np.ndarray],
+                    weights: list[np.ndarray], tau: list[np.ndarray]) -> np.ndarray:
+    """Factor values of new samples under a fitted MOFA+ model (posterior mean given the
+    weights, noise precisions and a standard-normal prior).
+
+    Parameters
+    ----------
+    new
+        Per view, new samples x features (NaN = missing), on the original scale.
+    baseline
+        Per view, the training samples x features the model was fitted on (for MOFA+'s
+        centring and view scaling).
+    weights
+        Per view, features x K expected weights.
+    tau
+        Per view, the expected noise precision of each feature.
+
+    Returns
+    -------
+    numpy.ndarray
+        Samples x K; NaN for a sample with no value in any view.
+
+    Examples
+    --------
+    >>> w = [np.array([[1.0], [2.0]])]
+    >>> train = [np.array([[-1.0, -2.0], [1.0, 2.0]])]
+    >>> z = project_samples([np.array([[1.0, 2.0]])], train, w, [np.array([1e6, 1e6])])
+    >>> round(float(z[0, 0] * np.nanstd(train[0])), 3)  # y = z w on the scaled data
+    1.0
+    """
+    k = weights[0].shape[1]
+    n = new[0].shape[0]
+    precision = np.repeat(np.eye(k)[None], n, axis=0)
+    rhs = np.zeros((n, k))
+    seen = np.zeros(n, dtype=bool)
+    for y, train, w, t in zip(new, baseline, weights, tau, strict=True):
+        mean = np.nanmean(train, axis=0)
+        scale = np.nanstd(train - mean)
+        centred = (y - mean) / (scale if scale > 0 else 1.0)
+        observed = np.isfinite(centred)
+        seen |= observed.any(axis=1)
+        values = np.where(observed, centred, 0.0) * t  # T y over observed features
+        rhs += values @ w
+        for i in range(n):
+            wi = w[observed[i]] * t[observed[i], None]
+            precision[i] += w[observed[i]].T @ wi
+    z = np.linalg.solve(precision, rhs[..., None])[..., 0]
+    z[~seen] = np.nan
+    return z
+
+
 def _run(matrices: list[list[np.ndarray]], view_names: list[str], patients: list[str],
          views: dict[str, pd.DataFrame], config: MofaConfig, seed: int
-         ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """Train mofapy2; returns factors (patients x K), weights per view (features x K) and the
-    variance explained (views x K, %)."""
+         ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """Train mofapy2; returns factors (patients x K), weights per view (features x K), the
+    variance explained (views x K, %) and the noise precision per view (features)."""
     from mofapy2.run.entry_point import entry_point  # imported here: optional at import time
 
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -190,7 +280,11 @@ def _run(matrices: list[list[np.ndarray]], view_names: list[str], patients: list
         r2 = model.model.calculate_variance_explained()[0]  # group 'baseline': views x K
     factors = np.asarray(expectations["Z"]["E"], dtype=float)
     weights = [np.asarray(w["E"], dtype=float) for w in expectations["W"]]
-    return factors, weights, 100.0 * np.asarray(r2, dtype=float)
+    # Tau's expectation is stored per sample and feature (constant over samples)
+    tau = [np.asarray(t["E"] if isinstance(t, dict) else t, dtype=float)
+           .reshape(-1, w.shape[0]).mean(axis=0)
+           for t, w in zip(expectations["Tau"], weights, strict=True)]
+    return factors, weights, 100.0 * np.asarray(r2, dtype=float), tau
 
 
 def factor_subtypes(factors: pd.DataFrame, *, config: MofaConfig, seed: int

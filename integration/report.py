@@ -95,7 +95,9 @@ def methods_text(result: AnalysisResult) -> str:
         f"patients left out; views scaled to unit variance), {c.mofa.factors} factors at the "
         f"start, spike-and-slab and ARD priors, factors explaining < "
         f"{c.mofa.min_variance_pct:g}% of every view dropped; the factors are analysed as "
-        f"baseline features (mofa_f*). Factor subtypes: k-means on the standardised factors, "
+        f"baseline features (mofa_f*); on-treatment samples are projected onto them "
+        f"(posterior mean given the baseline weights) and analysed with the landmark. "
+        f"Factor subtypes: k-means on the standardised factors, "
         f"k = {c.mofa.k_min}-{c.mofa.k_max} chosen by stability (mean adjusted Rand index "
         f"over {c.mofa.resamples} subsamples of 80% of patients).",
         f"Random seed {c.seed}; q < {c.fdr:g} is called significant.",

@@ -76,6 +76,50 @@ def test_planted_shared_factor_is_recovered_with_a_missing_view(planted):
     assert not fit.subtypes.empty and set(fit.stability["k"]) == {2, 3}
 
 
+def test_on_treatment_samples_are_projected_onto_the_baseline_factors(planted):
+    """SYNTHETIC on-treatment values from the same loadings with a new latent value (shifted
+    by +1 for every patient, as a treatment effect): their projected factor follows it, on
+    the baseline factor's scale, for patients with only one view on treatment too."""
+    data, latent = planted
+    rng = np.random.default_rng(11)
+    baseline = fit_mofa(data, config=MOFA, seed=1)
+    patients = data.x.index[:40]  # 40 of 60 patients have an on-treatment sample
+    later = latent[:40] + 1.0 + 0.3 * rng.standard_normal(40)
+    x = data.x.copy()
+    for modality in ("he", "rnaseq"):
+        keys = data.blocks[modality]
+        # the loadings, recovered from the baseline data by least squares on the latent
+        values = data.x[keys].to_numpy()
+        ok = ~np.isnan(values).any(axis=1)
+        loadings = np.linalg.lstsq(latent[ok, None], values[ok], rcond=None)[0][0]
+        noise = 0.7 * rng.standard_normal((40, len(keys)))
+        on = pd.DataFrame(later[:, None] * loadings + noise, index=patients,
+                          columns=[f"{k}@on_treatment" for k in keys])
+        if modality == "rnaseq":
+            on.iloc[:10] = np.nan  # ten patients only have the pathology view on treatment
+        x = x.join(on)
+    fit = fit_mofa(replace(data, x=x), config=MOFA, seed=1)
+    pd.testing.assert_frame_equal(fit.factors, baseline.factors)  # the fit is baseline only
+    projected = fit.factors_on_treatment["mofa_f1"]
+    assert list(projected.index) == list(patients)
+    sign = np.sign(np.corrcoef(fit.factors["mofa_f1"], latent)[0, 1])
+    assert np.corrcoef(projected, later)[0, 1] * sign > 0.9
+    assert np.corrcoef(projected[:10], later[:10])[0, 1] * sign > 0.85
+    # one scale: the shift of +1 in the latent is a shift of about one latent SD's worth of
+    # factor (the baseline factor's slope on the latent), not an arbitrary rescaling
+    slope = np.polyfit(latent, fit.factors["mofa_f1"], 1)[0]
+    change = (projected - fit.factors.loc[patients, "mofa_f1"]).mean()
+    assert change == pytest.approx(slope * 1.0, rel=0.35)
+    # in the analysis: on-treatment factor variables (landmark) and rows of mofa_factors.csv
+    from integration.analyze import _mofa_tables, _with_factors
+
+    analysed = _with_factors(replace(data, x=x), fit)
+    variable = next(v for v in analysed.variables if v.key == "mofa_f1@on_treatment")
+    assert variable.timepoint == "on_treatment" and variable.landmark
+    table = _mofa_tables(analysed, fit, ["os"], None)["mofa_factors"]
+    assert table["timepoint"].value_counts().to_dict() == {"baseline": 60, "on_treatment": 40}
+
+
 def test_mofa_is_seeded(planted):
     data, _ = planted
     first, second = fit_mofa(data, config=MOFA, seed=4), fit_mofa(data, config=MOFA, seed=4)
