@@ -43,7 +43,8 @@ def _shared_data() -> Path:
     return root
 
 
-def _config(tile_size: int, brightfield_model: str = DEFAULT_MODEL):
+def _config(tile_size: int, brightfield_model: str = DEFAULT_MODEL, backend: str = "auto",
+            tiles_per_forward: int | None = None, tiles_per_task: int = 1):
     from pathology.config import (
         BatchSection,
         PathologyConfig,
@@ -52,25 +53,39 @@ def _config(tile_size: int, brightfield_model: str = DEFAULT_MODEL):
     )
 
     return PathologyConfig(tiling=TilingSection(tile_size=tile_size, halo=64),
-                           segmentation=SegmentationSection(brightfield_model=brightfield_model),
-                           batch=BatchSection(tiles_per_task=1))
+                           segmentation=SegmentationSection(brightfield_model=brightfield_model,
+                                                            backend=backend),
+                           batch=BatchSection(tiles_per_task=tiles_per_task,
+                                              tiles_per_forward=tiles_per_forward))
 
 
 def _real_region(size: int) -> np.ndarray:
+    """A ``size`` x ``size`` region of CMU-1-Small-Region at 0.5 um/px, centred on the same
+    tissue whatever its size (2048: the region read from (100, 600), as always)."""
     from pathology.slide import Slide
 
+    x, y = max(0, 1124 - size // 2), max(0, 1624 - size // 2)
     with Slide(_shared_data() / "slides" / "pathml-testdata" / "small_HE.svs") as slide:
-        return slide.read_region_at(100, 600, size, size, mpp=0.5)
+        return slide.read_region_at(x, y, size, size, mpp=0.5)
 
 
 def bench_segmentation(work: Path, region_path: Path, tile_size: int,
-                       brightfield_model: str = DEFAULT_MODEL) -> dict:
-    """Pipeline vs raw network forward pass vs stardist's predict_instances_big."""
+                       brightfield_model: str = DEFAULT_MODEL, *, backend: str = "auto",
+                       per_forward: int | None = None,
+                       predict_instances_big: bool = True) -> dict:
+    """Pipeline vs raw network forward pass vs stardist's predict_instances_big (optional),
+    with the network run by ``backend`` (``segmentation.backend``)."""
     from pathology.nuclei import forward_pass, network_input
-    from pathology.pipeline import ModelCache, SlideJob, prepare_slide, process_tiles
+    from pathology.pipeline import (
+        ModelCache,
+        SlideJob,
+        prepare_slide,
+        process_tiles,
+        tiles_per_forward,
+    )
     from pathology.slide import Slide
 
-    config = _config(tile_size, brightfield_model)
+    config = _config(tile_size, brightfield_model, backend, per_forward)
     models = ModelCache(config)
     model = models.get("brightfield")
     job = SlideJob("bench", region_path, "he")
@@ -91,35 +106,49 @@ def bench_segmentation(work: Path, region_path: Path, tile_size: int,
         boxes = [slide.read_region_at(t.read_x, t.read_y, t.read_width, t.read_height, mpp=0.5)
                  for t in plan.tiles]
         whole = slide.read_region_at(0, 0, *slide.working_shape(0.5)[::-1], mpp=0.5)
-    # The network alone, called the fastest way (one traced function, inputs prepared
-    # beforehand), on the same read boxes.
-    inputs = [network_input(model, box, plan.norm_range)[None] for box in boxes]
+    # The network alone, called the fastest way (one traced function or the compiled OpenVINO
+    # network, inputs prepared beforehand), on the same read boxes, batched as the pipeline
+    # batches them (tiles_per_forward tiles of one size per pass).
+    per_pass = tiles_per_forward(config)
+    by_shape: dict[tuple[int, ...], list[np.ndarray]] = {}
+    for box in boxes:
+        x = network_input(model, box, plan.norm_range)
+        by_shape.setdefault(x.shape, []).append(x)
+    inputs = [np.stack(same[i:i + per_pass]) for same in by_shape.values()
+              for i in range(0, len(same), per_pass)]
     started = time.perf_counter()
     for x in inputs:
         forward_pass(model, x)
     forward_s = time.perf_counter() - started
     low, high = plan.norm_range
 
-    x = (whole.astype(np.float32) - low) / (high - low)
-    started = time.perf_counter()
-    labels, _ = model.model.predict_instances_big(
-        x, axes="YXC", block_size=tile_size, min_overlap=64, context=64,
-        prob_thresh=model.prob_thresh, nms_thresh=model.nms_thresh, show_progress=False)
-    big_s = time.perf_counter() - started
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "model": brightfield_model,
+    results = {
+        "model": brightfield_model, "backend": model.backend,
+        "tiles_per_forward": tiles_per_forward(config),
         "stage_s": _stage_seconds(model, plan, boxes),
         "region_px": list(whole.shape[:2]), "tile_size": tile_size, "n_tiles": len(plan.tiles),
         "n_nuclei": n_nuclei, "pipeline_s": round(pipeline_s, 2),
-        "raw_forward_s": round(forward_s, 2), "predict_instances_big_s": round(big_s, 2),
-        "predict_instances_big_nuclei": int(labels.max()),
+        "raw_forward_s": round(forward_s, 2),
         "nuclei_per_s": round(n_nuclei / pipeline_s, 1),
         "nuclei_per_s_per_core": round(n_nuclei / pipeline_s / cores, 1),
         "cores": cores,
+        # tissue of the region at 0.5 um/px (the tiles' tissue mask), pipeline only
+        "tissue_area_mm2": round(plan.tissue_area_mm2, 4),
+        "s_per_mm2": round(pipeline_s / plan.tissue_area_mm2, 3),
         "vs_raw_forward": round(forward_s / pipeline_s, 3),
-        "vs_predict_instances_big": round(big_s / pipeline_s, 3),
     }
+    if predict_instances_big:
+        x = (whole.astype(np.float32) - low) / (high - low)
+        started = time.perf_counter()
+        labels, _ = model.model.predict_instances_big(
+            x, axes="YXC", block_size=tile_size, min_overlap=64, context=64,
+            prob_thresh=model.prob_thresh, nms_thresh=model.nms_thresh, show_progress=False)
+        big_s = time.perf_counter() - started
+        results.update({"predict_instances_big_s": round(big_s, 2),
+                        "predict_instances_big_nuclei": int(labels.max()),
+                        "vs_predict_instances_big": round(big_s / pipeline_s, 3)})
+    return results
 
 
 def _stage_seconds(model, plan, boxes: list[np.ndarray]) -> dict:
@@ -159,35 +188,41 @@ def bench_tissue(slide_path: Path) -> dict:
             "tissue_slide_px": [height, width], "tissue_s": round(seconds, 2)}
 
 
-def bench_end_to_end(slide_path: Path, work: Path) -> dict:
-    """One whole slide through ``run_slides`` as a lab runs it: default configuration, a Dask
-    LocalCluster with one worker per core; tissue, segmentation, cells, phenotypes, regions,
-    spatial features, QC and the run tables, cluster and model start-up included."""
+def bench_end_to_end(slide_path: Path, work: Path, backend: str = "auto") -> dict:
+    """One whole slide through ``run_slides`` as a lab runs it: default configuration (but
+    ``segmentation.backend``), a Dask LocalCluster with one worker per core; tissue,
+    segmentation, cells, phenotypes, regions, spatial features, QC and the run tables, cluster
+    and model start-up included."""
     from pathology.batch import run_slides
-    from pathology.config import PathologyConfig
+    from pathology.config import PathologyConfig, SegmentationSection
     from pathology.pipeline import SlideJob
     from pathology.slide import Slide
 
     with Slide(slide_path) as slide:
         height, width = slide.working_shape(0.5)
+    config = PathologyConfig(segmentation=SegmentationSection(backend=backend))
     started = time.perf_counter()
-    (row,) = run_slides([SlideJob("e2e", slide_path, "he")], work, PathologyConfig(),
-                        scheduler="local")
+    (row,) = run_slides([SlideJob("e2e", slide_path, "he")], work, config, scheduler="local")
     seconds = time.perf_counter() - started
     if row.status != "done":
         raise RuntimeError(f"end-to-end benchmark slide failed: {row.reason}")
+    features = json.loads((work / "slides" / "e2e" / "features.json").read_text())
+    tissue_mm2 = features["tissue_area_mm2"]["value"]
     return {"end_to_end_s": round(seconds, 1), "end_to_end_slide_px": [height, width],
-            "end_to_end_cells": row.cells,
+            "end_to_end_cells": row.cells, "end_to_end_backend": features["model"]["backend"],
+            "end_to_end_tissue_mm2": round(tissue_mm2, 2),
+            "end_to_end_s_per_mm2": round(seconds / tissue_mm2, 2),
             "end_to_end_mm2_per_hour": round(height * width * 0.25e-6 / seconds * 3600, 1)}
 
 
-def bench_rss(slide_path: Path, work: Path, max_tiles: int) -> float:
-    """Peak RSS (GB) of a fresh process that prepares the slide and segments a few tiles."""
+def bench_rss(slide_path: Path, work: Path, max_tiles: int, backend: str = "auto") -> float:
+    """Peak RSS (GB) of a fresh process that prepares the slide and segments a few tiles
+    (one worker's memory), the network run by ``backend``."""
     code = (
         "import json, resource, sys; from pathlib import Path\n"
         "from benchmarks.run import _config\n"
         "from pathology.pipeline import ModelCache, SlideJob, process_slide\n"
-        "config = _config(1024)\n"
+        f"config = _config(1024, backend={backend!r})\n"
         f"process_slide(SlideJob('rss', Path({str(slide_path)!r}), 'he'), Path({str(work)!r}),"
         f" config, ModelCache(config), max_tiles={max_tiles})\n"
         "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2))\n")
@@ -196,23 +231,37 @@ def bench_rss(slide_path: Path, work: Path, max_tiles: int) -> float:
     return round(float(result.stdout.strip().splitlines()[-1]), 3)
 
 
-def bench_scaling(region_path: Path, work: Path) -> dict:
-    """Tile throughput with two single-threaded Dask workers divided by one."""
+def _load_models(config) -> None:
+    """Load the worker's models (returns nothing: a loaded model does not pickle)."""
+    from pathology.distributed import worker_models
+
+    worker_models(config)
+
+
+def bench_scaling(region_path: Path, work: Path, backend: str = "auto",
+                  workers_list: tuple[int, ...] = (1, 2), tiles_per_forward: int | None = None,
+                  env: dict[str, str] | None = None) -> dict:
+    """Tile throughput with two single-threaded Dask workers divided by one (or any worker
+    counts: ``scaling_seconds`` has each), the network run by ``backend``. A task holds
+    ``tiles_per_forward`` tiles (one forward pass)."""
     from distributed import Client, LocalCluster
 
-    from pathology.distributed import SINGLE_THREAD_ENV, task_prepare, task_tiles, worker_models
+    from pathology.distributed import SINGLE_THREAD_ENV, task_prepare, task_tiles
     from pathology.pipeline import SlideJob
 
-    config = _config(512)
+    per_task = tiles_per_forward or 1
+    config = _config(512, backend=backend, tiles_per_forward=tiles_per_forward,
+                     tiles_per_task=per_task)
     job = SlideJob("scale", region_path, "he")
     seconds = {}
-    for workers in (1, 2):
+    for workers in workers_list:
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          env=SINGLE_THREAD_ENV, dashboard_address=":0") as cluster, \
+                          env=env if env is not None else SINGLE_THREAD_ENV,
+                          dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             out = work / f"scale{workers}"
             plan = client.submit(task_prepare, job, out, config).result()
-            client.run(worker_models, config)  # load the model on every worker (not timed)
+            client.run(_load_models, config)  # load the model on every worker (not timed)
             addresses = sorted(client.scheduler_info()["workers"])
             for i, address in enumerate(addresses):  # trace the network on each worker
                 warm_out = work / f"warm{workers}_{i}"
@@ -222,12 +271,16 @@ def bench_scaling(region_path: Path, work: Path) -> dict:
                               [warm_plan.tiles[0].index], pure=False,
                               workers=[address]).result()
             started = time.perf_counter()
-            futures = [client.submit(task_tiles, plan, out, config, [t.index], pure=False)
-                       for t in plan.tiles]
+            indices = [t.index for t in plan.tiles]
+            futures = [client.submit(task_tiles, plan, out, config,
+                                     indices[i:i + per_task], pure=False)
+                       for i in range(0, len(indices), per_task)]
             client.gather(futures)
             seconds[workers] = time.perf_counter() - started
-    return {"scaling_2_workers": round(seconds[1] / seconds[2], 3),
-            "scaling_seconds": {str(k): round(v, 2) for k, v in seconds.items()}}
+    result: dict = {"scaling_seconds": {str(k): round(v, 2) for k, v in seconds.items()}}
+    if 1 in seconds and 2 in seconds:
+        result["scaling_2_workers"] = round(seconds[1] / seconds[2], 3)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
