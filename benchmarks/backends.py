@@ -15,9 +15,10 @@ the peak memory of one worker (a fresh process segmenting the region's first til
 throughput with 1 and 2 single-threaded Dask workers and, unless ``--slide 0``, a whole slide
 end to end (``run_slides``, QC included) built from the same tissue. Then how far the
 backends' cells agree (centroids matched one-to-one within 1 um) and the ratios that issue 17
-targets. ``--tiles-per-forward 1 4 8`` repeats the pipeline and network figures for each
-batch size (GPU runs, ``benchmarks/gpu.sh``). Speed figures exclude model loading, conversion
-and tracing (warm-up on one tile first).
+targets. ``--tiles-per-forward 4 1 8`` repeats the pipeline and network figures for each
+batch size, and ``--end-to-end-workers 1 2 4`` the whole slide for each worker count (GPU
+runs: ``benchmarks/gpu.sh``). Speed figures exclude model loading, conversion and tracing
+(warm-up on one tile first), except end to end, which includes everything.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def agreement(reference: np.ndarray, other: np.ndarray, *, max_distance_um: floa
 
 def compare(work: Path, region_path: Path, *, backends: list[str], tile_size: int = 1024,
             workers: tuple[int, ...] = (1, 2), rss: bool = True, slide_path: Path | None = None,
-            tiles_per_forward: tuple[int, ...] = ()) -> dict:
+            tiles_per_forward: tuple[int, ...] = (),
+            end_to_end_workers: tuple[int, ...] = ()) -> dict:
     """Run every figure for each backend on the same region (and slide).
 
     Parameters
@@ -131,7 +133,10 @@ def compare(work: Path, region_path: Path, *, backends: list[str], tile_size: in
     slide_path
         A whole slide for the end-to-end figures (None: skipped).
     tiles_per_forward
-        Batch sizes to repeat the pipeline figures with (empty: the default only).
+        Batch sizes to repeat the pipeline figures with (empty: the default only); the
+        worker figures use the first.
+    end_to_end_workers
+        Worker counts for the whole slide (empty: one per core), e.g. workers per GPU.
 
     Returns
     -------
@@ -164,10 +169,15 @@ def compare(work: Path, region_path: Path, *, backends: list[str], tile_size: in
             print(f"{backend}: workers {workers} ...", flush=True)
             entry.update(bench_scaling(region_path, work / f"scale_{backend}", backend,
                                        workers_list=workers,
-                                       tiles_per_forward=(tiles_per_forward or (None,))[-1]))
+                                       tiles_per_forward=(tiles_per_forward or (None,))[0]))
         if slide_path is not None:
-            print(f"{backend}: end to end ...", flush=True)
-            entry.update(bench_end_to_end(slide_path, work / f"e2e_{backend}", backend))
+            for n in end_to_end_workers or (None,):
+                print(f"{backend}: end to end, {n or 'one per core'} workers ...", flush=True)
+                e2e = bench_end_to_end(slide_path, work / f"e2e_{backend}_{n}", backend, n)
+                if n is None:
+                    entry.update(e2e)
+                else:
+                    entry.setdefault("end_to_end_by_workers", {})[str(n)] = e2e
         figures[backend] = entry
     result: dict = {"backends": figures}
     if "tensorflow" in figures and "openvino" in figures:
@@ -181,6 +191,8 @@ def compare(work: Path, region_path: Path, *, backends: list[str], tile_size: in
                                      "openvino": ov["peak_rss_gb"]}
         if "end_to_end_s" in tf and "end_to_end_s" in ov:
             ratios["end_to_end_speedup"] = round(tf["end_to_end_s"] / ov["end_to_end_s"], 3)
+            ratios["end_to_end_s_per_mm2"] = {"tensorflow": tf["end_to_end_s_per_mm2"],
+                                              "openvino": ov["end_to_end_s_per_mm2"]}
         result["openvino_vs_tensorflow"] = ratios
     return result
 
@@ -199,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: every installed backend")
     parser.add_argument("--tiles-per-forward", type=int, nargs="*", default=[],
                         help="repeat the pipeline figures with these batch sizes")
+    parser.add_argument("--end-to-end-workers", type=int, nargs="*", default=[],
+                        help="worker counts for the whole slide (default: one per core)")
     parser.add_argument("--out", type=Path,
                         default=ROOT / "benchmarks" / "results" / "backends-latest.json")
     args = parser.parse_args(argv)
@@ -213,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _machine(),
         "options": {"region_px": args.region, "tile_size": args.tile,
                     "slide_px": slide_size, "workers": args.workers, "rss": not args.no_rss,
-                    "tiles_per_forward": args.tiles_per_forward, "model": DEFAULT_MODEL},
+                    "tiles_per_forward": args.tiles_per_forward,
+                    "end_to_end_workers": args.end_to_end_workers, "model": DEFAULT_MODEL},
         "targets": TARGETS,
     }
     with tempfile.TemporaryDirectory(prefix="hccbio-bench-backends-") as tmp:
@@ -226,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         results.update(compare(work, region_path, backends=backends, tile_size=args.tile,
                                workers=tuple(args.workers), rss=not args.no_rss,
                                slide_path=slide_path,
-                               tiles_per_forward=tuple(args.tiles_per_forward)))
+                               tiles_per_forward=tuple(args.tiles_per_forward),
+                               end_to_end_workers=tuple(args.end_to_end_workers)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(results, indent=2) + "\n")

@@ -188,9 +188,11 @@ def bench_tissue(slide_path: Path) -> dict:
             "tissue_slide_px": [height, width], "tissue_s": round(seconds, 2)}
 
 
-def bench_end_to_end(slide_path: Path, work: Path, backend: str = "auto") -> dict:
+def bench_end_to_end(slide_path: Path, work: Path, backend: str = "auto",
+                     workers: int | None = None) -> dict:
     """One whole slide through ``run_slides`` as a lab runs it: default configuration (but
-    ``segmentation.backend``), a Dask LocalCluster with one worker per core; tissue,
+    ``segmentation.backend``), a Dask LocalCluster with one worker per core (or ``workers``);
+    tissue,
     segmentation, cells, phenotypes, regions, spatial features, QC and the run tables, cluster
     and model start-up included."""
     from pathology.batch import run_slides
@@ -202,7 +204,8 @@ def bench_end_to_end(slide_path: Path, work: Path, backend: str = "auto") -> dic
         height, width = slide.working_shape(0.5)
     config = PathologyConfig(segmentation=SegmentationSection(backend=backend))
     started = time.perf_counter()
-    (row,) = run_slides([SlideJob("e2e", slide_path, "he")], work, config, scheduler="local")
+    (row,) = run_slides([SlideJob("e2e", slide_path, "he")], work, config,
+                        scheduler=f"local:{workers}" if workers else "local")
     seconds = time.perf_counter() - started
     if row.status != "done":
         raise RuntimeError(f"end-to-end benchmark slide failed: {row.reason}")
