@@ -4,9 +4,10 @@ The Keras network of a loaded model is converted once with ``openvino.convert_mo
 batch, height and width) and saved as OpenVINO IR named by the SHA-256 of the weights:
 ``<model folder>/openvino/<sha256>.xml`` and ``.bin`` when the model folder is writable, else
 ``$HCCBIO_CACHE/openvino/`` (default ``~/.cache/hccbio/openvino/``). Later loads read the IR
-(about a second) instead of converting again (several seconds). The weights are kept in 32-bit
-floating point, and the network is compiled for the CPU in 32-bit floating point (never bf16,
-which OpenVINO would choose by itself on CPUs that have it) with as many threads as
+(about a second) instead of converting again (several seconds); beside the weights, the IR of
+earlier weights (retrained in place) is removed when the new one is saved. The weights are
+kept in 32-bit floating point, and the network is compiled for the CPU in 32-bit floating point
+(never bf16, which OpenVINO would choose by itself on CPUs that have it) with as many threads as
 ``TF_NUM_INTRAOP_THREADS`` allows (one per Dask worker), so that it gives TensorFlow's numbers
 to within rounding.
 
@@ -122,6 +123,8 @@ def load_or_convert(keras_model: Any, n_channel_in: int, *, weights_folder: Path
     for xml in paths:
         try:
             save_ir(network, xml)
+            if weights_folder is not None and xml.parent == weights_folder / IR_FOLDER:
+                _remove_stale(xml)
             return network, xml
         except (OSError, RuntimeError) as error:
             log.debug("cannot cache the converted network at %s: %s", xml, error)
@@ -129,6 +132,14 @@ def load_or_convert(keras_model: Any, n_channel_in: int, *, weights_folder: Path
         log.warning("the converted network could not be cached (tried %s); it is converted "
                     "again in every process", ", ".join(str(p.parent) for p in paths))
     return network, None
+
+
+def _remove_stale(current: Path) -> None:
+    """Beside the weights, IR of earlier weights (other SHA-256) is stale: remove it."""
+    for path in current.parent.iterdir():
+        if (path.suffix in (".xml", ".bin") and path.stem != current.stem
+                and len(path.stem) == 64 and not path.name.startswith(".")):
+            path.unlink(missing_ok=True)
 
 
 def save_ir(network: Any, xml: Path) -> None:

@@ -166,6 +166,17 @@ def test_converted_network_is_cached_by_the_weights_sha256(caches, he_image, tmp
                                            sha256=model.sha256)
     assert path == saved and "converting again" in caplog.text
     assert saved.read_text().startswith("<?xml")
+    # Beside weights retrained in place, the earlier weights' IR is removed.
+    monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path / "empty"))
+    stale = tmp_path / "weights" / "openvino" / f"{'0' * 64}.xml"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("earlier weights")
+    stale.with_suffix(".bin").write_text("earlier weights")
+    _, path = backends.load_or_convert(model.model.keras_model, 3,
+                                       weights_folder=tmp_path / "weights", sha256=model.sha256)
+    assert path == tmp_path / "weights" / "openvino" / f"{model.sha256}.xml"
+    assert sorted(p.name for p in path.parent.iterdir()) == [f"{model.sha256}.bin",
+                                                              f"{model.sha256}.xml"]
 
 
 def test_auto_falls_back_to_tensorflow_when_conversion_fails(monkeypatch, caplog):
