@@ -132,3 +132,37 @@ def test_bad_standard_is_excluded_and_reported():
 def test_too_few_standards_is_refused():
     with pytest.raises(ValueError, match="at least 4 distinct"):
         fit_logistic(STANDARDS[:3], TRUE_4PL.response(STANDARDS[:3]))
+
+
+def test_fit_of_all_standards_sets_the_working_range_by_recovery():
+    """exclusion='none' (xPONENT's fit of all standards): nothing is dropped from the fit;
+    the working range is the longest run of levels recovering within the window."""
+    bad = STANDARDS[1]  # a gross outlier at the second-highest level
+    result = quantify(_plate(seed=8, bad_level=bad), exclusion="none")
+    levels = result.standards.set_index("concentration").sort_index()
+    assert levels["used"].all()
+    inside = levels["recovery_pct"].between(70, 130)
+    assert not inside[bad]
+    # the run below the outlier is longer than the single top level above it
+    run = levels.index[levels["in_range"]]
+    assert result.uloq == run.max() < bad and result.lloq == run.min() == STANDARDS.min()
+    assert inside[run].all() and len(run) == (levels.index < bad).sum()
+    samples = result.samples
+    assert (samples.loc[samples["flag"] != "", "flag"].isin(["<LLOQ", ">ULOQ"])).all()
+    assert samples.loc[samples["flag"] == ">ULOQ", "concentration"].isna().all()
+
+
+def test_weight_floor_keeps_a_standard_at_background_from_dominating():
+    """A blank-corrected standard at 0 gets weight 1/floor, not 1/1e-9: the fit is not bent."""
+    x = np.repeat(np.append(STANDARDS, 0.5), 2)
+    y = TRUE_5PL.response(x) - TRUE_5PL.a  # background-subtracted, like Net MFI
+    y[-2:] = [0.0, -1.0]
+    floored = fit_logistic(x, y, model="5pl", weights=1 / np.maximum(np.abs(y), 1.0))
+    wells = pd.DataFrame({"well": [f"A{i + 1}" for i in range(x.size)], "kind": "standard",
+                          "sample_id": "", "concentration": x, "dilution": 1.0, "value": y})
+    result = quantify(wells, model="5pl", weight_floor=1.0, exclusion="none")
+    for name in "abcdg":
+        assert getattr(result.curve, name) == pytest.approx(getattr(floored, name), rel=1e-6)
+    top = STANDARDS[:4]
+    np.testing.assert_allclose(result.curve.concentration(TRUE_5PL.response(top)
+                                                          - TRUE_5PL.a), top, rtol=0.02)
