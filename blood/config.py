@@ -201,8 +201,19 @@ class ElisaConfig(_Section):
     below_rule: Literal["lloq_half", "lowest_standard", "censor"] = Field(
         "lloq_half", description="Value below the LLOQ: LLOQ/2, LLOQ (lowest standard) or "
         "NaN (censored); all are flagged '<LLOQ'. Above the ULOQ is always NaN.")
-    min_beads: int = Field(35, ge=0, description="Flag multiplex wells with fewer beads.")
+    min_beads: int = Field(35, ge=0, description="Flag multiplex wells with fewer beads "
+                           "(labs use 35 to 50 per analyte).")
     exclude_low_beads: bool = Field(False, description="Also drop wells with too few beads.")
+    sample_map: Path | None = Field(None, description="CSV plate_sample,sample_id[,plate] "
+                                    "naming the manifest sample of each plate sample name "
+                                    "(Luminex xPONENT exports), used when no "
+                                    "'<plate name>.samples.csv' lies beside the export; "
+                                    "unlisted names are taken as sample_ids.")
+    xponent_model: Literal["4pl", "5pl"] = Field("5pl", description="Curve model of Luminex "
+                                                 "xPONENT exports (their software fits 5PL).")
+    xponent_weight_floor: float = Field(1.0, ge=0, description="xPONENT exports: Net MFI "
+                                        "closer to zero than this counts as this in the "
+                                        "1/|y|^power weights (1 reproduces xPONENT's fits).")
     unit: Literal["pg/mL", "ng/mL"] = Field("pg/mL", description="Unit of the standards' "
                                             "concentrations and the features.")
     analytes: dict[str, str] = Field(default_factory=dict, description="Plate analyte name "
@@ -264,5 +275,6 @@ def _resolve_paths(config: BloodConfig, base: Path) -> BloodConfig:
     })
     scrna = config.scrna.model_copy(update={
         "celltypist_model": fix(config.scrna.celltypist_model)})
-    elisa = config.elisa.model_copy(update={"layout": fix(config.elisa.layout)})
+    elisa = config.elisa.model_copy(update={"layout": fix(config.elisa.layout),
+                                            "sample_map": fix(config.elisa.sample_map)})
     return config.model_copy(update={"flow": flow, "elisa": elisa, "scrna": scrna})

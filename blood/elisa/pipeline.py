@@ -3,6 +3,8 @@
 Plate outputs go to ``OUT/blood/elisa_plates/<plate name>/``: ``wells.csv`` (values, layout,
 bead flags), ``standards.csv`` (recovery, used), ``concentrations.csv`` (every sample and
 analyte) and ``curve_<analyte>.png``. Several manifest rows may point at one plate.
+A Luminex xPONENT export (recognised by its content) carries its own layout and is handled
+by :mod:`blood.elisa.multiplex`.
 """
 
 from __future__ import annotations
@@ -41,12 +43,19 @@ class PlateResult:
         concentrations are in the sample (dilution applied).
     standards
         One row per analyte and standard level (recovery, used).
+    method
+        Data-dictionary text of how the concentrations were obtained.
+    samples_hint
+        Ends the error when a manifest sample is not on the plate ("layout FILE", or the
+        plate's sample names and how to map them).
     """
 
     path: Path
     layout: Path
     concentrations: pd.DataFrame
     standards: pd.DataFrame
+    method: str = ""
+    samples_hint: str = ""
 
 
 def analyte_key(name: str, config: ElisaConfig, *, path: str | Path = "") -> str:
@@ -88,7 +97,8 @@ def analyse_plate(path: str | Path, out_dir: str | Path, *, config: ElisaConfig,
     Parameters
     ----------
     path
-        Plate export (CSV / Excel grid or long / Luminex table).
+        Plate export (CSV / Excel grid or long / Luminex table, or a Luminex xPONENT CSV
+        export, recognised by its content: see :func:`blood.elisa.multiplex.analyse_xponent`).
     out_dir
         Plate output folder (created).
     config
@@ -106,6 +116,14 @@ def analyse_plate(path: str | Path, out_dir: str | Path, *, config: ElisaConfig,
         Unreadable plate or layout, or a curve that cannot be fitted, naming the file.
     """
     path, out_dir = Path(path), Path(out_dir)
+    if not path.is_file():
+        raise BloodInputError(f"{path}: plate export not found")
+    from blood.elisa.xponent import is_xponent
+
+    if is_xponent(path):
+        from blood.elisa.multiplex import analyse_xponent
+
+        return analyse_xponent(path, out_dir, config=config)
     layout_path = find_layout(path, config)
     layout = read_layout(layout_path)
     plate = read_plate(path, default_analyte=default_analyte)
@@ -136,43 +154,62 @@ def analyse_plate(path: str | Path, out_dir: str | Path, *, config: ElisaConfig,
     write_csv(pd.concat(wells_out, ignore_index=True), out_dir / "wells.csv")
     write_csv(std, out_dir / "standards.csv")
     write_csv(table, out_dir / "concentrations.csv")
-    return PlateResult(path, layout_path, table, std)
+    method = (f"{config.model.upper()} standard curve (weights 1/y^{config.weight_power:g}), "
+              "blank-corrected, standards outside elisa.recovery_window left out, dilution "
+              "applied")
+    return PlateResult(path, layout_path, table, std, method=method,
+                       samples_hint=f"layout {layout_path}")
 
 
 def sample_features(result: PlateResult, sample_id: str, out_dir: str | Path, *,
                     config: ElisaConfig) -> tuple[dict[str, float], dict[str, FeatureInfo]]:
-    """One sample's ``elisa_<analyte>_<unit>`` features; writes ``out_dir/elisa.csv``.
+    """One sample's ``elisa_<analyte>_<unit>`` and ``elisa_<analyte>_cens`` features.
 
-    With several dilutions of a sample, in-range results are averaged; with none in range,
-    the '<LLOQ' value of the least diluted well is used (by ``below_rule``), else NaN
-    ('>ULOQ' is never extrapolated).
+    Writes ``out_dir/elisa.csv``. With several dilutions of a sample, in-range results are
+    averaged; with none in range, the '<LLOQ' value of the least diluted well is used (by
+    ``below_rule``), else NaN ('>ULOQ' is never extrapolated). ``_cens`` says which:
+    0 = measured within the working range, -1 = below the LLOQ (left-censored), 1 = above the
+    ULOQ (right-censored), empty = no usable well.
 
     Raises
     ------
     BloodInputError
-        The sample is not on the plate's layout.
+        The sample is not on the plate.
     """
     rows = result.concentrations.loc[result.concentrations["sample_id"] == sample_id]
     if rows.empty:
-        raise BloodInputError(f"{result.path}: sample {sample_id!r} is not on the plate layout "
-                              f"{result.layout}")
+        hint = result.samples_hint or f"layout {result.layout}"
+        raise BloodInputError(f"{result.path}: sample {sample_id!r} is not on the plate "
+                              f"{hint}")
     write_csv(rows.assign(unit=config.unit, plate=str(result.path)),
               Path(out_dir) / SAMPLE_FILE)
     suffix = config.unit.lower().replace("/", "_")
+    method = result.method or "standard curve, dilution applied"
     values: dict[str, float] = {}
     infos: dict[str, FeatureInfo] = {}
     for analyte, group in rows.groupby("analyte", sort=False):
-        in_range = group.loc[group["flag"] == ""]
+        in_range = group.loc[group["flag"] == ""].dropna(subset=["concentration"])
         below = group.loc[group["flag"] == "<LLOQ"].sort_values("dilution")
-        value = float(in_range["concentration"].mean()) if len(in_range) else \
-            float(below["concentration"].iloc[0]) if len(below) else np.nan
-        name = f"elisa_{analyte_key(str(analyte), config, path=result.path)}_{suffix}"
-        values[name] = value
+        above = group.loc[group["flag"] == ">ULOQ"]
+        if len(in_range):
+            value, censored = float(in_range["concentration"].mean()), 0.0
+        elif len(below):
+            value, censored = float(below["concentration"].iloc[0]), -1.0
+        else:
+            value, censored = np.nan, 1.0 if len(above) else np.nan
+        key = analyte_key(str(analyte), config, path=result.path)
+        name, cens = f"elisa_{key}_{suffix}", f"elisa_{key}_cens"
+        values[name], values[cens] = value, censored
+        keys = ("elisa.model; elisa.weight_power; elisa.recovery_window; elisa.below_rule; "
+                "elisa.layout; elisa.analytes; elisa.xponent_model; elisa.sample_map")
         infos[name] = FeatureInfo(
             name, f"{analyte} concentration ({config.unit})", config.unit, "elisa",
-            f"{config.model.upper()} standard curve (weights 1/y^{config.weight_power:g}), "
-            f"blank-corrected, dilution applied; <LLOQ by rule {config.below_rule}, >ULOQ "
-            "NaN; flags in OUT/blood/<sample_id>/elisa.csv",
-            "elisa.model; elisa.weight_power; elisa.recovery_window; elisa.below_rule; "
-            "elisa.layout; elisa.analytes", "blood.elisa")
+            f"{method}; <LLOQ by rule {config.below_rule}, >ULOQ NaN (see {cens}); flags "
+            "in OUT/blood/<sample_id>/elisa.csv", keys, "blood.elisa")
+        infos[cens] = FeatureInfo(
+            cens, f"{analyte} censoring: 0 measured, -1 below LLOQ, 1 above ULOQ", "category",
+            "elisa", f"position of the sample's response against the working range "
+            f"(LLOQ..ULOQ) of the {analyte} standard curve; -1: {name} is the below_rule "
+            f"value ({config.below_rule}), 1: {name} is NaN; empty: no usable well", keys,
+            "blood.elisa")
     return values, infos

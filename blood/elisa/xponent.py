@@ -86,13 +86,25 @@ class XponentExport:
 
 
 def is_xponent(path: str | Path) -> bool:
-    """True when the file starts like an xPONENT export (``Program,xPONENT``)."""
+    """True when a file's content is an xPONENT export, whatever its name.
+
+    Either its first line is ``Program,xPONENT`` or it has a ``DataType:,Net MFI`` block
+    (the block layout of xPONENT batch exports, also when the header was cut off).
+    """
     try:
         with open(path, encoding="latin-1") as handle:
-            first = handle.readline()
-    except OSError:
+            first = handle.readline().replace('"', "").strip().lower()
+            if first.startswith("program,xponent"):
+                return True
+            if first.startswith("pk\x03\x04"):  # a zip container (xlsx), not a CSV export
+                return False
+            for _, line in zip(range(20000), handle, strict=False):
+                cells = [c.strip().lower() for c in line.replace('"', "").split(",")[:2]]
+                if cells == ["datatype:", "net mfi"]:
+                    return True
+    except (OSError, UnicodeDecodeError):
         return False
-    return first.replace('"', "").lower().startswith("program,xponent")
+    return False
 
 
 def _blocks(rows: list[list[str]]) -> tuple[dict[str, str], dict[str, list[list[str]]]]:
@@ -170,9 +182,9 @@ def read_xponent(path: str | Path) -> XponentExport:
     with open(path, encoding="latin-1", newline="") as handle:
         rows = list(csv.reader(handle))
     header, blocks = _blocks(rows)
-    if "xponent" not in header.get("Program", "").lower():
+    if "xponent" not in header.get("Program", "").lower() and "Net MFI" not in blocks:
         raise ValueError(f"{path}: not an xPONENT export (first line should be "
-                         "'Program,xPONENT')")
+                         "'Program,xPONENT', with 'DataType:' blocks below)")
     missing = [name for name in ("Net MFI", "Count", "Result") if name not in blocks]
     if missing:
         raise ValueError(f"{path}: xPONENT export lacks block(s) {missing}; export with "

@@ -115,7 +115,8 @@ def test_elisa_rows_in_batch_run_one_bad_plate_never_stops_others(tmp_path):
     features = pd.read_csv(tmp_path / "run" / "blood_features.csv").set_index("sample_id")
     assert features.loc["P1", "elisa_il6_pg_ml"] == pytest.approx(300.0, rel=0.1)
     dictionary = pd.read_csv(tmp_path / "run" / "blood_features_dictionary.csv")
-    assert dictionary["name"].tolist() == ["elisa_il6_pg_ml"]
+    assert dictionary["name"].tolist() == ["elisa_il6_pg_ml", "elisa_il6_cens"]
+    assert features.loc["P1", "elisa_il6_cens"] == 0
     assert (tmp_path / "run" / "blood" / "P1" / "elisa.csv").is_file()
     assert (tmp_path / "run" / "blood" / "elisa_plates" / "plate" / "curve_il6.png").is_file()
 
