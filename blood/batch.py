@@ -79,7 +79,7 @@ def _flow(job: BloodJob, out_dir: Path, config: BloodConfig, cache: dict[Path, A
         raise BloodInputError(f"{job.path}: no gates for panel {job.stain!r} (set "
                               "flow.panels or flow.default_gates in the blood config)")
     result = analyse_fcs(job.path, gates, out_dir, beads=beads_from_config(flow), qc=flow.qc,
-                         plots=flow.plots)
+                         plots=flow.plots, wsp_sample=flow.wsp_samples.get(job.sample_id))
     values = flow_features(result.populations, flow.features, source=str(job.path))
     infos = {}
     for index, f in enumerate(flow.features):

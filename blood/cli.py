@@ -17,12 +17,15 @@ def flow(
     gates: Path = typer.Option(..., "--gates", help="Gating-ML .xml, FlowJo .wsp or YAML."),
     out: Path = typer.Option(..., "--out", help="Output folder (created)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write gating plots (PNG)."),
+    sample: str | None = typer.Option(None, "--sample", help="FlowJo .wsp: the workspace "
+                                      "sample whose gates apply to FCS (default: the one named "
+                                      "like the file, else the workspace's only sample)."),
 ) -> None:
     """Gate one FCS file: DIR/populations.csv (one row per gate), qc.json and plots."""
     from blood.flow.pipeline import analyse_fcs
 
     try:
-        result = analyse_fcs(fcs, gates, out, plots=plots)
+        result = analyse_fcs(fcs, gates, out, plots=plots, wsp_sample=sample)
     except BloodInputError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from error

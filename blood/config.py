@@ -71,6 +71,10 @@ class FlowConfig(_Section):
     panels: dict[str, Path] = Field(default_factory=dict, description="Manifest 'stain' "
                                     "(panel name) -> gates file (.xml Gating-ML, .wsp, .yaml).")
     default_gates: Path | None = Field(None, description="Gates file for panels not listed.")
+    wsp_samples: dict[str, str] = Field(default_factory=dict, description="FlowJo "
+                                        "workspaces: manifest sample_id -> workspace sample "
+                                        "name, where the FCS file is named otherwise (a "
+                                        "workspace with one sample needs none).")
     beads: BeadsConfig | None = Field(None, description="Counting beads; null = no absolute "
                                       "counts.")
     qc: FlowQcConfig = Field(default_factory=FlowQcConfig, description="Acquisition QC.")

@@ -16,9 +16,11 @@ gating file says. YAML format (see docs/blood.md)::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from xml.etree.ElementTree import iterparse
 
 import flowkit as fk
 import yaml
@@ -94,15 +96,19 @@ class Gating:
         The gates file.
     workspace
         The parsed FlowJo workspace (wsp only): it holds per-sample gates and matrices.
+    sample
+        The workspace sample whose gates are used (wsp only).
     """
 
     strategy: fk.GatingStrategy
     source: GateSource
     path: Path
     workspace: fk.Workspace | None = None
+    sample: str | None = None
 
 
-def load_gating(path: str | Path, *, fcs_path: str | Path | None = None) -> Gating:
+def load_gating(path: str | Path, *, fcs_path: str | Path | None = None,
+                wsp_sample: str | None = None) -> Gating:
     """Load gates from Gating-ML (.xml), a FlowJo workspace (.wsp) or YAML (.yaml/.yml).
 
     Parameters
@@ -111,11 +117,15 @@ def load_gating(path: str | Path, *, fcs_path: str | Path | None = None) -> Gati
         The gates file.
     fcs_path
         FlowJo workspaces hold gates per sample: the FCS file whose gates to take.
+    wsp_sample
+        FlowJo workspaces: the workspace sample whose gates apply to ``fcs_path``. By
+        default, the sample named like the FCS file, else the workspace's only sample.
 
     Raises
     ------
     BloodInputError
-        Unknown suffix, unreadable file, invalid YAML keys, unknown parents or transforms.
+        Unknown suffix, unreadable file, invalid YAML keys, unknown parents or transforms,
+        a FlowJo workspace older than FlowJo 10, or no workspace sample for the FCS file.
     """
     path = Path(path)
     if not path.is_file():
@@ -125,7 +135,7 @@ def load_gating(path: str | Path, *, fcs_path: str | Path | None = None) -> Gati
         if suffix == ".xml":
             return Gating(fk.parse_gating_xml(str(path)), "gatingml", path)
         if suffix == ".wsp":
-            return _load_wsp(path, fcs_path)
+            return _load_wsp(path, fcs_path, wsp_sample)
     except BloodInputError:
         raise
     except Exception as error:  # noqa: BLE001 - FlowKit raises many kinds on bad XML
@@ -133,19 +143,84 @@ def load_gating(path: str | Path, *, fcs_path: str | Path | None = None) -> Gati
             from error
     if suffix in (".yaml", ".yml"):
         return Gating(build_strategy(read_gates_yaml(path), base=path.parent), "yaml", path)
+    if suffix == ".jo":
+        raise BloodInputError(f"{path}: a FlowJo 9 (or older) .jo workspace cannot be read; "
+                              f"{RESAVE}")
     raise BloodInputError(f"{path}: unknown gates format {suffix!r}; use Gating-ML .xml, "
                           "FlowJo .wsp or .yaml")
 
 
-def _load_wsp(path: Path, fcs_path: str | Path | None) -> Gating:
+RESAVE = ("open it in FlowJo 10 (or later) and save it again (File > Save As ... .wsp), then "
+          "use the new .wsp; or export its gates as Gating-ML 2.0 (.xml)")
+
+
+def flowjo_version(path: str | Path) -> tuple[str, str]:
+    """The FlowJo version a workspace was written by, from its root element.
+
+    Returns
+    -------
+    tuple of str
+        ``(flowJoVersion, version)``: the application version (e.g. '10.5.3'; '' when the
+        workspace does not say, as FlowJo 7 - 9 do not) and the workspace format version
+        (e.g. '20.0' for FlowJo 10; '2.0' FlowJo 8 / 9 for Mac; '1.6x' FlowJo 7 for PC).
+
+    Raises
+    ------
+    BloodInputError
+        Not XML, or the root element is not a FlowJo ``Workspace``.
+    """
+    path = Path(path)
+    try:
+        _, root = next(iterparse(path, events=("start",)))
+    except Exception as error:  # noqa: BLE001 - ParseError, StopIteration, OSError
+        raise BloodInputError(f"{path}: not a FlowJo workspace (not readable XML: "
+                              f"{type(error).__name__}: {error})") from error
+    if root.tag.rsplit("}", 1)[-1] != "Workspace":
+        raise BloodInputError(f"{path}: not a FlowJo workspace (root element "
+                              f"<{root.tag}>, expected <Workspace>)")
+    return root.get("flowJoVersion", ""), root.get("version", "")
+
+
+def _check_flowjo_10(path: Path) -> None:
+    application, fmt = flowjo_version(path)
+    major = re.match(r"\s*(\d+)", application)
+    if major and int(major.group(1)) >= 10:
+        return
+    if application:
+        written = f"FlowJo {application}"
+    elif fmt.startswith("2."):
+        written = f"FlowJo 8 / 9 for Mac (workspace version {fmt})"
+    elif fmt.startswith("1."):
+        written = f"FlowJo 7 for PC or an early FlowJo X (workspace version {fmt})"
+    else:
+        written = f"a FlowJo version that does not say which (workspace version {fmt!r})"
+    raise BloodInputError(f"{path}: this workspace was written by {written}; hccbio reads "
+                          f"FlowJo 10 workspaces: {RESAVE}")
+
+
+def _load_wsp(path: Path, fcs_path: str | Path | None, wsp_sample: str | None) -> Gating:
     if fcs_path is None:
         raise BloodInputError(f"{path}: a FlowJo workspace needs the FCS file to pick its gates")
-    workspace = fk.Workspace(str(path), fcs_samples=str(fcs_path))
-    sample_id = Path(fcs_path).name
-    if sample_id not in workspace.get_sample_ids():
-        raise BloodInputError(f"{path}: workspace has no sample {sample_id!r} (samples: "
-                              f"{workspace.get_sample_ids()})")
-    return Gating(workspace.get_gating_strategy(sample_id), "wsp", path, workspace)
+    _check_flowjo_10(path)
+    # gates and matrices only: the FCS file is read by hccbio, whatever its name
+    workspace = fk.Workspace(str(path), load_missing_file_data=True)
+    names = sorted(workspace.get_sample_ids(loaded_only=False))
+    file_name = Path(fcs_path).name
+    if wsp_sample is not None:
+        if wsp_sample not in names:
+            raise BloodInputError(f"{path}: workspace has no sample {wsp_sample!r} "
+                                  f"(its samples: {names})")
+        sample = wsp_sample
+    elif file_name in names:
+        sample = file_name
+    elif len(names) == 1:
+        sample = names[0]  # the only sample: its gates apply, whatever the file is called
+    else:
+        raise BloodInputError(
+            f"{path}: no workspace sample is named {file_name!r} (its samples: {names}); "
+            "say which one holds the gates for this file: --sample NAME (hccbio blood flow) "
+            "or flow.wsp_samples {sample_id: NAME} in the blood config")
+    return Gating(workspace.get_gating_strategy(sample), "wsp", path, workspace, sample)
 
 
 def read_gates_yaml(path: str | Path) -> GatesFile:

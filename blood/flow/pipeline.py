@@ -47,7 +47,7 @@ class FlowResult:
 
 def analyse_fcs(fcs_path: str | Path, gates_path: str | Path, out_dir: str | Path, *,
                 beads: BeadCounting | None = None, qc: FlowQcConfig | None = None,
-                plots: bool = True) -> FlowResult:
+                plots: bool = True, wsp_sample: str | None = None) -> FlowResult:
     """Gate one FCS file and write ``populations.csv``, ``qc.json`` and gating plots.
 
     Parameters
@@ -65,6 +65,9 @@ def analyse_fcs(fcs_path: str | Path, gates_path: str | Path, out_dir: str | Pat
         QC thresholds (defaults when None).
     plots
         Write one PNG per gate under ``out_dir/plots``.
+    wsp_sample
+        FlowJo workspace: the workspace sample whose gates apply to this file (default: the
+        sample named like the file, else the workspace's only sample).
 
     Returns
     -------
@@ -77,7 +80,7 @@ def analyse_fcs(fcs_path: str | Path, gates_path: str | Path, out_dir: str | Pat
     """
     fcs_path, out_dir = Path(fcs_path), Path(out_dir)
     fcs = read_fcs(fcs_path)
-    gating = load_gating(gates_path, fcs_path=fcs_path)
+    gating = load_gating(gates_path, fcs_path=fcs_path, wsp_sample=wsp_sample)
     _check_gate_channels(gating, fcs.channels, fcs_path)
     try:
         results = gating.strategy.gate_sample(fcs.sample)
@@ -91,7 +94,8 @@ def analyse_fcs(fcs_path: str | Path, gates_path: str | Path, out_dir: str | Pat
     quality = acquisition_qc(fcs.sample, **(qc or FlowQcConfig()).model_dump())
     files = [write_csv(table, out_dir / POPULATIONS_FILE)]
     files.append(write_json({"file": str(fcs_path), "gates": str(gating.path),
-                             "gates_format": gating.source, "fcs_version": fcs.version,
+                             "gates_format": gating.source, "gates_sample": gating.sample,
+                             "fcs_version": fcs.version,
                              "channels": fcs.channels, "quirks": list(fcs.quirks),
                              **quality.as_dict()}, out_dir / QC_FILE))
     if plots:

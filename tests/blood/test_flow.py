@@ -245,3 +245,146 @@ def test_features_from_populations():
     with pytest.raises(BloodInputError, match="population 'treg'"):
         flow_features(table, [FlowFeature(name="x", population="treg", of="cd3")], source="f")
     assert isinstance(GatesFile.model_json_schema(), dict)
+
+
+# ---------------------------------------------------------------- FlowJo workspaces
+FLOWSOM = "flow/flowsom"  # FlowSOM's mouse panel, gated by hand in FlowJo 10.5.3 (SOURCE.txt)
+
+
+def _flowjo_counts(wsp) -> dict[str, int]:
+    """FlowJo's own stored count of every population, read straight from the XML."""
+    import xml.etree.ElementTree as ET
+
+    return {p.get("name"): int(p.get("count")) for p in ET.parse(wsp).iter("Population")}
+
+
+def _two_sample_workspace(wsp, folder):
+    """Synthetic: the real workspace with its sample copied under a second name."""
+    text = wsp.read_text(encoding="utf-8")
+    start, end = text.index("<Sample>"), text.index("</Sample>") + len("</Sample>")
+    copy = text[start:end].replace('name="68983.fcs"', 'name="other.fcs"').replace(
+        'sampleID="1"', 'sampleID="2"')
+    path = folder / "two_samples.wsp"
+    path.write_text(text[:end] + copy + text[end:], encoding="utf-8")
+    return path
+
+
+def test_flowjo_10_workspace_reproduces_flowjos_own_counts(shared_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from blood.cli import app
+
+    folder = shared_data / FLOWSOM
+    run = CliRunner().invoke(app, [str(folder / "68983.fcs"), "--gates",
+                                   str(folder / "gating.wsp"), "--out", str(tmp_path)])
+    assert run.exit_code == 0, run.output
+    ours = pd.read_csv(tmp_path / "populations.csv").set_index("population")["count"]
+    flowjo = _flowjo_counts(folder / "gating.wsp")
+    assert len(flowjo) == 15 and set(ours.index) == set(flowjo)
+    for name, count in flowjo.items():
+        # measured: at most 13 events (0.07 %, the root 'Lymphocytes' gate) apart
+        assert abs(ours[name] - count) <= 0.005 * count, name
+    qc = pd.read_json(tmp_path / "qc.json", typ="series")
+    assert qc["gates_format"] == "wsp" and qc["gates_sample"] == "68983.fcs"
+    assert (tmp_path / "plots").is_dir()
+
+
+def test_workspace_whose_only_sample_has_another_file_name(shared_data, tmp_path):
+    from blood.batch import BloodJob, run_blood
+    from blood.config import BloodConfig, FlowConfig
+
+    folder = shared_data / FLOWSOM
+    renamed = tmp_path / "P001_baseline.fcs"
+    renamed.symlink_to(folder / "68983.fcs")
+    config = BloodConfig(flow=FlowConfig(default_gates=folder / "gating.wsp", plots=False))
+    result = run_blood([BloodJob("P001_BL", "flow", "mouse", renamed)], tmp_path / "run",
+                       config=config)
+    assert result.failed == []
+    ours = pd.read_csv(tmp_path / "run" / "blood" / "P001_BL" / "populations.csv")
+    flowjo = _flowjo_counts(folder / "gating.wsp")
+    for row in ours.itertuples():
+        assert abs(row.count - flowjo[row.population]) <= 0.005 * flowjo[row.population]
+    qc = pd.read_json(tmp_path / "run" / "blood" / "P001_BL" / "qc.json", typ="series")
+    assert qc["gates_sample"] == "68983.fcs"
+
+
+def test_sample_option_maps_a_workspace_sample_to_the_file(shared_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from blood.batch import BloodJob, run_blood
+    from blood.cli import app
+    from blood.config import BloodConfig, FlowConfig
+
+    folder = shared_data / FLOWSOM
+    wsp = _two_sample_workspace(folder / "gating.wsp", tmp_path)
+    renamed = tmp_path / "P002.fcs"
+    renamed.symlink_to(folder / "68983.fcs")
+    base = [str(renamed), "--gates", str(wsp), "--no-plots", "--out"]
+    ambiguous = CliRunner().invoke(app, [*base, str(tmp_path / "a")])
+    assert ambiguous.exit_code == 2
+    message = " ".join(ambiguous.output.split())
+    assert "two_samples.wsp" in message and "'68983.fcs', 'other.fcs'" in message
+    assert "--sample NAME" in message
+    wrong = CliRunner().invoke(app, [*base, str(tmp_path / "b"), "--sample", "nope.fcs"])
+    assert wrong.exit_code == 2 and "no sample 'nope.fcs'" in " ".join(wrong.output.split())
+    chosen = CliRunner().invoke(app, [*base, str(tmp_path / "c"), "--sample", "other.fcs"])
+    assert chosen.exit_code == 0, chosen.output
+    counts = pd.read_csv(tmp_path / "c" / "populations.csv").set_index("population")["count"]
+    flowjo = _flowjo_counts(folder / "gating.wsp")
+    assert all(abs(counts[n] - c) <= 0.005 * c for n, c in flowjo.items())
+    config = BloodConfig(flow=FlowConfig(default_gates=wsp, plots=False,
+                                         wsp_samples={"P002_BL": "68983.fcs"}))
+    jobs = [BloodJob("P002_BL", "flow", "mouse", renamed),
+            BloodJob("P003_BL", "flow", "mouse", renamed)]  # not mapped: fails alone
+    result = run_blood(jobs, tmp_path / "run", config=config)
+    assert result.failed == ["P003_BL"]
+    assert "flow.wsp_samples" in result.batch.set_index("sample_id").loc["P003_BL", "reason"]
+
+
+# Pathological inputs, synthesised: the root element of a FlowJo 9 (Mac, workspace format
+# 2.0), FlowJo 9 with an explicit version and FlowJo 7 (PC, format 1.61), with one sample.
+OLD_WORKSPACE = """<?xml version="1.0" encoding="UTF-8"?>
+<Workspace {attributes} xmlns:gating="http://www.isac-net.org/std/Gating-ML/v1.5/gating">
+  <SampleList><Sample><DataSet uri="file:/data/68983.fcs" sampleID="1"/>
+    <SampleNode name="68983.fcs" count="19225" sampleID="1"><Subpopulations>
+      <Population name="Lymphocytes" count="19212"><PolygonGate>
+        <gating:PolygonGate><gating:dimension><gating:parameter gating:name="FSC-A"/>
+        </gating:dimension></gating:PolygonGate></PolygonGate></Population>
+    </Subpopulations></SampleNode></Sample></SampleList>
+</Workspace>
+"""
+
+
+@pytest.mark.parametrize(("attributes", "written_by"), [
+    ('version="2.0"', "FlowJo 8 / 9 for Mac (workspace version 2.0)"),
+    ('version="2.0" flowJoVersion="9.9.6"', "FlowJo 9.9.6"),
+    ('version="1.61"', "FlowJo 7 for PC"),
+])
+def test_flowjo_9_and_7_workspaces_say_to_resave_in_flowjo_10(shared_data, tmp_path,
+                                                              attributes, written_by):
+    from typer.testing import CliRunner
+
+    from blood.cli import app
+
+    wsp = tmp_path / "old.wsp"
+    wsp.write_text(OLD_WORKSPACE.format(attributes=attributes))
+    run = CliRunner().invoke(app, [str(shared_data / FLOWSOM / "68983.fcs"), "--gates",
+                                   str(wsp), "--out", str(tmp_path / "out")])
+    assert run.exit_code == 2
+    message = " ".join(run.output.split())
+    assert f"old.wsp: this workspace was written by {written_by}" in message
+    assert "open it in FlowJo 10 (or later) and save it again" in message
+    assert not (tmp_path / "out" / "populations.csv").exists()
+
+
+def test_other_files_given_as_workspaces_are_refused_clearly(shared_data, tmp_path):
+    fcs = shared_data / FLOWSOM / "68983.fcs"
+    (tmp_path / "notes.wsp").write_text("not xml")
+    with pytest.raises(BloodInputError, match="notes.wsp: not a FlowJo workspace"):
+        load_gating(tmp_path / "notes.wsp", fcs_path=fcs)
+    (tmp_path / "gml.wsp").write_text("<gating:Gating-ML xmlns:gating='urn:x'/>")
+    with pytest.raises(BloodInputError, match="root element .*expected <Workspace>"):
+        load_gating(tmp_path / "gml.wsp", fcs_path=fcs)
+    (tmp_path / "old.jo").write_bytes(b"\x00binary")
+    with pytest.raises(BloodInputError, match="old.jo: a FlowJo 9.*save it again"):
+        load_gating(tmp_path / "old.jo", fcs_path=fcs)
