@@ -165,7 +165,8 @@ def test_features_agree_with_the_instruments_results_within_the_working_range(cl
             if row[f"elisa_{key}_cens"] == 0 and flag == "":
                 rel.append(abs(row[f"elisa_{key}_pg_ml"] / result - 1))
     rel = np.array(rel)
-    # measured on these 5 samples x 30 analytes: 85 compared, median 0.3 %, 93 % within 5 %
+    # measured on these 5 samples x 30 analytes: 96 compared, median 0.30 %, 91 % within
+    # 5 %, 98 % within 10 %
     assert rel.size > 60
     assert np.median(rel) < 0.01 and np.mean(rel <= 0.05) > 0.85 and np.mean(rel <= 0.1) > 0.95
 

@@ -282,7 +282,8 @@ def test_flowjo_10_workspace_reproduces_flowjos_own_counts(shared_data, tmp_path
     flowjo = _flowjo_counts(folder / "gating.wsp")
     assert len(flowjo) == 15 and set(ours.index) == set(flowjo)
     for name, count in flowjo.items():
-        # measured: at most 13 events (0.07 %, the root 'Lymphocytes' gate) apart
+        # measured: at most 13 events apart (Lymphocytes 19,225 vs 19,212); the largest
+        # relative gap 0.38 % (DN T cells, 267 vs 266)
         assert abs(ours[name] - count) <= 0.005 * count, name
     qc = pd.read_json(tmp_path / "qc.json", typ="series")
     assert qc["gates_format"] == "wsp" and qc["gates_sample"] == "68983.fcs"
