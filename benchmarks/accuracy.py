@@ -247,7 +247,8 @@ def speed(model_spec: str, root: Path, repeats: int = 3) -> dict:
     best, forward = min(times), min(forward_times)
     mpx = tile.shape[0] * tile.shape[1] / 1e6
     return {"tile_px": 1024, "nuclei": n, "seconds": best, "forward_seconds": forward,
-            "s_per_mpx": best / mpx, "nuclei_per_s": n / best}
+            "s_per_mpx": best / mpx, "nuclei_per_s": n / best,
+            "backend": model.backend}
 
 
 SETS = {"monuseg_val": monuseg_val, "monuseg_masks": monuseg_masks,

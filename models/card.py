@@ -75,7 +75,8 @@ def accuracy_lines(name: str, report_path: Path = ACCURACY_REPORT) -> list[str]:
         f"{r['crc_coverage']['recall']:.3f} |",
         f"| CRCHistoPhenotypes held-out (4) | lymphocyte F1 (precision / recall) | "
         f"{lym['f1']:.3f} ({lym['precision']:.3f} / {lym['recall']:.3f}) |",
-        f"| speed | s per Mpx (network + NMS, 2 CPU cores) | {r['speed']['s_per_mpx']:.2f} |",
+        f"| speed | s per Mpx (network + NMS, 2 CPU cores, "
+        f"{r['speed'].get('backend', 'tensorflow')}) | {r['speed']['s_per_mpx']:.2f} |",
         "", f"DeepLIIF per tile: {tiles}.", "",
     ]
 
