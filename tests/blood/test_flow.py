@@ -272,10 +272,10 @@ def _two_sample_workspace(wsp, folder):
 def test_flowjo_10_workspace_reproduces_flowjos_own_counts(shared_data, tmp_path):
     from typer.testing import CliRunner
 
-    from blood.cli import app
+    from integration.cli import app  # the hccbio command, as a user types it
 
     folder = shared_data / FLOWSOM
-    run = CliRunner().invoke(app, [str(folder / "68983.fcs"), "--gates",
+    run = CliRunner().invoke(app, ["blood", "flow", str(folder / "68983.fcs"), "--gates",
                                    str(folder / "gating.wsp"), "--out", str(tmp_path)])
     assert run.exit_code == 0, run.output
     ours = pd.read_csv(tmp_path / "populations.csv").set_index("population")["count"]
@@ -313,14 +313,14 @@ def test_sample_option_maps_a_workspace_sample_to_the_file(shared_data, tmp_path
     from typer.testing import CliRunner
 
     from blood.batch import BloodJob, run_blood
-    from blood.cli import app
     from blood.config import BloodConfig, FlowConfig
+    from integration.cli import app  # the hccbio command, as a user types it
 
     folder = shared_data / FLOWSOM
     wsp = _two_sample_workspace(folder / "gating.wsp", tmp_path)
     renamed = tmp_path / "P002.fcs"
     renamed.symlink_to(folder / "68983.fcs")
-    base = [str(renamed), "--gates", str(wsp), "--no-plots", "--out"]
+    base = ["blood", "flow", str(renamed), "--gates", str(wsp), "--no-plots", "--out"]
     ambiguous = CliRunner().invoke(app, [*base, str(tmp_path / "a")])
     assert ambiguous.exit_code == 2
     message = " ".join(ambiguous.output.split())
@@ -365,12 +365,12 @@ def test_flowjo_9_and_7_workspaces_say_to_resave_in_flowjo_10(shared_data, tmp_p
                                                               attributes, written_by):
     from typer.testing import CliRunner
 
-    from blood.cli import app
+    from integration.cli import app  # the hccbio command, as a user types it
 
     wsp = tmp_path / "old.wsp"
     wsp.write_text(OLD_WORKSPACE.format(attributes=attributes))
-    run = CliRunner().invoke(app, [str(shared_data / FLOWSOM / "68983.fcs"), "--gates",
-                                   str(wsp), "--out", str(tmp_path / "out")])
+    run = CliRunner().invoke(app, ["blood", "flow", str(shared_data / FLOWSOM / "68983.fcs"),
+                                   "--gates", str(wsp), "--out", str(tmp_path / "out")])
     assert run.exit_code == 2
     message = " ".join(run.output.split())
     assert f"old.wsp: this workspace was written by {written_by}" in message
