@@ -136,7 +136,8 @@ def test_second_run_reuses_the_registration(block, tmp_path):
 
 def test_dask_scheduler_registers_the_block_like_the_sync_path(block, tmp_path):
     """The same block through a local Dask cluster (one worker process): registration runs as
-    a task after both slides are segmented and gives the sync run's transform and regions."""
+    a task after both slides are segmented and agrees with the sync run within a few um
+    (the two transforms are not identical across processes, see docs/registration.md)."""
     manifest = block["out"].parent / "samples.csv"
     config = block["out"].parent / "pathology.yaml"
     out = tmp_path / "dask_out"
@@ -147,13 +148,18 @@ def test_dask_scheduler_registers_the_block_like_the_sync_path(block, tmp_path):
     with open(out / "batch_report.csv") as handle:
         rows = {r["sample_id"]: r for r in csv.DictReader(handle)}
     assert {r["status"] for r in rows.values()} == {"done"}, rows
-    sync = json.loads((block["out"] / "slides" / "kidney-ck" / "registration.json").read_text())
-    dask = json.loads((out / "slides" / "kidney-ck" / "registration.json").read_text())
-    assert dask["status"] == "pass" and dask["reference"] == "kidney-he"
-    np.testing.assert_allclose(dask["transform"]["physical"]["matrix"],
-                               sync["transform"]["physical"]["matrix"],
-                               atol=1e-6)
+    sync = read_registration(block["out"] / "slides" / "kidney-ck" / "registration.json")
+    dask_record = json.loads((out / "slides" / "kidney-ck" / "registration.json").read_text())
+    assert dask_record["status"] == "pass" and dask_record["reference"] == "kidney-he"
+    dask = read_registration(out / "slides" / "kidney-ck" / "registration.json")
+    # every level-0 pixel of the moving slide (2 um/px) lands within 20 um of the sync mapping
+    grid = np.stack(np.meshgrid(np.linspace(0, 300, 16), np.linspace(0, 300, 16)), -1)
+    points = grid.reshape(-1, 2)
+    gap_um = np.linalg.norm(dask.transform.map_level0(points)
+                            - sync.transform.map_level0(points), axis=1).max() * 2.0
+    assert gap_um < 20.0, gap_um
     ck_sync = json.loads((block["out"] / "slides" / "kidney-ck" / "features.json").read_text())
     ck_dask = json.loads((out / "slides" / "kidney-ck" / "features.json").read_text())
     assert ck_dask["regions"]["source"] == "registered:kidney-he"
-    assert ck_dask["regions"]["areas_mm2"] == pytest.approx(ck_sync["regions"]["areas_mm2"])
+    assert ck_dask["regions"]["areas_mm2"] == pytest.approx(ck_sync["regions"]["areas_mm2"],
+                                                            rel=0.05, abs=1e-3)
