@@ -24,7 +24,6 @@ runs: ``benchmarks/gpu.sh``). Speed figures exclude model loading, conversion an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -42,6 +41,7 @@ from benchmarks.run import (
     bench_rss,
     bench_scaling,
     bench_segmentation,
+    write_report,
 )
 
 BACKENDS = ("tensorflow", "openvino")
@@ -243,11 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                                slide_path=slide_path,
                                tiles_per_forward=tuple(args.tiles_per_forward),
                                end_to_end_workers=tuple(args.end_to_end_workers)))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(results, indent=2) + "\n")
-    tmp_out.replace(args.out)
-    print(json.dumps(results, indent=2))
+    write_report(args.out, results)
     return 0
 
 

@@ -59,6 +59,15 @@ def _config(tile_size: int, brightfield_model: str = DEFAULT_MODEL, backend: str
                                               tiles_per_forward=tiles_per_forward))
 
 
+def write_report(path: Path, results: dict) -> None:
+    """Write a benchmark report as JSON atomically (and print it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
+    print(json.dumps(results, indent=2))
+
+
 def _real_region(size: int) -> np.ndarray:
     """A ``size`` x ``size`` region of CMU-1-Small-Region at 0.5 um/px, centred on the same
     tissue whatever its size (2048: the region read from (100, 600), as always)."""
@@ -339,11 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as error:
         results["spatial_1m_cells_s"] = None
         results["spatial_error"] = str(error)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(results, indent=2) + "\n")
-    tmp_out.replace(args.out)
-    print(json.dumps(results, indent=2))
+    write_report(args.out, results)
     return 0
 
 

@@ -123,23 +123,21 @@ def response_table(data: AnalysisData, *, config: ResponseConfig | None = None,
             neg = frame.loc[frame["y"] == 0, "x"]
             row = {"endpoint": endpoint, "feature": variable.feature,
                    "timepoint": variable.timepoint, "n": len(frame), "n_pos": len(pos),
-                   "n_neg": len(neg), "note": "; ".join(notes)}
+                   "n_neg": len(neg)}
             rows.append(row)
             if min(len(pos), len(neg)) < config.min_per_group:
-                row["note"] = "; ".join([*notes, f"fewer than {config.min_per_group} patients "
-                                         "in a group"])
-                continue
-            if frame["x"].nunique() < 2:
-                row["note"] = "; ".join([*notes, "constant feature"])
-                continue
-            row.update(median_pos=float(pos.median()), median_neg=float(neg.median()),
-                       mw_p=float(mannwhitneyu(pos, neg, alternative="two-sided").pvalue))
-            auc, low, high = auc_delong(frame["x"].to_numpy(), frame["y"].to_numpy())
-            row.update(auc=auc, auc_ci_low=low, auc_ci_high=high)
-            fit = _logistic(frame)
-            if "note" in fit:
-                fit["note"] = "; ".join([*notes, fit["note"]])
-            row.update(fit)
+                notes.append(f"fewer than {config.min_per_group} patients in a group")
+            elif frame["x"].nunique() < 2:
+                notes.append("constant feature")
+            else:
+                row.update(median_pos=float(pos.median()), median_neg=float(neg.median()),
+                           mw_p=float(mannwhitneyu(pos, neg, alternative="two-sided").pvalue))
+                auc, low, high = auc_delong(frame["x"].to_numpy(), frame["y"].to_numpy())
+                row.update(auc=auc, auc_ci_low=low, auc_ci_high=high)
+                fit = _logistic(frame)
+                notes += [fit.pop("note")] if "note" in fit else []
+                row.update(fit)
+            row["note"] = "; ".join(notes)
         block = rows[start:]
         q = bh_qvalues([r.get("mw_p", np.nan) for r in block])
         for row, value in zip(block, q, strict=True):

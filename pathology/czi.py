@@ -119,6 +119,8 @@ class CziImage:
         self.plane_note = (f"first of {n_z} Z planes and {n_t} time points" if n_z > 1 or n_t > 1
                            else "")
         self._background = 255 if self._rgb else 0
+        value = 1.0 if self._rgb else 0.0  # libCZI takes the background as RGB in [0, 1]
+        self._background_rgb = czi.Color(value, value, value)
         image_md = (metadata.get("ImageDocument") or {}).get("Metadata") or {}
         if self._rgb:
             self.channels = ChannelNames(("R", "G", "B"), "rgb")
@@ -173,12 +175,9 @@ class CziImage:
         return out
 
     def _read(self, roi: tuple[int, int, int, int], channel: int, zoom: float) -> np.ndarray:
-        from pylibCZIrw.czi import Color
-
-        value = 1.0 if self._rgb else 0.0  # libCZI takes the background as RGB in [0, 1]
         return np.asarray(self._reader.read(
             roi=roi, plane={**self._plane, "C": channel}, zoom=zoom,
-            background_pixel=Color(value, value, value)))
+            background_pixel=self._background_rgb))
 
     def close(self) -> None:
         """Release the file."""

@@ -1,8 +1,13 @@
-"""Shared fixtures: the real data folder beside the project (``$HCCBIO_SHARED_DATA``)."""
+"""Shared fixtures: the real data folder beside the project (``$HCCBIO_SHARED_DATA``) and
+the review app served on a loopback port."""
 
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,3 +34,43 @@ def shared_data() -> Path:
 def project_root() -> Path:
     """The repository root."""
     return PROJECT_ROOT
+
+
+def free_port() -> int:
+    """A free loopback TCP port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def _review_server(out: Path):
+    """The real review app over run folder ``out`` on a free loopback port (uvicorn in a
+    thread), stopped on exit; yields the port."""
+    import uvicorn
+
+    from pathology.review.app import create_app
+    from pathology.review.server import allowed_hosts
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(out, reviewer="Dr Test", allowed_hosts=allowed_hosts("127.0.0.1")),
+        host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("review server did not start")
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def review_server():
+    """``with review_server(out) as port``: the review app over run folder ``out``."""
+    return _review_server

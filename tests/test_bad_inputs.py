@@ -16,9 +16,7 @@ import http.client
 import json
 import logging
 import socket
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -205,38 +203,6 @@ def test_an_unexpected_slide_error_is_one_log_line_unless_debug(caplog, tmp_path
     assert "Traceback" in caplog.text and "test_bad_inputs.py" in caplog.text
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def serving(out: Path):
-    """The real review app on a free loopback port (uvicorn in a thread)."""
-    import uvicorn
-
-    from pathology.review.app import create_app
-    from pathology.review.server import allowed_hosts
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(out, reviewer="Dr Test", allowed_hosts=allowed_hosts("127.0.0.1")),
-        host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("review server did not start")
-        time.sleep(0.05)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def _request(port: int, method: str, path: str, *, host: str | None = None,
              body: dict | None = None, origin: str | None = None) -> tuple[int, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -253,10 +219,11 @@ def _request(port: int, method: str, path: str, *, host: str | None = None,
     return response.status, data
 
 
-def test_the_viewer_serves_a_slide_whose_pixel_size_came_from_the_manifest(two_runs):
+def test_the_viewer_serves_a_slide_whose_pixel_size_came_from_the_manifest(two_runs,
+                                                                          review_server):
     """Issue 18.2: a real TIFF without pixel-size metadata (mpp from the manifest) is tiled
     by the review app (was HTTP 500, PixelSizeError: the viewer reopened it without it)."""
-    with serving(two_runs["out"]) as port:
+    with review_server(two_runs["out"]) as port:
         status, dzi = _request(port, "GET", "/dzi/a_tif.dzi")
         assert status == 200, dzi
         assert b'Width="768"' in dzi
@@ -268,12 +235,12 @@ def test_the_viewer_serves_a_slide_whose_pixel_size_came_from_the_manifest(two_r
 
 @pytest.mark.parametrize("host", ["attacker.example", "attacker.example:{port}",
                                   "127.0.0.1.attacker.example:{port}", "localhost.evil:{port}"])
-def test_a_request_for_a_foreign_host_is_refused(two_runs, host):
+def test_a_request_for_a_foreign_host_is_refused(two_runs, host, review_server):
     """Issue 18.3 (DNS rebinding): a request naming another host, with an Origin that
     matches it, records no decision (403); loopback names are served."""
     out = two_runs["out"]
     before = _read_csv(RunFolder(out).review_log) if RunFolder(out).review_log.is_file() else []
-    with serving(out) as port:
+    with review_server(out) as port:
         name = host.format(port=port)
         status, body = _request(port, "POST", "/api/review/a_tif", host=name,
                                 origin=f"http://{name}",
@@ -286,20 +253,22 @@ def test_a_request_for_a_foreign_host_is_refused(two_runs, host):
     assert after == before
 
 
-def test_a_request_without_a_host_header_is_refused(two_runs):
-    with serving(two_runs["out"]) as port, socket.create_connection(("127.0.0.1", port)) as s:
+def test_a_request_without_a_host_header_is_refused(two_runs, review_server):
+    with (review_server(two_runs["out"]) as port,
+          socket.create_connection(("127.0.0.1", port)) as s):
         s.sendall(b"GET /api/slides HTTP/1.0\r\n\r\n")
         assert s.recv(64).split()[1] == b"400"
 
 
-def test_spreadsheet_formulas_are_neutralised_in_every_table_a_reviewer_may_open(two_runs):
+def test_spreadsheet_formulas_are_neutralised_in_every_table_a_reviewer_may_open(
+        two_runs, review_server):
     """Issue 18.4: a reviewer or comment starting with = + - @ is written with a leading
     quote in review.csv and qc_summary.csv (no spreadsheet runs it) and read back as typed."""
     from pathology.qc.decisions import latest_decisions
 
     out = two_runs["out"]
     reviewer, comment = "=HYPERLINK(\"http://x\",\"Dr\")", "+cmd|' /C calc'!A0 -fold @x"
-    with serving(out) as port:
+    with review_server(out) as port:
         status, body = _request(port, "POST", "/api/review/b_tif", origin=f"http://127.0.0.1:{port}",
                                 body={"decision": "rejected", "reviewer": reviewer,
                                       "comment": comment})
@@ -322,12 +291,12 @@ def test_spreadsheet_escape_round_trips(text):
     assert spreadsheet_text(safe) == text
 
 
-def test_a_comment_over_the_limit_is_refused_not_cut(two_runs):
+def test_a_comment_over_the_limit_is_refused_not_cut(two_runs, review_server):
     """Issue 18.5: a 2,001-character comment gets a 400 saying the length and the limit;
     nothing is recorded (it was cut silently)."""
     out = two_runs["out"]
     before = _read_csv(RunFolder(out).review_log) if RunFolder(out).review_log.is_file() else []
-    with serving(out) as port:
+    with review_server(out) as port:
         status, body = _request(port, "POST", "/api/review/a_tif",
                                 origin=f"http://127.0.0.1:{port}",
                                 body={"decision": "rejected", "reviewer": "Dr A",

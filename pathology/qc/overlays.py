@@ -72,6 +72,18 @@ def hex_color(tint: Iterable[float]) -> str:
     return "#" + "".join(f"{round(255 * float(c)):02x}" for c in tint)
 
 
+def tint_from_hex(color: str) -> tuple[float, float, float]:
+    """RGB tint in [0, 1] of ``#rrggbb`` (or ``rrggbb``).
+
+    Examples
+    --------
+    >>> tint_from_hex("#ff0000")
+    (1.0, 0.0, 0.0)
+    """
+    color = color.lstrip("#")
+    return tuple(int(color[i:i + 2], 16) / 255 for i in (0, 2, 4))
+
+
 def channel_scales(image: np.ndarray) -> np.ndarray:
     """Per-channel display maximum (99.5th percentile) of a multichannel image."""
     flat = image.reshape(-1, image.shape[-1]).astype(np.float32)
@@ -109,8 +121,7 @@ def channel_tints(channels: tuple[str, ...], *, nuclear: int | None,
     for channel, color in markers:
         if channel not in channels or tints[channels.index(channel)] is not None:
             continue
-        tints[channels.index(channel)] = (tuple(int(color[i:i + 2], 16) / 255
-                                                for i in (1, 3, 5)) if color else next(spare))
+        tints[channels.index(channel)] = tint_from_hex(color) if color else next(spare)
     return tints
 
 

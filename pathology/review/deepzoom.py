@@ -23,7 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pathology.qc.overlays import OKABE_ITO, channel_scales, display_rgb, hex_color
+from pathology.qc.overlays import (
+    OKABE_ITO,
+    channel_scales,
+    display_rgb,
+    hex_color,
+    tint_from_hex,
+)
 from pathology.slide import Slide
 
 TILE_SIZE = 254
@@ -78,7 +84,7 @@ class ChannelDisplay:
                                  f"({n_channels} channels)")
             if maximum <= 0:
                 raise ValueError(f"channel {index}: the display maximum must be > 0")
-            tints[index] = tuple(int(color[k:k + 2], 16) / 255 for k in (0, 2, 4))
+            tints[index] = tint_from_hex(color)
             scales[index] = maximum
         return cls(tuple(tints), tuple(scales))
 
@@ -117,11 +123,9 @@ class SlideDeepZoom:
         self._scales = channel_scales(overview)
         self._rgb = tuple(c.upper() for c in slide.info.channels[:3]) == ("R", "G", "B")
         n = overview.shape[2]
-        if colors is not None and len(colors) == n:
-            tints = tuple(None if c is None else ChannelDisplay.parse(
-                f"0-{c.lstrip('#')}-1", 1).tints[0] for c in colors)
-        else:
-            tints = tuple(OKABE_ITO[DEFAULT_CYCLE[i % len(DEFAULT_CYCLE)]] for i in range(n))
+        self._cycle = tuple(OKABE_ITO[DEFAULT_CYCLE[i % len(DEFAULT_CYCLE)]] for i in range(n))
+        tints = (tuple(None if c is None else tint_from_hex(c) for c in colors)
+                 if colors is not None and len(colors) == n else self._cycle)
         self.display = ChannelDisplay(tints, tuple(float(v) for v in self._scales))
         # the contrast sliders' range: the brightest overview pixel, at least twice the default
         peak = overview.reshape(-1, n).max(axis=0).astype(np.float64) if overview.size else (
@@ -137,9 +141,7 @@ class SlideDeepZoom:
     def controls(self) -> list[dict]:
         """One dict per channel for the viewer's controls: ``index``, ``name``, ``color``
         (``#rrggbb``), ``shown``, ``max`` (default display maximum), ``limit``."""
-        cycle = [OKABE_ITO[DEFAULT_CYCLE[i % len(DEFAULT_CYCLE)]] for i in range(
-            len(self.display.tints))]
-        return [{"index": i, "name": name, "color": hex_color(tint or cycle[i]),
+        return [{"index": i, "name": name, "color": hex_color(tint or self._cycle[i]),
                  "shown": tint is not None, "max": self.display.scales[i],
                  "limit": self.limits[i]}
                 for i, (name, tint) in enumerate(zip(self.slide.info.channels,

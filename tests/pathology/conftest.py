@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,40 +59,16 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-sync", "--no-first-run"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def _serving(out: Path):
-    """The review app on a free loopback port, in a thread, stopped on exit."""
-    import uvicorn
-
-    from pathology.review.app import create_app
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(out, reviewer="Dr Test"),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("review server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.fixture
-def serving():
+def serving(review_server):
     """``with serving(out) as url``: the review app over run folder ``out``."""
-    return _serving
+
+    @contextmanager
+    def url(out: Path):
+        with review_server(out) as port:
+            yield f"http://127.0.0.1:{port}"
+
+    return url
 
 
 @pytest.fixture(scope="module")
