@@ -94,10 +94,14 @@ class SlideStore:
 
     # -- tissue ----------------------------------------------------------------------------
     def tissue_mask(self) -> tuple[np.ndarray, float] | None:
-        """The stored tissue mask and its pixel size, if computed."""
+        """The stored tissue mask and its pixel size, if computed (a mask without its pixel
+        size was cut short by a killed run, :meth:`save_tissue_mask` writes it last, and is
+        computed again)."""
         if TISSUE_MASK not in self.group:
             return None
         array = self.group[TISSUE_MASK]
+        if "mpp" not in array.attrs:
+            return None
         return np.asarray(array[...]).astype(bool), float(array.attrs["mpp"])
 
     def save_tissue_mask(self, mask: np.ndarray, mpp: float) -> None:
@@ -106,7 +110,7 @@ class SlideStore:
                                         chunks=(min(1024, mask.shape[0]),
                                                 min(1024, mask.shape[1])), overwrite=True)
         array[...] = mask.astype(np.uint8)
-        array.attrs["mpp"] = mpp
+        array.attrs["mpp"] = mpp  # last: its presence says the mask is complete
 
     # -- tiles -----------------------------------------------------------------------------
     def init_tiles(self, n_grid: int, grid: dict) -> None:

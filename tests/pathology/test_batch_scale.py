@@ -124,3 +124,18 @@ def test_killed_batch_resumes_without_losing_finished_slides(three_slides, tmp_p
         a = pq.read_table(reference / "slides" / sample / "cells.parquet")
         b = pq.read_table(killed / "slides" / sample / "cells.parquet")
         assert a.equals(b)
+
+
+def test_a_tissue_mask_cut_short_by_a_kill_is_computed_again(tmp_path):
+    """A run killed between creating the tissue mask and writing its pixel size (seen in CI:
+    the resumed slide failed with KeyError 'mpp') leaves a mask the store does not trust."""
+    import numpy as np
+
+    from pathology.store import TISSUE_MASK, SlideStore
+
+    store = SlideStore(tmp_path / "s1", {"input": "x"})
+    store.group.create_array(TISSUE_MASK, shape=(4, 4), dtype="uint8", overwrite=True)
+    assert SlideStore(tmp_path / "s1", {"input": "x"}).tissue_mask() is None
+    store.save_tissue_mask(np.ones((4, 4), bool), 8.0)
+    mask, mpp = SlideStore(tmp_path / "s1", {"input": "x"}).tissue_mask()
+    assert mask.all() and mpp == 8.0
