@@ -197,6 +197,23 @@ def compare(work: Path, region_path: Path, *, backends: list[str], tile_size: in
     return result
 
 
+def memory_only(work: Path, region_path: Path, backends: list[str], repeats: int = 2) -> dict:
+    """One worker's peak memory (fresh process, four 1024-px tiles) per backend, measured
+    ``repeats`` times in turns; ``peak_rss_gb`` is the largest."""
+    runs: dict[str, list[float]] = {backend: [] for backend in backends}
+    for repeat in range(repeats):
+        for backend in backends:
+            print(f"{backend}: peak memory ({repeat + 1} of {repeats}) ...", flush=True)
+            runs[backend].append(bench_rss(region_path, work / f"rss_{backend}_{repeat}", 4,
+                                           backend=backend))
+    figures = {b: {"peak_rss_gb": max(r), "peak_rss_gb_runs": r} for b, r in runs.items()}
+    result: dict = {"backends": figures}
+    if "tensorflow" in figures and "openvino" in figures:
+        result["openvino_vs_tensorflow"] = {"peak_rss_gb": {
+            b: figures[b]["peak_rss_gb"] for b in ("tensorflow", "openvino")}}
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 4k slide end to end, not 10k")
@@ -207,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2],
                         help="Dask worker counts (none: skip)")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory figure")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only one worker's peak memory per backend, twice each (a figure "
+                        "that other jobs on the machine do not change, unlike the speeds)")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=None,
                         help="default: every installed backend")
     parser.add_argument("--tiles-per-forward", type=int, nargs="*", default=[],
@@ -226,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": _machine(),
         "options": {"region_px": args.region, "tile_size": args.tile,
+                    "memory_only": args.memory_only,
                     "slide_px": slide_size, "workers": args.workers, "rss": not args.no_rss,
                     "tiles_per_forward": args.tiles_per_forward,
                     "end_to_end_workers": args.end_to_end_workers, "model": DEFAULT_MODEL},
@@ -236,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         region = _real_region(args.region)
         region_path = work / "region.tiff"
         write_pyramidal_tiff(region_path, region, mpp=0.5)
+        if args.memory_only:
+            results.update(memory_only(work, region_path, backends))
+            write_report(args.out, results)
+            return 0
         slide_path = (write_large_slide(work / "slide.tiff", region, slide_size, mpp=0.5)
                       if slide_size else None)
         results.update(compare(work, region_path, backends=backends, tile_size=args.tile,

@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,13 +86,15 @@ def _check_outputs(network: Any) -> None:
 
 
 def load_or_convert(keras_model: Any, n_channel_in: int, *, weights_folder: Path | None,
-                    sha256: str) -> tuple[Any, Path | None]:
+                    sha256: str, load_keras: Callable[[], Any] | None = None
+                    ) -> tuple[Any, Path | None]:
     """The converted network, read from the cache or converted now and saved there.
 
     Parameters
     ----------
     keras_model
-        The StarDist model's ``keras_model``.
+        The StarDist model's ``keras_model``, or None: ``load_keras`` gives it, called only
+        when the cache has no converted network (a cached network needs no TensorFlow).
     n_channel_in
         Input channels.
     weights_folder
@@ -119,6 +122,11 @@ def load_or_convert(keras_model: Any, n_channel_in: int, *, weights_folder: Path
             except (RuntimeError, ValueError) as error:
                 log.warning("%s: unreadable converted network (%s); converting again", xml,
                             " ".join(str(error).split())[:200])
+    if keras_model is None:
+        if load_keras is None:
+            raise ValueError(f"no converted network cached for weights {sha256} and no Keras "
+                             "model to convert")
+        keras_model = load_keras()
     network = convert_network(keras_model, n_channel_in)
     for xml in paths:
         try:

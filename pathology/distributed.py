@@ -116,15 +116,8 @@ def worker_models(config: PathologyConfig) -> ModelCache:
     """This process's model cache (models load once per worker, not once per task)."""
     key = config.segmentation.model_dump_json()
     if key not in _WORKER_MODELS:
-        threads = os.environ.get("TF_NUM_INTRAOP_THREADS")
-        if threads:
-            import tensorflow as tf
-
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-                tf.config.threading.set_inter_op_parallelism_threads(int(threads))
-            except RuntimeError:  # already initialised in this process
-                pass
+        # TensorFlow, when a model needs it, is imported with TF_NUM_INTRAOP_THREADS applied
+        # (pathology.nuclei.import_tensorflow); an OpenVINO worker never imports it.
         _WORKER_MODELS[key] = ModelCache(config)
     return _WORKER_MODELS[key]
 

@@ -6,7 +6,10 @@ pretrained name (``2D_versatile_he``, ``2D_versatile_fluo``), loaded with
 ``StarDist2D.from_pretrained`` when a network is there.
 
 The network runs through TensorFlow or, on CPUs, through OpenVINO (``segmentation.backend``;
-:mod:`pathology.backends`); everything after it is the same code for both.
+:mod:`pathology.backends`); everything after it is the same code for both. A model folder whose
+network OpenVINO has already converted (cached by the weights' SHA-256) is used without
+importing TensorFlow at all: the StarDist model (Keras) is loaded only when TensorFlow runs the
+network or a conversion is needed, which keeps a worker's memory to what OpenVINO needs.
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ import io
 import json
 import logging
 import os
+import shutil
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -33,6 +40,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("hccbio.pathology")
 CANDIDATE_BORDER = 2  # grid cells; StarDist's own default (b=2)
 Backend = Literal["auto", "tensorflow", "openvino"]
+STARDIST_DEFAULT_THRESHOLDS = {"prob": 0.5, "nms": 0.4}  # StarDist2D's when no thresholds.json
 
 
 class ModelError(ValueError):
@@ -41,10 +49,15 @@ class ModelError(ValueError):
 
 @dataclass
 class NucleusModel:
-    """A loaded StarDist model with the facts needed to use and trace it."""
+    """A loaded StarDist model with the facts needed to use and trace it.
+
+    ``config`` is StarDist's configuration (``config.json``: grid, rays, U-Net); the StarDist
+    model itself (``model``, with its Keras network) is loaded on first use, so that a network
+    run by OpenVINO from its cache never loads TensorFlow.
+    """
 
     name: str
-    model: Any  # stardist.models.StarDist2D
+    config: Any  # stardist Config2D, or config.json as a namespace
     normalization: dict[str, float | str]
     n_channel_in: int
     prob_thresh: float
@@ -52,8 +65,31 @@ class NucleusModel:
     mpp: float | None
     sha256: str
     source: str
+    folder: Path | None = None  # the weights' folder (None: unknown)
     backend: str = "tensorflow"  # what runs the network: tensorflow | openvino
     extra: dict[str, Any] = field(default_factory=dict)
+    loader: Callable[[], Any] | None = field(default=None, repr=False)
+    _stardist: Any = field(default=None, repr=False)
+
+    @property
+    def model(self) -> Any:
+        """The ``stardist.models.StarDist2D`` (loaded with TensorFlow on first use).
+
+        Raises
+        ------
+        ModelError
+            StarDist cannot load the model folder.
+        """
+        if self._stardist is None:
+            if self.loader is None:
+                raise ModelError(f"{self.source}: no StarDist model to load")
+            self._stardist = self.loader()
+        return self._stardist
+
+    @property
+    def stardist_loaded(self) -> bool:
+        """Whether the StarDist (Keras) model is loaded in this process."""
+        return self._stardist is not None
 
     def describe(self) -> dict[str, Any]:
         """Provenance record for run.json and features.json (the backend included)."""
@@ -68,9 +104,26 @@ def _backend_version(backend: str) -> str:
         from pathology.backends import openvino_version
 
         return openvino_version()
+    return str(import_tensorflow().__version__)
+
+
+def import_tensorflow() -> Any:
+    """TensorFlow, set up on first import: quiet logs, the process's thread limit
+    (``TF_NUM_INTRAOP_THREADS``, one per Dask worker) and GPU memory growth."""
+    first = "tensorflow" not in sys.modules
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    return str(tf.__version__)
+    if first:
+        threads = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+        if threads.isdigit():
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+                tf.config.threading.set_inter_op_parallelism_threads(int(threads))
+            except RuntimeError:  # already initialised in this process
+                pass
+        allow_gpu_memory_growth()
+    return tf
 
 
 def file_sha256(path: Path) -> str:
@@ -114,51 +167,95 @@ def load_model(spec: str, *, prob_thresh: float | None = None,
         Unknown name or folder, missing weights, or a pretrained model that cannot be
         downloaded (no network); ``backend="openvino"`` without OpenVINO installed.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    allow_gpu_memory_growth()
-    from stardist.models import StarDist2D
-
     folder = resolve_model_path(spec)
+    stardist = None
     if folder is not None:
         weights = folder / "weights_best.h5"
         if not weights.is_file():
             raise ModelError(f"{folder}: model folder has no weights_best.h5")
-        meta_path = folder / "hccbio_model.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = _read_json(folder / "hccbio_model.json", {})
         normalization = meta.get("normalization", {"method": "percentile", "low": 1.0,
                                                    "high": 99.8})
+        config = SimpleNamespace(**_read_json(folder / "config.json", None))
+        thresholds = {**STARDIST_DEFAULT_THRESHOLDS,
+                      **_read_json(folder / "thresholds.json", {})}
+        source, sha, mpp = str(folder), file_sha256(weights), meta.get("mpp")
+    elif spec in PRETRAINED:
+        stardist = _load_pretrained(spec)
+        config, folder = stardist.config, Path(stardist.logdir)
+        thresholds = {"prob": stardist.thresholds.prob, "nms": stardist.thresholds.nms}
+        normalization, source, mpp = PRETRAINED[spec], f"pretrained:{spec}", None
+        weights = folder / "weights_best.h5"
+        sha = file_sha256(weights) if weights.is_file() else "unknown"
+    else:
+        raise ModelError(f"segmentation model {spec!r} is neither a model folder (with "
+                         f"config.json) nor a pretrained name ({', '.join(PRETRAINED)})")
+    try:
+        n_channel_in = int(config.n_channel_in)
+    except (AttributeError, TypeError, ValueError) as error:
+        raise ModelError(f"{source}: config.json has no valid n_channel_in ({error})") from error
+    loaded = NucleusModel(
+        name=Path(spec).name, config=config, normalization=dict(normalization),
+        n_channel_in=n_channel_in,
+        prob_thresh=float(prob_thresh if prob_thresh is not None else thresholds["prob"]),
+        nms_thresh=float(nms_thresh if nms_thresh is not None else thresholds["nms"]),
+        mpp=mpp, sha256=sha, source=source, folder=folder,
+        loader=None if stardist is not None else _folder_loader(folder),
+        _stardist=stardist,
+    )
+    loaded.backend = select_backend(loaded, backend)
+    if loaded.backend == "tensorflow":
+        loaded.model  # noqa: B018 - load now, so that a broken folder fails here, not mid-slide
+    return loaded
+
+
+def _read_json(path: Path, default: dict | None) -> dict:
+    """A model folder's JSON file; ``default`` when it is absent (None: it is required)."""
+    if not path.is_file():
+        if default is None:
+            raise ModelError(f"{path}: required model file not found")
+        return default
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: not readable JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return value
+
+
+def _folder_loader(folder: Path) -> Callable[[], Any]:
+    """Load the StarDist model of ``folder`` (with TensorFlow) when called."""
+
+    def load() -> Any:
+        import_tensorflow()
+        from stardist.models import StarDist2D
+
         try:
             with contextlib.redirect_stdout(io.StringIO()) as printed:  # stardist prints
                 model = StarDist2D(None, name=folder.name, basedir=str(folder.parent))
             log.debug("%s: %s", folder, " ".join(printed.getvalue().split()))
         except Exception as error:
             raise ModelError(f"{folder}: StarDist could not load this model: {error}") from error
-        source, sha, mpp = str(folder), file_sha256(weights), meta.get("mpp")
-    elif spec in PRETRAINED:
-        try:
-            model = StarDist2D.from_pretrained(spec)
-        except Exception as error:
-            raise ModelError(f"pretrained StarDist model {spec!r} could not be loaded ({error}); "
-                             "without a network use a model folder such as models/he_nuclei"
-                             ) from error
-        if model is None:
-            raise ModelError(f"pretrained StarDist model {spec!r} is not registered")
-        normalization, source, mpp = PRETRAINED[spec], f"pretrained:{spec}", None
-        weights = Path(model.logdir) / "weights_best.h5"
-        sha = file_sha256(weights) if weights.is_file() else "unknown"
-    else:
-        raise ModelError(f"segmentation model {spec!r} is neither a model folder (with "
-                         f"config.json) nor a pretrained name ({', '.join(PRETRAINED)})")
-    thresholds = model.thresholds
-    loaded = NucleusModel(
-        name=Path(spec).name, model=model, normalization=dict(normalization),
-        n_channel_in=int(model.config.n_channel_in),
-        prob_thresh=float(prob_thresh if prob_thresh is not None else thresholds.prob),
-        nms_thresh=float(nms_thresh if nms_thresh is not None else thresholds.nms),
-        mpp=mpp, sha256=sha, source=source,
-    )
-    loaded.backend = select_backend(loaded, backend)
-    return loaded
+        return model
+
+    return load
+
+
+def _load_pretrained(spec: str) -> Any:
+    """A registered pretrained StarDist model (``StarDist2D.from_pretrained``)."""
+    import_tensorflow()
+    from stardist.models import StarDist2D
+
+    try:
+        model = StarDist2D.from_pretrained(spec)
+    except Exception as error:
+        raise ModelError(f"pretrained StarDist model {spec!r} could not be loaded ({error}); "
+                         "without a network use a model folder such as models/he_nuclei"
+                         ) from error
+    if model is None:
+        raise ModelError(f"pretrained StarDist model {spec!r} is not registered")
+    return model
 
 
 def select_backend(model: NucleusModel, requested: Backend) -> str:
@@ -196,12 +293,13 @@ def select_backend(model: NucleusModel, requested: Backend) -> str:
         return "tensorflow"
     if requested == "auto" and gpu_available():
         return "tensorflow"
-    logdir = getattr(model.model, "logdir", None)
     try:
         network, ir_path = backends.load_or_convert(
-            model.model.keras_model, model.n_channel_in,
-            weights_folder=Path(logdir) if logdir is not None else None, sha256=model.sha256)
+            None, model.n_channel_in, weights_folder=model.folder, sha256=model.sha256,
+            load_keras=lambda: model.model.keras_model)
         model.extra["openvino"] = backends.compile_network(network, ir_path=ir_path)
+    except ModelError:
+        raise  # the model folder itself is broken: no backend can run it
     except Exception as error:  # any conversion or compilation failure: TensorFlow runs it
         log.warning("%s: OpenVINO could not convert or compile the network (%s); TensorFlow "
                     "runs it", model.source, " ".join(str(error).split())[:300])
@@ -249,10 +347,19 @@ class Prediction:
 
 
 def gpu_available() -> bool:
-    """Whether TensorFlow sees a GPU (it then runs the network there by itself)."""
-    import tensorflow as tf
+    """Whether TensorFlow sees a GPU (it then runs the network there by itself).
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    Without an NVIDIA driver (``/proc/driver/nvidia/gpus``, ``nvidia-smi``) TensorFlow is not
+    asked, so that a CPU machine never imports it just to learn there is no GPU.
+    """
+    if "tensorflow" not in sys.modules and not _nvidia_driver_present():
+        return False
+    return bool(import_tensorflow().config.list_physical_devices("GPU"))
+
+
+def _nvidia_driver_present() -> bool:
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or shutil.which("nvidia-smi") is not None
 
 
 def allow_gpu_memory_growth() -> None:
@@ -295,7 +402,7 @@ def network_input(model: NucleusModel, image: np.ndarray,
 
 
 def _divisor(model: NucleusModel) -> tuple[int, int]:
-    config = model.model.config
+    config = model.config
     pool = tuple(config.unet_pool) if config.backbone == "unet" else (1, 1)
     depth = int(config.unet_n_depth) if config.backbone == "unet" else 0
     return tuple(int(g) * int(p) ** depth for g, p in zip(config.grid, pool, strict=True))
@@ -312,8 +419,7 @@ def _forward_function(model: NucleusModel):
         return model.extra["openvino"]
     function = model.extra.get("forward")
     if function is None:
-        import tensorflow as tf
-
+        tf = import_tensorflow()
         network = model.model.keras_model
         spec = tf.TensorSpec([None, None, None, model.n_channel_in], tf.float32)
         function = tf.function(lambda x: network(x, training=False), input_signature=[spec],
@@ -370,8 +476,10 @@ def _forward_halving(model: NucleusModel, inputs: list[np.ndarray]
     """One forward pass over ``inputs``; a batch that does not fit in (GPU) memory is split in
     halves until it does (a single tile that does not fit is an error). TensorFlow only:
     OpenVINO on the CPU raises no out-of-memory error to catch."""
-    import tensorflow as tf
-
+    if model.backend == "openvino":
+        prob, dist = forward_pass(model, np.stack(inputs))
+        return [(prob[k], dist[k]) for k in range(len(inputs))]
+    tf = import_tensorflow()
     try:
         prob, dist = forward_pass(model, inputs[0][None] if len(inputs) == 1 else
                                   np.stack(inputs))
@@ -394,8 +502,8 @@ def instances_from_prediction(model: NucleusModel, prediction: Prediction) -> Ti
     from stardist.geometry import dist_to_coord, polygons_to_label
     from stardist.nms import non_maximum_suppression_sparse
 
-    grid = np.asarray(model.model.config.grid, dtype=np.int64)
-    n_rays = int(model.model.config.n_rays)
+    grid = np.asarray(model.config.grid, dtype=np.int64)
+    n_rays = int(model.config.n_rays)
     prob, dist = prediction.prob, np.maximum(np.float32(1e-3), prediction.dist)
     candidates = prob > model.prob_thresh
     # Like StarDist, no candidate within 2 grid cells of the (padded) border.

@@ -203,3 +203,46 @@ def test_openvino_requested_without_openvino_is_an_error(monkeypatch):
 def test_backend_is_not_part_of_the_config_hash():
     assert _config("openvino").digest() == _config("tensorflow").digest() == _config(
         "auto").digest()
+
+
+def test_openvino_worker_never_imports_tensorflow(caches, he_tiff, tmp_path):
+    """A worker whose network OpenVINO has converted before (the cache beside the weights)
+    segments a slide without TensorFlow: that is what keeps its memory down (benchmarks)."""
+    import subprocess
+    import sys
+
+    caches["openvino"].get("he")  # converts once and caches the IR, as the first worker does
+    code = (
+        "import json, sys; from pathlib import Path\n"
+        "from pathology.config import PathologyConfig, SegmentationSection\n"
+        "from pathology.pipeline import ModelCache, SlideJob, process_slide\n"
+        "config = PathologyConfig(segmentation=SegmentationSection(backend='openvino'))\n"
+        "cache = ModelCache(config)\n"
+        f"process_slide(SlideJob('s1', Path({str(he_tiff)!r}), 'he'), Path({str(tmp_path)!r}),"
+        " config, cache, max_tiles=2)\n"
+        "model = cache.get('he')\n"
+        "print(json.dumps({'tensorflow': 'tensorflow' in sys.modules, 'backend': model.backend,"
+        " 'stardist_loaded': model.stardist_loaded}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[2], check=True)
+    facts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert facts == {"tensorflow": False, "backend": "openvino", "stardist_loaded": False}
+    assert len(pq.read_table(tmp_path / "slides" / "s1" / "cells.parquet")) > 50
+
+
+@pytest.mark.parametrize("backend", ["openvino", "tensorflow"])
+def test_broken_model_folder_is_an_error_on_every_backend(backend, tmp_path):
+    """Unreadable config or weights fail at load with the file named, whichever backend runs
+    the network (OpenVINO must not fall back to TensorFlow over a broken folder)."""
+    from pathology.nuclei import ModelError
+
+    shipped = Path(__file__).resolve().parents[2] / "models" / "he_nuclei_fast"
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    (folder / "weights_best.h5").write_bytes(b"not weights")
+    with pytest.raises(ModelError, match=r"config\.json: not readable JSON"):
+        load_model(str(folder), backend=backend)
+    (folder / "config.json").write_text((shipped / "config.json").read_text())
+    with pytest.raises(ModelError, match="StarDist could not load this model"):
+        load_model(str(folder), backend=backend)
