@@ -91,10 +91,11 @@ def _pooled(per_image: list[dict], key: str) -> dict:
                             sum(c["n_matched"] for c in counts))
 
 
-def monuseg_val(root: Path, model: str, work: Path) -> dict:
+def monuseg_val(root: Path, model: str, work: Path, precision: str = "float32") -> dict:
     """Nucleus F1 at IoU 0.5 and centroid F1 on the held-out MoNuSeg tiles (H&E)."""
     items = load_monuseg(root / "nuclei" / "monuseg")[-N_VAL_MONUSEG:]
-    results = run_pipeline(items, work, modality="he", config=annotated_tile_config(model))
+    results = run_pipeline(items, work, modality="he",
+                           config=annotated_tile_config(model, precision))
     per_image = []
     for item, result in zip(items, results, strict=True):
         scores = score_instances(result, item.labels, centroid_um=CENTROID_UM)
@@ -107,7 +108,7 @@ def monuseg_val(root: Path, model: str, work: Path) -> dict:
             "centroid": _pooled(per_image, "centroid"), "per_image": per_image}
 
 
-def monuseg_masks(root: Path, model: str, work: Path) -> dict:
+def monuseg_masks(root: Path, model: str, work: Path, precision: str = "float32") -> dict:
     """Foreground precision, recall and Dice on the MoNuSeg training tiles without outlines."""
     from skimage.io import imread
 
@@ -121,7 +122,8 @@ def monuseg_masks(root: Path, model: str, work: Path) -> dict:
         truth = (truth[..., 0] if truth.ndim == 3 else truth) > 0
         items.append(AnnotatedImage(path.stem, imread(path)[..., :3], truth.astype(np.int32),
                                     0.2527, "monuseg-train"))
-    results = run_pipeline(items, work, modality="he", config=annotated_tile_config(model))
+    results = run_pipeline(items, work, modality="he",
+                           config=annotated_tile_config(model, precision))
     tp = fp = fn = 0
     for item, result in zip(items, results, strict=True):
         predicted = rasterise_cells(result.cells, result.shape, result.mpp) > 0
@@ -133,11 +135,11 @@ def monuseg_masks(root: Path, model: str, work: Path) -> dict:
             "pixel_recall": tp / max(tp + fn, 1), "dice": 2 * tp / max(2 * tp + fp + fn, 1)}
 
 
-def deepliif_test(root: Path, model: str, work: Path) -> dict:
+def deepliif_test(root: Path, model: str, work: Path, precision: str = "float32") -> dict:
     """Nuclei and the Ki67 index on the DeepLIIF IHC test tiles, through the Ki67 panel."""
     items = load_deepliif(root / "ihc" / "deepliif", "test")
     results = run_pipeline(items, work, modality="ihc", stain="Ki67",
-                           config=annotated_tile_config(model))
+                           config=annotated_tile_config(model, precision))
     per_image = []
     for item, result in zip(items, results, strict=True):
         scores = score_instances(result, item.labels, classes=item.classes,
@@ -172,13 +174,15 @@ def dsb2018_fluo(root: Path, model: str, work: Path) -> dict:
             "centroid": _pooled(per_image, "centroid"), "per_image": per_image}
 
 
-def crc(root: Path, model: str, work: Path) -> tuple[dict, dict]:
+def crc(root: Path, model: str, work: Path, precision: str = "float32"
+        ) -> tuple[dict, dict]:
     """Centroid coverage on all CRCHistoPhenotypes images, and lymphocyte calls on the
     classifier's held-out images."""
     from pathology.lymphocytes import load_lymphocyte_model
 
     items = load_crchistophenotypes(root / "nuclei" / "crchistophenotypes")
-    results = run_pipeline(items, work, modality="he", config=annotated_tile_config(model))
+    results = run_pipeline(items, work, modality="he",
+                           config=annotated_tile_config(model, precision))
     classifier = load_lymphocyte_model("models/lymphocyte_classifier")
     held_out = set(classifier.meta.get("test_images", ()))
     annotated = covered = 0
@@ -216,7 +220,7 @@ def crc(root: Path, model: str, work: Path) -> tuple[dict, dict]:
     return coverage, lymph
 
 
-def speed(model_spec: str, root: Path, repeats: int = 3) -> dict:
+def speed(model_spec: str, root: Path, repeats: int = 3, precision: str = "float32") -> dict:
     """Network + non-maximum suppression on one 1024 px tile of real H&E at 0.5 um/px."""
     from skimage.transform import rescale
 
@@ -234,7 +238,7 @@ def speed(model_spec: str, root: Path, repeats: int = 3) -> dict:
                            np.concatenate(tiles[2:], axis=1)], axis=0)
     tile = np.pad(tile, ((0, 1024 - tile.shape[0]), (0, 1024 - tile.shape[1]), (0, 0)),
                   mode="reflect")
-    model = load_model(model_spec)
+    model = load_model(model_spec, precision=precision)
     norm = normalization_range(model, tile)
     instances_from_prediction(model, predict_tiles(model, [tile], norm)[0])  # warm-up, tracing
     times, forward_times, n = [], [], 0
@@ -248,7 +252,7 @@ def speed(model_spec: str, root: Path, repeats: int = 3) -> dict:
     mpx = tile.shape[0] * tile.shape[1] / 1e6
     return {"tile_px": 1024, "nuclei": n, "seconds": best, "forward_seconds": forward,
             "s_per_mpx": best / mpx, "nuclei_per_s": n / best,
-            "backend": model.backend}
+            "backend": model.backend, "precision": model.precision}
 
 
 SETS = {"monuseg_val": monuseg_val, "monuseg_masks": monuseg_masks,
@@ -274,6 +278,7 @@ def table(report: dict) -> str:
             f"{d['iou50']['f1']:.3f} | {neg:.2f} / {pos:.2f} | {errors} | "
             f"{r['crc_coverage']['recall']:.3f} | {lym['f1']:.3f} ({lym['precision']:.2f} / "
             f"{lym['recall']:.2f}) | {r['speed']['s_per_mpx']:.2f} |")
+    lines += int8_lines(report)
     for name, r in report.get("fluorescence", {}).items():
         d = r["dsb2018_fluo"]
         lines += ["", "| fluorescence model | DSB2018 held-out F1 IoU0.5 (P / R) | centroid F1 |",
@@ -281,6 +286,45 @@ def table(report: dict) -> str:
                   f"| {name} | {d['iou50']['f1']:.3f} ({d['iou50']['precision']:.2f} / "
                   f"{d['iou50']['recall']:.2f}) | {d['centroid']['f1']:.3f} |"]
     return "\n".join(lines)
+
+
+INT8_MAX_LOSS = 0.01  # issue 17: int8 only if no set loses more F1 than this
+
+
+def int8_changes(float32: dict, int8: dict) -> dict[str, float]:
+    """Each set's figure with the int8 network minus float32's (F1, Dice, recall), and the
+    speed-up (float32 s per Mpx / int8's)."""
+    def figures(r: dict) -> dict[str, float]:
+        return {"monuseg_val_f1": r["monuseg_val"]["iou50"]["f1"],
+                "monuseg_masks_dice": r["monuseg_masks"]["dice"],
+                "deepliif_f1": r["deepliif_test"]["iou50"]["f1"],
+                "crc_centroid_recall": r["crc_coverage"]["recall"],
+                "crc_lymphocyte_f1": r["crc_lymphocytes"]["f1"]}
+
+    a, b = figures(float32), figures(int8)
+    changes = {key: round(b[key] - a[key], 4) for key in a}
+    changes["speedup"] = round(float32["speed"]["s_per_mpx"] / int8["speed"]["s_per_mpx"], 2)
+    return changes
+
+
+def int8_lines(report: dict) -> list[str]:
+    """A table of int8 against float32 for every model measured both ways."""
+    pairs = [(name, name.removesuffix("+int8")) for name in report["models"]
+             if name.endswith("+int8") and name.removesuffix("+int8") in report["models"]]
+    if not pairs:
+        return []
+    lines = ["", "| int8 against float32 | MoNuSeg val F1 | MoNuSeg masks Dice | DeepLIIF F1 | "
+             "CRC centroid recall | CRC lymphocyte F1 | speed-up | largest loss |",
+             "|---|---|---|---|---|---|---|---|"]
+    for int8_name, name in pairs:
+        c = int8_changes(report["models"][name], report["models"][int8_name])
+        worst = -min(v for k, v in c.items() if k != "speedup")
+        verdict = "within" if worst <= INT8_MAX_LOSS else "beyond"
+        lines.append(f"| {name} | {c['monuseg_val_f1']:+.4f} | {c['monuseg_masks_dice']:+.4f} | "
+                     f"{c['deepliif_f1']:+.4f} | {c['crc_centroid_recall']:+.4f} | "
+                     f"{c['crc_lymphocyte_f1']:+.4f} | {c['speedup']:.2f}x | "
+                     f"{max(worst, 0):.4f} ({verdict} {INT8_MAX_LOSS}) |")
+    return lines
 
 
 def update_readme(report: dict) -> None:
@@ -306,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure the fluorescence model on DSB2018")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS),
                         help="measure only these sets; the others keep their previous figures")
+    parser.add_argument("--precision", choices=["float32", "int8"], default="float32",
+                        help="int8: the models' quantised networks (models/quantize.py), "
+                        "reported as '<model>+int8' beside the float32 rows")
     parser.add_argument("--no-readme", action="store_true",
                         help="do not rewrite the table in benchmarks/README.md")
     args = parser.parse_args(argv)
@@ -318,20 +365,21 @@ def main(argv: list[str] | None = None) -> int:
               "centroid_um": CENTROID_UM, "models": dict(previous.get("models", {}))}
     for model in models:
         started = time.perf_counter()
-        result = dict(report["models"].get(Path(model).name, {}))
+        key = Path(model).name + ("+int8" if args.precision == "int8" else "")
+        result = dict(report["models"].get(key, {}))
         with tempfile.TemporaryDirectory(prefix="hccbio-accuracy-") as tmp:
             work = Path(tmp)
             for name in args.sets:
                 if name == "crc":
-                    result["crc_coverage"], result["crc_lymphocytes"] = crc(root, model,
-                                                                            work / name)
+                    result["crc_coverage"], result["crc_lymphocytes"] = crc(
+                        root, model, work / name, args.precision)
                 elif name == "speed":
-                    result["speed"] = speed(model, root)
+                    result["speed"] = speed(model, root, precision=args.precision)
                 else:
-                    result[name] = SETS[name](root, model, work / name)
+                    result[name] = SETS[name](root, model, work / name, args.precision)
         result["seconds"] = round(time.perf_counter() - started, 1)
         result["measured"] = report["date"]
-        report["models"][Path(model).name] = result
+        report["models"][key] = result
         atomic_write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
         print(f"{model}: done in {result['seconds']} s", flush=True)
     report.setdefault("fluorescence", previous.get("fluorescence", {}))

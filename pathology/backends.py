@@ -190,7 +190,8 @@ class OpenVinoNetwork:
 
 def compile_network(network: Any, *, ir_path: Path | None = None,
                     threads: int | None = None) -> OpenVinoNetwork:
-    """Compile ``network`` for the CPU in float32.
+    """Compile ``network`` for the CPU in float32 (a quantised network keeps its int8
+    operations; the rest runs in float32).
 
     Parameters
     ----------
@@ -206,11 +207,68 @@ def compile_network(network: Any, *, ir_path: Path | None = None,
 
     if threads is None and os.environ.get("TF_NUM_INTRAOP_THREADS", "").isdigit():
         threads = int(os.environ["TF_NUM_INTRAOP_THREADS"])
+    # f32 also for int8 networks: it applies to the operations left in floating point
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     compiled = ov.Core().compile_model(network, "CPU", config)
     return OpenVinoNetwork(compiled, ir_path)
+
+
+INT8_FOLDER = "int8"  # in the model folder: network.xml / .bin and quantization.json
+INT8_NETWORK = "network.xml"
+INT8_RECORD = "quantization.json"
+
+
+def int8_paths(model_folder: Path) -> tuple[Path, Path]:
+    """The quantised network (``.xml``; its ``.bin`` beside it) and its record in
+    ``model_folder``.
+
+    Examples
+    --------
+    >>> [p.as_posix() for p in int8_paths(Path("models/m"))]
+    ['models/m/int8/network.xml', 'models/m/int8/quantization.json']
+    """
+    folder = model_folder / INT8_FOLDER
+    return folder / INT8_NETWORK, folder / INT8_RECORD
+
+
+def load_int8(model_folder: Path | None, sha256: str) -> tuple[Any, dict]:
+    """The int8 network shipped in ``model_folder`` (``models/quantize.py`` writes it) and
+    its record, checked against the weights it was quantised from.
+
+    Raises
+    ------
+    FileNotFoundError
+        No quantised network in the folder.
+    ValueError
+        It was quantised from other weights (the model was retrained since), or it is
+        unreadable.
+    """
+    import json
+
+    import openvino as ov
+
+    if model_folder is None:
+        raise FileNotFoundError("no model folder: a pretrained model has no int8 network")
+    xml, record_path = int8_paths(model_folder)
+    if not (xml.is_file() and xml.with_suffix(".bin").is_file() and record_path.is_file()):
+        raise FileNotFoundError(f"{xml.parent}: no int8 network (network.xml, network.bin, "
+                                f"{INT8_RECORD}); make one with python models/quantize.py "
+                                f"{model_folder}")
+    record = json.loads(record_path.read_text())
+    if record.get("weights_sha256") != sha256:
+        raise ValueError(f"{xml}: quantised from other weights (sha256 "
+                         f"{str(record.get('weights_sha256'))[:12]}..., the folder's are "
+                         f"{sha256[:12]}...); quantise again with python models/quantize.py "
+                         f"{model_folder}")
+    try:
+        network = ov.Core().read_model(xml)
+        _check_outputs(network)
+    except RuntimeError as error:
+        raise ValueError(f"{xml}: unreadable int8 network ({' '.join(str(error).split())[:200]})"
+                         ) from error
+    return network, record
 
 
 def openvino_version() -> str:

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class _Section(BaseModel):
@@ -112,6 +119,18 @@ class SegmentationSection(_Section):
         "it is installed, TensorFlow sees no GPU and the network converts, else TensorFlow. "
         "The same nuclei either way (tested); the backend used is recorded in features.json "
         "and run.json. Not part of the config hash (like batch).")
+    precision: Literal["float32", "int8"] = Field(
+        "float32", description="Arithmetic of the network: float32; or int8, the network "
+        "quantised after training (OpenVINO NNCF, calibrated on training tiles) and shipped "
+        "in the model folder's int8/ (python models/quantize.py makes it), run by OpenVINO; "
+        "its accuracy beside float32's is in benchmarks/README.md. Part of the config hash "
+        "when int8 (the nuclei can differ slightly).")
+
+    @model_validator(mode="after")
+    def _int8_needs_openvino(self) -> SegmentationSection:
+        if self.precision == "int8" and self.backend == "tensorflow":
+            raise ValueError("precision int8 runs on OpenVINO: set backend to auto or openvino")
+        return self
 
     def model_for(self, modality: str) -> str:
         """The model that segments slides of ``modality`` (``he``, ``ihc``, ``mif``; or
@@ -417,7 +436,10 @@ class PathologyConfig(_Section):
         ``spatial``, ``qc``), which record their own hash, so changing them never re-segments.
         """
         exclude: dict = dict.fromkeys(self.DOWNSTREAM, True)
-        exclude["segmentation"] = {"backend"}  # what runs the network, not what it computes
+        # what runs the network, not what it computes; float32 (the default) is left out too
+        # so that hashes of runs made before the precision setting existed stay the same
+        exclude["segmentation"] = ({"backend", "precision"}
+                                   if self.segmentation.precision == "float32" else {"backend"})
         text = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -52,10 +52,12 @@ def sample_id_for(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
-def annotated_tile_config(model: str) -> dict:
-    """Pipeline configuration for annotated tiles: the defaults, ``model`` for H&E and IHC,
-    and the whole image as tissue (the tiles are small crops of tissue, not slides)."""
-    return {"segmentation": {"brightfield_model": model, "ihc_model": model},
+def annotated_tile_config(model: str, precision: str = "float32") -> dict:
+    """Pipeline configuration for annotated tiles: the defaults, ``model`` for H&E and IHC
+    (its network in ``precision``), and the whole image as tissue (the tiles are small crops
+    of tissue, not slides)."""
+    return {"segmentation": {"brightfield_model": model, "ihc_model": model,
+                             "precision": precision},
             "tissue": {"mode": "whole_image"}}
 
 

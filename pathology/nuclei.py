@@ -40,6 +40,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("hccbio.pathology")
 CANDIDATE_BORDER = 2  # grid cells; StarDist's own default (b=2)
 Backend = Literal["auto", "tensorflow", "openvino"]
+Precision = Literal["float32", "int8"]
 STARDIST_DEFAULT_THRESHOLDS = {"prob": 0.5, "nms": 0.4}  # StarDist2D's when no thresholds.json
 
 
@@ -67,6 +68,7 @@ class NucleusModel:
     source: str
     folder: Path | None = None  # the weights' folder (None: unknown)
     backend: str = "tensorflow"  # what runs the network: tensorflow | openvino
+    precision: str = "float32"  # float32 | int8 (OpenVINO only)
     extra: dict[str, Any] = field(default_factory=dict)
     loader: Callable[[], Any] | None = field(default=None, repr=False)
     _stardist: Any = field(default=None, repr=False)
@@ -96,7 +98,9 @@ class NucleusModel:
         return {"name": self.name, "source": self.source, "sha256": self.sha256,
                 "normalization": self.normalization, "prob_thresh": self.prob_thresh,
                 "nms_thresh": self.nms_thresh, "mpp": self.mpp, "backend": self.backend,
-                "backend_version": _backend_version(self.backend)}
+                "backend_version": _backend_version(self.backend),
+                "precision": self.precision,
+                **({"int8": self.extra["int8_record"]} if self.precision == "int8" else {})}
 
 
 def _backend_version(backend: str) -> str:
@@ -146,7 +150,8 @@ def resolve_model_path(spec: str) -> Path | None:
 
 
 def load_model(spec: str, *, prob_thresh: float | None = None,
-               nms_thresh: float | None = None, backend: Backend = "auto") -> NucleusModel:
+               nms_thresh: float | None = None, backend: Backend = "auto",
+               precision: Precision = "float32") -> NucleusModel:
     """Load a StarDist 2D model from a folder or by pretrained name.
 
     Parameters
@@ -160,12 +165,17 @@ def load_model(spec: str, *, prob_thresh: float | None = None,
         What runs the network (``segmentation.backend``): ``tensorflow``; ``openvino`` (on
         the CPU); ``auto``: OpenVINO when it is installed, TensorFlow sees no GPU and the
         network converts, else TensorFlow. See :func:`select_backend`.
+    precision
+        ``float32``, or ``int8``: the quantised network shipped in the model folder's
+        ``int8/`` (``models/quantize.py``), run by OpenVINO.
 
     Raises
     ------
     ModelError
         Unknown name or folder, missing weights, or a pretrained model that cannot be
-        downloaded (no network); ``backend="openvino"`` without OpenVINO installed.
+        downloaded (no network); ``backend="openvino"`` without OpenVINO installed; ``int8``
+        without OpenVINO, without a quantised network, or with one quantised from other
+        weights.
     """
     folder = resolve_model_path(spec)
     stardist = None
@@ -203,10 +213,34 @@ def load_model(spec: str, *, prob_thresh: float | None = None,
         loader=None if stardist is not None else _folder_loader(folder),
         _stardist=stardist,
     )
+    if precision == "int8":
+        _load_int8(loaded, backend)
+        return loaded
     loaded.backend = select_backend(loaded, backend)
     if loaded.backend == "tensorflow":
         loaded.model  # noqa: B018 - load now, so that a broken folder fails here, not mid-slide
     return loaded
+
+
+def _load_int8(model: NucleusModel, backend: Backend) -> None:
+    """Compile the model folder's int8 network for the CPU (no fallback: int8 was asked)."""
+    from pathology import backends
+
+    if backend == "tensorflow":
+        raise ModelError("precision int8 runs on OpenVINO, not segmentation.backend tensorflow")
+    if not backends.openvino_available():
+        raise ModelError("precision int8 needs OpenVINO (pip install openvino)")
+    try:
+        network, record = backends.load_int8(model.folder, model.sha256)
+    except (FileNotFoundError, ValueError) as error:
+        raise ModelError(f"{model.source}: {error}") from error
+    xml = backends.int8_paths(model.folder)[0]  # type: ignore[arg-type]
+    model.extra["openvino"] = backends.compile_network(network, ir_path=xml)
+    model.extra["int8_record"] = {  # provenance; the calibration images are in the record
+        "quantized_from_sha256": record.get("weights_sha256"),
+        "calibration_crops": record.get("calibration", {}).get("crops"),
+        "nncf": record.get("nncf", {}).get("version"), "date": record.get("date")}
+    model.backend, model.precision = "openvino", "int8"
 
 
 def _read_json(path: Path, default: dict | None) -> dict:

@@ -90,7 +90,8 @@ class ModelCache:
         spec = seg.model_for(modality)
         if spec not in self._models:
             self._models[spec] = load_model(spec, prob_thresh=seg.prob_thresh,
-                                            nms_thresh=seg.nms_thresh, backend=seg.backend)
+                                            nms_thresh=seg.nms_thresh, backend=seg.backend,
+                                            precision=seg.precision)
         return self._models[spec]
 
     def describe(self) -> dict[str, dict]:

@@ -246,3 +246,74 @@ def test_broken_model_folder_is_an_error_on_every_backend(backend, tmp_path):
     (folder / "config.json").write_text((shipped / "config.json").read_text())
     with pytest.raises(ModelError, match="StarDist could not load this model"):
         load_model(str(folder), backend=backend)
+
+
+INT8_MATCHED = 0.95  # int8 against float32 nuclei at IoU 0.5 (accuracy: benchmarks.accuracy)
+
+
+@pytest.fixture(scope="module")
+def int8_model():
+    return load_model("models/he_nuclei", precision="int8")
+
+
+@pytest.mark.parametrize("image_name", ["he_image", "he_region"])
+def test_int8_network_finds_nearly_the_same_nuclei(caches, int8_model, image_name, request):
+    image = request.getfixturevalue(image_name)
+    reference = segment_tile(caches["openvino"].get("he"), image, (0.0, 255.0))
+    quantised = segment_tile(int8_model, image, (0.0, 255.0))
+    n_float, n_int8, matched = _match(reference.labels, quantised.labels)
+    assert n_float > 200
+    assert matched >= INT8_MATCHED * max(n_float, n_int8)
+    described = int8_model.describe()
+    assert described["precision"] == "int8" and described["backend"] == "openvino"
+    assert described["int8"]["quantized_from_sha256"] == int8_model.sha256
+
+
+def test_int8_through_slides_run_is_recorded_and_changes_the_config_hash(he_tiff, tmp_path):
+    from typer.testing import CliRunner
+
+    from integration.cli import app
+    from pathology.config import load_config
+
+    manifest = tmp_path / "samples.csv"
+    manifest.write_text("patient_id,timepoint,sample_id,modality,stain,path,mpp\n"
+                        f"P1,baseline,he,he,HE,{he_tiff},0.5\n")
+    config_path = tmp_path / "int8.yaml"
+    config_path.write_text("segmentation:\n  precision: int8\n")
+    result = CliRunner().invoke(app, ["slides", "run", str(manifest), "--out",
+                                      str(tmp_path / "run"), "--config", str(config_path),
+                                      "--scheduler", "sync", "--quiet"])
+    assert result.exit_code == 0, result.output
+    features = json.loads((tmp_path / "run" / "slides" / "he" / "features.json").read_text())
+    assert features["model"]["precision"] == "int8"
+    assert features["model"]["int8"]["calibration_crops"] > 50
+    assert len(pq.read_table(tmp_path / "run" / "slides" / "he" / "cells.parquet")) > 200
+    config = load_config(config_path)
+    assert features["config_sha256"] == config.digest() != PathologyConfig().digest()
+    # float32, the default, leaves the hash of earlier runs as it was
+    explicit = PathologyConfig(segmentation=SegmentationSection(precision="float32"))
+    assert explicit.digest() == PathologyConfig().digest()
+
+
+def test_int8_refuses_tensorflow_and_stale_or_missing_networks(tmp_path):
+    import shutil
+
+    from pydantic import ValidationError
+
+    from pathology.nuclei import ModelError
+
+    with pytest.raises(ValidationError, match="int8 runs on OpenVINO"):
+        SegmentationSection(precision="int8", backend="tensorflow")
+    shipped = Path(__file__).resolve().parents[2] / "models" / "he_nuclei"
+    copy = tmp_path / "he_copy"
+    copy.mkdir()
+    for name in ("config.json", "thresholds.json", "hccbio_model.json", "weights_best.h5"):
+        shutil.copy(shipped / name, copy / name)
+    with pytest.raises(ModelError, match="no int8 network.*models/quantize.py"):
+        load_model(str(copy), precision="int8")
+    shutil.copytree(shipped / "int8", copy / "int8")
+    assert load_model(str(copy), precision="int8").precision == "int8"
+    record = copy / "int8" / "quantization.json"
+    record.write_text(record.read_text().replace(load_model(str(copy)).sha256, "0" * 64))
+    with pytest.raises(ModelError, match="quantised from other weights"):
+        load_model(str(copy), precision="int8")
