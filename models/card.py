@@ -19,6 +19,10 @@ DATA = {
              "2019), licence CC0, at their native resolution (no pixel size published; nuclei "
              "of about 10-30 px across)."),
 }
+MONUSEG_TRAIN_NOTE = (
+    " Also: the MoNuSeg 2018 training-set tiles that have nucleus outlines (13 of 30, several "
+    "organs, CC BY-NC-SA 4.0; the last three by name are the tuning split for early stopping and "
+    "thresholds).")
 DATA["bf"] = (
     DATA["he"] + " Also: the MoNuSeg 2018 training-set tiles that have nucleus outlines (13 of "
     "30, several organs, CC BY-NC-SA 4.0; the last three by name are the tuning split), and the "
@@ -42,8 +46,11 @@ USE = {
 ACCURACY_REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "accuracy.json"
 
 
-def accuracy_lines(name: str, report_path: Path = ACCURACY_REPORT) -> list[str]:
-    """The card's section with the model's row of ``python -m benchmarks.accuracy``."""
+def accuracy_lines(name: str, report_path: Path = ACCURACY_REPORT, *,
+                   checkpoint_on_validation: bool = False) -> list[str]:
+    """The card's section with the model's row of ``python -m benchmarks.accuracy``
+    (``checkpoint_on_validation``: the checkpoint was chosen on the MoNuSeg validation
+    tiles, which the card then says)."""
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     r = report.get("models", {}).get(name)
     if r is None:
@@ -60,7 +67,11 @@ def accuracy_lines(name: str, report_path: Path = ACCURACY_REPORT) -> list[str]:
         f"From `benchmarks/results/accuracy.json` ({report['date'][:10]}; "
         "`python -m benchmarks.accuracy` writes it by running the annotated tiles through the "
         "pipeline: reader, resampling to 0.5 um/px, tiling, normalisation, this model, "
-        "measurements, phenotypes). None of these images was used to train or tune this model.",
+        "measurements, phenotypes). " + (
+            "None of these images was used to train this model or tune its thresholds, but its "
+            "checkpoint was chosen by the loss on the three MoNuSeg validation tiles."
+            if checkpoint_on_validation else
+            "None of these images was used to train or tune this model."),
         "",
         "| set | measure | value |", "|---|---|---|",
         f"| MoNuSeg validation (3 H&E tiles) | F1 at IoU 0.5 | {m['iou50']['f1']:.3f} |",
@@ -78,7 +89,29 @@ def accuracy_lines(name: str, report_path: Path = ACCURACY_REPORT) -> list[str]:
         f"| speed | s per Mpx (network + NMS, 2 CPU cores, "
         f"{r['speed'].get('backend', 'tensorflow')}) | {r['speed']['s_per_mpx']:.2f} |",
         "", f"DeepLIIF per tile: {tiles}.", "",
+        *_int8_lines(name, report),
     ]
+
+
+def _int8_lines(name: str, report: dict) -> list[str]:
+    """What the accuracy report says of the model's int8 network (``int8/``), if measured."""
+    int8 = report.get("models", {}).get(f"{name}+int8")
+    if int8 is None:
+        return []
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.accuracy import INT8_MAX_LOSS, int8_changes
+
+    changes = int8_changes(report["models"][name], int8)
+    losses = {k: -v for k, v in changes.items() if k != "speedup"}
+    worst = max(losses, key=losses.get)
+    verdict = ("within the 0.01 allowed on every set: usable" if losses[worst] <= INT8_MAX_LOSS
+               else "more than the 0.01 allowed: not recommended")
+    speed = (f", {changes['speedup']:.2f}x the float32 speed in that run" if "speedup" in changes
+             else "")
+    return [f"**int8.** `int8/` holds this network quantised after training "
+            "(`python models/quantize.py`, calibrated on training tiles; run with "
+            f"`segmentation.precision: int8`). Through the same report its largest loss is "
+            f"{max(losses[worst], 0):.4f} ({worst}), {verdict}{speed}.", ""]
 
 
 def render(folder: Path) -> str:
@@ -88,7 +121,19 @@ def render(folder: Path) -> str:
     kind = meta["kind"]
     if kind == "bf":
         return _render_brightfield(folder, meta, config)
-    metrics, baseline = meta["metrics_val"], meta["watershed_val"]
+    # Models trained since 2026-12-01 are tuned on a split of their own ("tune_images") and
+    # reported on other images; earlier ones were tuned on their validation images.
+    tuned = "tune_images" in meta
+    metrics = meta["metrics_tune"] if tuned else meta["metrics_val"]
+    baseline = meta["watershed_tune"] if tuned else meta["watershed_val"]
+    split_lines = ([
+        f"- Tuning images ({len(meta['tune_images'])}; early stopping and thresholds): "
+        + ", ".join(f"`{n[:24]}`" for n in meta["tune_images"]),
+        f"- Reporting images ({len(meta['report_images'])}; never used to train or tune): "
+        + ", ".join(f"`{n[:24]}`" for n in meta["report_images"])] if tuned else [
+        f"- Validation images ({len(meta['val_images'])}, never used for training): "
+        + ", ".join(f"`{n[:24]}`" for n in meta["val_images"])])
+    split = "tuning split" if tuned else "validation images"
     norm = meta["normalization"]
     norm_text = (f"fixed range {norm['low']:g}-{norm['high']:g} (uint8 / 255): the same input "
                  "gives the same output wherever a tile is cut" if norm["method"] == "fixed"
@@ -102,11 +147,10 @@ def render(folder: Path) -> str:
         f"# Model card: `{folder.name}` (StarDist 2D, {kind})", "",
         f"**Intended use.** {USE[kind]} Research use; not a medical device.", "",
         *([f"**Variant.** {meta['variant']}", ""] if meta.get("variant") else []),
-        "## Data", "", DATA[kind], "",
+        "## Data", "", DATA[kind] + (MONUSEG_TRAIN_NOTE if tuned else ""), "",
         f"- Training images ({len(meta['train_images'])}): " + ", ".join(
             f"`{n[:16]}`" for n in meta["train_images"]),
-        f"- Validation images ({len(meta['val_images'])}, never used for training): " +
-        ", ".join(f"`{n[:24]}`" for n in meta["val_images"]),
+        *split_lines,
         "- The data stay outside the repository (`$HCCBIO_SHARED_DATA`, default "
         "`../shared/data`).", "",
         "## Licence", "",
@@ -130,9 +174,15 @@ def render(folder: Path) -> str:
         f"- Input normalisation: {norm_text}",
         f"- Resolution: {meta['mpp']} um/px" if meta["mpp"] else
         "- Resolution: native DSB2018 pixels (no pixel size published)",
-        f"- Thresholds (tuned on the validation images by StarDist's optimize_thresholds): "
-        f"prob {meta['thresholds']['prob']:.3f}, nms {meta['thresholds']['nms']:.2f}", "",
-        "## Measured accuracy (validation images, IoU 0.5)", "",
+        (f"- Thresholds (StarDist's optimize_thresholds on MoNuSeg training-set tiles "
+         f"{', '.join(f'`{n[:23]}`' for n in meta['threshold_tune_images'])}, not the validation "
+         f"images): prob {meta['thresholds']['prob']:.3f}, nms {meta['thresholds']['nms']:.2f} "
+         f"(until 2026-12-01 tuned on the validation images: prob "
+         f"{meta['thresholds_before']['prob']:.3f}, nms {meta['thresholds_before']['nms']:.2f})"
+         if "threshold_tune_images" in meta else
+         f"- Thresholds (tuned on the {split} by StarDist's optimize_thresholds): "
+         f"prob {meta['thresholds']['prob']:.3f}, nms {meta['thresholds']['nms']:.2f}"), "",
+        f"## Measured accuracy ({split}, IoU 0.5)", "",
         "| method | AP (TP/(TP+FP+FN)) | F1 | precision | recall |",
         "|---|---|---|---|---|",
         f"| this model | {metrics['ap_iou50']:.3f} | {metrics['f1_iou50']:.3f} | "
@@ -140,13 +190,20 @@ def render(folder: Path) -> str:
         f"| watershed baseline (`pathology.watershed`) | {baseline['ap_iou50']:.3f} | "
         f"{baseline['f1_iou50']:.3f} | | |", "",
         f"{metrics['n_true']} annotated nuclei, {metrics['n_pred']} predicted. "
-        "`tests/pathology/test_models.py` recomputes these numbers from the shipped weights. "
-        "The thresholds were tuned on the same validation images, so the figures are slightly "
-        "optimistic; the images themselves never entered training.", "",
-        *(accuracy_lines(folder.name) if kind == "he" else []),
+        "`tests/pathology/test_models.py` recomputes these numbers from the shipped weights. " + (
+            "These are the images the thresholds and the checkpoint were chosen on; the "
+            "reporting images' figures are in the next section." if tuned else
+            "The images never entered training and the thresholds were tuned on other images, "
+            "but the checkpoint (weights_best.h5) was chosen by the loss on these images, so "
+            "the figures are slightly optimistic." if "threshold_tune_images" in meta else
+            "The thresholds were tuned on the same validation images, so the figures are "
+            "slightly optimistic; the images themselves never entered training."), "",
+        *(accuracy_lines(folder.name, checkpoint_on_validation=not tuned)
+          if kind == "he" else []),
         "## Limitations", "",
-        "Few training images (no MoNuSeg training split is available here, no liver tissue); "
-        "expect lower accuracy on unusual stains, heavy pigment or out-of-focus areas. Retrain "
+        ("Few training images and no liver tissue; " if tuned else
+         "Few training images (no MoNuSeg training split is available here, no liver tissue); ")
+        + "expect lower accuracy on unusual stains, heavy pigment or out-of-focus areas. Retrain "
         "with `python models/train.py` when annotated HCC tiles are available.", "",
         "## Reproduce", "",
         f"```\npython models/train.py {kind} --steps {meta['steps']}{architecture} "

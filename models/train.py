@@ -10,7 +10,10 @@ Data come from ``$HCCBIO_SHARED_DATA`` (default ``../shared/data``), never from 
 
 * ``he``: MoNuSeg 2018 tiles rescaled from 0.2527 to 0.5 um/px, plus the DSB2018 histology
   images rescaled so that their median nucleus matches MoNuSeg's at 0.5 um/px (DSB2018 states no
-  pixel size). The last three MoNuSeg images (sorted by name) are validation only.
+  pixel size), plus the MoNuSeg training set's outlined tiles but the last three, which are the
+  tuning split (early stopping and thresholds: :func:`he_tuned_split`). The last three MoNuSeg
+  test-set images (sorted by name) are for reporting only, never trained or tuned on.
+  ``--retune-thresholds`` tunes an existing model's thresholds on the tuning split alone.
 * ``fluo``: DSB2018 fluorescence; every fifth image (sorted by id) is validation only.
 * ``bf`` (brightfield: H&E and IHC): ``he``'s training images, plus the MoNuSeg training set's
   images that have nucleus polygons (``nuclei/monuseg-train``; the last three by name are the
@@ -96,18 +99,27 @@ def he_split(root: Path) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
     return train, val
 
 
-def bf_split(root: Path, ihc_repeats: int = IHC_REPEATS
-             ) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
-    """Training and tuning images for the brightfield (H&E + IHC) model, at 0.5 um/px.
+def he_tuned_split(root: Path) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
+    """Training and tuning images for an H&E model, at 0.5 um/px.
 
-    The reporting images (``he_split``'s validation tiles and DeepLIIF's test tiles) are in
-    neither list.
+    ``he_split``'s training images plus the MoNuSeg training set's images with nucleus
+    polygons, of which the last three by name are the tuning split (early stopping and
+    thresholds). The reporting images (``he_split``'s validation tiles) are in neither list.
     """
     train, _ = he_split(root)
     extra = [rescale_annotated(item, WORKING_MPP) for item in
              load_monuseg(root / "nuclei" / "monuseg-train", annotated_only=True)]
-    tune = extra[-N_TUNE_MONUSEG_TRAIN:]
-    train += extra[:-N_TUNE_MONUSEG_TRAIN]
+    return train + extra[:-N_TUNE_MONUSEG_TRAIN], extra[-N_TUNE_MONUSEG_TRAIN:]
+
+
+def bf_split(root: Path, ihc_repeats: int = IHC_REPEATS
+             ) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
+    """Training and tuning images for the brightfield (H&E + IHC) model, at 0.5 um/px.
+
+    ``he_tuned_split`` plus the DeepLIIF IHC training tiles. The reporting images
+    (``he_split``'s validation tiles and DeepLIIF's test tiles) are in neither list.
+    """
+    train, tune = he_tuned_split(root)
     ihc = [rescale_annotated(item, WORKING_MPP) for item in
            load_deepliif(root / "ihc" / "deepliif", "train")]
     return train + ihc * ihc_repeats, tune
@@ -243,6 +255,41 @@ def watershed_baseline(raw_images: list[np.ndarray], truths: list[np.ndarray]) -
     return {"ap_iou50": float(stats.accuracy), "f1_iou50": float(stats.f1)}
 
 
+def retune_thresholds(folder: Path, root: Path) -> dict:
+    """Tune an ``he`` model's thresholds again on ``he_tuned_split``'s tuning images (MoNuSeg
+    training-set tiles), leaving its weights alone, and evaluate it again on its validation
+    images; ``hccbio_model.json`` records both (``threshold_tune_images``,
+    ``metrics_threshold_tune``, ``thresholds_before``).
+
+    For models whose thresholds were first tuned on their validation images, which are also
+    the accuracy report's MoNuSeg tiles: afterwards those figures are free of threshold tuning
+    (the checkpoint was still chosen by the validation loss).
+    """
+    from stardist.models import StarDist2D
+
+    meta_path = folder / "hccbio_model.json"
+    meta = json.loads(meta_path.read_text())
+    if meta["kind"] != "he":
+        raise ValueError(f"{folder}: only he models are tuned again this way")
+    _, tune = he_tuned_split(root)
+    _, val = he_split(root)
+    if [i.name for i in val] != meta["val_images"]:
+        raise ValueError(f"{folder}: validation images differ from the recorded ones")
+    model = StarDist2D(None, name=folder.name, basedir=str(folder.parent))
+    before = json.loads((folder / "thresholds.json").read_text())
+    model.optimize_thresholds([normalise(i.image, "he") for i in tune], [i.labels for i in tune])
+    meta["thresholds_before"] = before
+    meta["thresholds"] = json.loads((folder / "thresholds.json").read_text())
+    meta["threshold_tune_images"] = [i.name for i in tune]
+    meta["metrics_threshold_tune"] = evaluate(model, [normalise(i.image, "he") for i in tune],
+                                              [i.labels for i in tune])
+    meta["metrics_val"] = evaluate(model, [normalise(i.image, "he") for i in val],
+                                   [i.labels for i in val])
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    (folder / "MODEL_CARD.md").write_text(render_card(folder))
+    return meta
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["he", "fluo", "bf"])
@@ -267,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ihc-repeats", type=int, default=IHC_REPEATS,
                         help="bf: how many times each real IHC training tile counts among the "
                         "images (StarDist samples images uniformly)")
+    parser.add_argument("--retune-thresholds", action="store_true",
+                        help="he: no training; tune --out's thresholds again on the MoNuSeg "
+                        "training-set tuning tiles (not its validation images) and re-evaluate")
     parser.add_argument("--train-seconds", type=float, default=None,
                         help="with --finalize: how long the stopped run trained (for the card)")
     args = parser.parse_args(argv)
@@ -277,10 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(SEED)  # noqa: NPY002 - StarDist samples patches from the global RNG
     tf.keras.utils.set_random_seed(SEED)
     root = shared_data()
+    if args.retune_thresholds:
+        meta = retune_thresholds(args.out, root)
+        print(json.dumps({k: meta[k] for k in ("thresholds_before", "thresholds",
+                                               "metrics_threshold_tune", "metrics_val")},
+                         indent=2))
+        return 0
     if args.kind == "bf":
         train, val = bf_split(root, args.ihc_repeats)
     else:
-        train, val = {"he": he_split, "fluo": fluo_split}[args.kind](root)
+        train, val = {"he": he_tuned_split, "fluo": fluo_split}[args.kind](root)
     brightfield = args.kind in ("he", "bf")
     n_channel = 3 if brightfield else 1
     x_train = [normalise(i.image, args.kind) for i in train]
@@ -354,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                  "steps": args.steps, "ihc_repeats": args.ihc_repeats}
         meta["stages"] = (previous.get("stages", []) if args.finalize
                           else [*earlier, stage])
-    if args.kind == "bf":
+    if brightfield:
         # Thresholds and early stopping saw the tuning split only; accuracy is reported on other
         # images by benchmarks/accuracy.py through the slide pipeline.
         meta.update({"tune_images": [i.name for i in val], "metrics_tune": metrics,

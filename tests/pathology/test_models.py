@@ -30,21 +30,28 @@ def test_shipped_model_reaches_stated_accuracy(name, project_root, shared_data, 
     folder = project_root / "models" / name
     meta = json.loads((folder / "hccbio_model.json").read_text())
     card = (folder / "MODEL_CARD.md").read_text()
-    stated = meta["metrics_val"]
+    # Models trained since 2026-12-01 record a tuning split of their own ("tune_images",
+    # he_tuned_split); earlier ones their validation images.
+    tuned = "tune_images" in meta
+    stated = meta["metrics_tune" if tuned else "metrics_val"]
     assert f"{stated['f1_iou50']:.3f}" in card  # the card states the recorded figure
 
     monkeypatch.setenv("HCCBIO_SHARED_DATA", str(shared_data))
     train = _training_module(project_root)
-    _, val = getattr(train, MODELS[name])(shared_data)
-    assert [item.name for item in val] == meta["val_images"]
-    assert not set(meta["val_images"]) & set(meta["train_images"])
+    _, val = getattr(train, "he_tuned_split" if tuned else MODELS[name])(shared_data)
+    held = meta["tune_images" if tuned else "val_images"]
+    assert [item.name for item in val] == held
+    assert not set(held) & set(meta["train_images"])
+    if tuned:  # the reporting images were neither trained nor tuned on
+        assert not set(meta["report_images"]) & (set(held) | set(meta["train_images"]))
     model = load_model(str(folder))
     images = [train.normalise(item.image, meta["kind"]) for item in val]
     measured = train.evaluate(model.model, images, [item.labels for item in val])
     assert measured["f1_iou50"] == pytest.approx(stated["f1_iou50"], abs=0.01)
     assert measured["ap_iou50"] == pytest.approx(stated["ap_iou50"], abs=0.01)
     # Clearly better than the classical baseline on the same images.
-    assert measured["f1_iou50"] > meta["watershed_val"]["f1_iou50"] + 0.05
+    assert measured["f1_iou50"] > meta["watershed_tune" if tuned else "watershed_val"][
+        "f1_iou50"] + 0.05
     if meta["kind"] == "he":
         assert measured["f1_iou50"] >= 0.75  # the target for brightfield
 
@@ -62,7 +69,9 @@ def test_card_states_the_accuracy_report(name, project_root):
     spec.loader.exec_module(card_module)
     card = (project_root / "models" / name / "MODEL_CARD.md").read_text()
     report = _accuracy_report(project_root)["models"][name]
-    section = "\n".join(card_module.accuracy_lines(name))
+    meta = json.loads((project_root / "models" / name / "hccbio_model.json").read_text())
+    section = "\n".join(card_module.accuracy_lines(
+        name, checkpoint_on_validation=meta["kind"] == "he" and "tune_images" not in meta))
     assert section in card
     assert f"{report['monuseg_val']['iou50']['f1']:.3f}" in section
     assert f"{report['deepliif_test']['iou50']['f1']:.3f}" in section
@@ -88,4 +97,6 @@ def test_default_brightfield_model_reaches_reported_accuracy(project_root, share
         predicted += scores["n_pred"]
     f1 = 2 * matched / (true + predicted)
     assert f1 == pytest.approx(report["iou50"]["f1"], abs=0.005)
-    assert f1 >= 0.83
+    # 0.825 since 2026-12-01, when the thresholds were tuned again on MoNuSeg training-set
+    # tiles instead of these validation tiles (0.835 before); the target is 0.85
+    assert f1 >= 0.82
