@@ -25,6 +25,9 @@ Sets (none of them used to train or tune the model reported, unless the table sa
 * ``crc_lymphocytes``: on the classifier's four held-out CRCHistoPhenotypes images, the H&E
   lymphocyte call (``lymphocyte_pos`` in ``cell_classes.parquet``) against the "inflammatory"
   annotation, and the classifier's per-class precision and recall.
+* ``crc_stain``: the same held-out images re-rendered at three other stain strengths
+  (hematoxylin and eosin optical densities scaled, ``STAIN_CHECK``; none is a strength the
+  classifier trained with): the lymphocyte call per strength, a stain-batch robustness check.
 * ``dsb2018_fluo`` (fluorescence model): the DSB2018 fluorescence images that
   ``models/train.py fluo`` holds out (every fifth), as single-channel slides at 0.5 um/px (the
   model works at DSB2018's native pixels, which state no size), through the ``nuclei_only``
@@ -186,28 +189,34 @@ def crc(root: Path, model: str, work: Path, precision: str = "float32"
     classifier = load_lymphocyte_model("models/lymphocyte_classifier")
     held_out = set(classifier.meta.get("test_images", ()))
     annotated = covered = 0
-    truth_lym, called_lym, truth_cls, predicted_cls = [], [], [], []
     for item, result in zip(items, results, strict=True):
-        xy, classes = item.centroids_um()
-        cells = result.cells
-        t_idx, _ = match_centroids(xy, cells[["x_um", "y_um"]].to_numpy(), CENTROID_UM)
+        xy, _ = item.centroids_um()
+        t_idx, _ = match_centroids(xy, result.cells[["x_um", "y_um"]].to_numpy(), CENTROID_UM)
         annotated += len(xy)
         covered += len(t_idx)
-        if item.name not in held_out:
-            continue
+    coverage = {"images": len(items), "annotated": annotated, "covered": covered,
+                "recall": covered / max(annotated, 1)}
+    pairs = [(i, r) for i, r in zip(items, results, strict=True) if i.name in held_out]
+    return coverage, _lymphocyte_scores(pairs, classifier)
+
+
+def _lymphocyte_scores(pairs: list, classifier) -> dict:
+    """The lymphocyte call (``lymphocyte_pos``) and the most probable class of the pipeline's
+    nuclei matched one-to-one to the annotated centroids, pooled over (image, cells) pairs."""
+    truth_lym, called_lym, truth_cls, predicted_cls = [], [], [], []
+    for item, result in pairs:
+        xy, classes = item.centroids_um()
+        cells = result.cells
         t_idx, p_idx = match_centroids(xy, cells[["x_um", "y_um"]].to_numpy(),
                                        LYMPHOCYTE_MATCH_UM)
         truth_lym.append(classes[t_idx] == "inflammatory")
         called_lym.append(cells["lymphocyte_pos"].to_numpy()[p_idx].astype(bool))
         truth_cls.append(classes[t_idx])
-        if hasattr(classifier, "predict_class"):
-            predicted_cls.append(classifier.predict_class(cells.iloc[p_idx]))
-    coverage = {"images": len(items), "annotated": annotated, "covered": covered,
-                "recall": covered / max(annotated, 1)}
+        predicted_cls.append(classifier.predict_class(cells.iloc[p_idx]))
     truth = np.concatenate(truth_lym) if truth_lym else np.zeros(0, bool)
     called = np.concatenate(called_lym) if called_lym else np.zeros(0, bool)
     tp = int(np.sum(truth & called))
-    lymph = {"images": sorted(held_out),
+    lymph = {"images": sorted(item.name for item, _ in pairs),
              "classifier_trained_on": classifier.meta.get("segmentation_model"),
              **detection_scores(int(truth.sum()), int(called.sum()), tp),
              "n_matched_nuclei": int(len(truth))}
@@ -217,7 +226,42 @@ def crc(root: Path, model: str, work: Path, precision: str = "float32"
             c: detection_scores(int(np.sum(t == c)), int(np.sum(p == c)),
                                 int(np.sum((t == c) & (p == c))))
             for c in sorted(set(t))}
-    return coverage, lymph
+    return lymph
+
+
+# (hematoxylin, eosin) factors of the stain-shift check: none of them is among the strengths
+# models/train_lymphocytes.py trains with (its STAIN_SHIFTS).
+STAIN_CHECK = ((0.8, 1.2), (1.8, 1.3), (2.5, 1.0))
+
+
+def crc_stain(root: Path, model: str, work: Path, precision: str = "float32") -> dict:
+    """The lymphocyte call on the classifier's held-out CRCHistoPhenotypes images re-rendered
+    at other stain strengths (:func:`pathology.stains.rescale_stains`), per strength."""
+    import dataclasses
+
+    from pathology.lymphocytes import load_lymphocyte_model
+    from pathology.stains import rescale_stains
+
+    classifier = load_lymphocyte_model("models/lymphocyte_classifier")
+    held_out = set(classifier.meta.get("test_images", ()))
+    items = [i for i in load_crchistophenotypes(root / "nuclei" / "crchistophenotypes")
+             if i.name in held_out]
+    shifted, renamed = [], []
+    for h, e in STAIN_CHECK:
+        for item in items:
+            name = f"{item.name}_h{h:g}_e{e:g}"
+            shifted.append(dataclasses.replace(
+                item, name=name, image=rescale_stains(item.image, hematoxylin=h, eosin=e)))
+            renamed.append((f"{h:g},{e:g}", item))
+    results = run_pipeline(shifted, work, modality="he",
+                           config=annotated_tile_config(model, precision))
+    per_shift: dict[str, list] = {}
+    for (key, item), result in zip(renamed, results, strict=True):
+        per_shift.setdefault(key, []).append((item, result))
+    scores = {key: _lymphocyte_scores(pairs, classifier) for key, pairs in per_shift.items()}
+    return {"stain_shifts": [list(s) for s in STAIN_CHECK], "per_shift": scores,
+            "min_f1": min(s["f1"] for s in scores.values()),
+            "min_precision": min(s["precision"] for s in scores.values())}
 
 
 def speed(model_spec: str, root: Path, repeats: int = 3, precision: str = "float32") -> dict:
@@ -256,7 +300,7 @@ def speed(model_spec: str, root: Path, repeats: int = 3, precision: str = "float
 
 
 SETS = {"monuseg_val": monuseg_val, "monuseg_masks": monuseg_masks,
-        "deepliif_test": deepliif_test, "crc": crc, "speed": speed}
+        "deepliif_test": deepliif_test, "crc": crc, "crc_stain": crc_stain, "speed": speed}
 
 
 def table(report: dict) -> str:
@@ -264,20 +308,25 @@ def table(report: dict) -> str:
     lines = ["| model | MoNuSeg val F1 IoU0.5 (P / R) | MoNuSeg val centroid F1 | "
              "MoNuSeg masks Dice | DeepLIIF IHC F1 IoU0.5 | IHC recall Ki67- / Ki67+ | "
              "Ki67 index error (points, per tile) | CRC centroid recall | "
-             "CRC lymphocyte F1 (P / R) | s per Mpx |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "CRC lymphocyte F1 (P / R) | CRC lymphocyte F1 at 3 other stain strengths "
+             "(lowest; lowest P) | share called lymphocytes, MoNuSeg val tiles | s per Mpx |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["models"].items():
         m, c, d = r["monuseg_val"], r["monuseg_masks"], r["deepliif_test"]
         neg = np.mean([p["recall_negative"] for p in d["per_image"]])
         pos = np.mean([p["recall_positive"] for p in d["per_image"]])
         errors = ", ".join(f"{p['image']} {p['ki67_error_points']:+.1f}" for p in d["per_image"])
         lym = r["crc_lymphocytes"]
+        stain = (f"{r['crc_stain']['min_f1']:.3f} ({r['crc_stain']['min_precision']:.2f})"
+                 if "crc_stain" in r else "not measured")
+        shares = " / ".join(f"{p['lymphocyte_share']:.2f}" for p in m["per_image"]
+                            if "lymphocyte_share" in p) or "not measured"
         lines.append(
             f"| {name} | {m['iou50']['f1']:.3f} ({m['iou50']['precision']:.2f} / "
             f"{m['iou50']['recall']:.2f}) | {m['centroid']['f1']:.3f} | {c['dice']:.3f} | "
             f"{d['iou50']['f1']:.3f} | {neg:.2f} / {pos:.2f} | {errors} | "
             f"{r['crc_coverage']['recall']:.3f} | {lym['f1']:.3f} ({lym['precision']:.2f} / "
-            f"{lym['recall']:.2f}) | "
+            f"{lym['recall']:.2f}) | {stain} | {shares} | "
             + (f"{r['speed']['s_per_mpx']:.2f} |" if "speed" in r else "not measured |"))
     lines += int8_lines(report)
     for name, r in report.get("fluorescence", {}).items():

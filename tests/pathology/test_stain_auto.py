@@ -54,3 +54,26 @@ def test_auto_stain_matrix_is_estimated_recorded_and_used(ihc_tiff, tmp_path, sm
     assert 0 < call["auto"]["threshold"] < 2
     assert 0 <= row["ihc_cd8_pct_auto"] <= 100
     assert row["ihc_cd8_pct"] == pytest.approx(call["percent_positive"], abs=5)
+
+
+def test_rescale_stains_scales_each_stain_and_only_it(shared_data):
+    """A real CRCHistoPhenotypes H&E image with its hematoxylin doubled and eosin halved: the
+    deconvolved densities follow, pixel for pixel; factors of 1 give the image back."""
+    from pathology.annotations import load_crchistophenotypes
+    from pathology.cells import stain_densities
+    from pathology.stains import rescale_stains
+
+    image = load_crchistophenotypes(shared_data / "nuclei" / "crchistophenotypes")[0].image
+    assert np.abs(rescale_stains(image).astype(int) - image).max() <= 1
+    before = stain_densities(image)
+    after = stain_densities(rescale_stains(image, hematoxylin=2.0, eosin=0.5))
+    # pixels far from saturation (uint8 rounding and clipping at 0 and 255 aside)
+    ok = (image.min(axis=-1) > 20) & (image.max(axis=-1) < 235) & (before[..., 0] > 0.1)
+    ratio_h = after[..., 0][ok] / before[..., 0][ok]
+    assert np.median(ratio_h) == pytest.approx(2.0, rel=0.03)
+    strong_e = ok & (before[..., 1] > 0.1)
+    assert np.median(after[..., 1][strong_e] / before[..., 1][strong_e]) == pytest.approx(
+        0.5, rel=0.05)
+    assert np.abs(after[..., 2][ok] - before[..., 2][ok]).mean() < 0.02  # DAB untouched
+    with pytest.raises(ValueError, match="stain factors"):
+        rescale_stains(image, hematoxylin=-1.0)
