@@ -206,10 +206,27 @@ def render(folder: Path) -> str:
         + "expect lower accuracy on unusual stains, heavy pigment or out-of-focus areas. Retrain "
         "with `python models/train.py` when annotated HCC tiles are available.", "",
         "## Reproduce", "",
-        f"```\npython models/train.py {kind} --steps {meta['steps']}{architecture} "
-        f"--out models/{folder.name}\npython models/card.py models/{folder.name}\n```", "",
+        "```", *_single_kind_commands(folder.name, kind, meta, architecture),
+        f"python models/card.py models/{folder.name}", "```", "",
     ]
     return "\n".join(lines)
+
+
+def _single_kind_commands(name: str, kind: str, meta: dict, architecture: str) -> list[str]:
+    """``models/train.py`` commands for an H&E or fluorescence model: one, or one per stage
+    when a run continued the weights of an earlier one (``stages``)."""
+    stages = [s for s in meta.get("stages", []) if s.get("steps")]
+    if len(stages) < 2:
+        return [f"python models/train.py {kind} --steps {meta['steps']}{architecture} "
+                f"--out models/{name}"]
+    lines, done = [], 0
+    for index, stage in enumerate(stages):
+        out = name if index == len(stages) - 1 else f"{name}_stage{index + 1}"
+        init = f" --init models/{name}_stage{index} --previous-steps {done}" if index else ""
+        lines.append(f"python models/train.py {kind} --steps {stage['steps']}{architecture}"
+                     f"{init} --out models/{out}")
+        done += stage["steps"]
+    return lines
 
 
 def _target_lines(name: str, report_path: Path = ACCURACY_REPORT) -> list[str]:

@@ -401,13 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.init is not None:
         meta["init"] = args.init.name
-    if args.kind == "bf":
+    if args.kind in ("bf", "he"):
         # the commands that made these weights, stage by stage (the card's "Reproduce")
         earlier = (json.loads((args.init / "hccbio_model.json").read_text()).get("stages", [])
                    if args.init is not None and (args.init / "hccbio_model.json").is_file()
                    else [])
         stage = {"init": args.init.name if args.init is not None else None,
-                 "steps": args.steps, "ihc_repeats": args.ihc_repeats}
+                 "steps": args.steps,
+                 **({"ihc_repeats": args.ihc_repeats} if args.kind == "bf" else {})}
         meta["stages"] = (previous.get("stages", []) if args.finalize
                           else [*earlier, stage])
     if brightfield:

@@ -52,8 +52,10 @@ def test_shipped_model_reaches_stated_accuracy(name, project_root, shared_data, 
     # Clearly better than the classical baseline on the same images.
     assert measured["f1_iou50"] > meta["watershed_tune" if tuned else "watershed_val"][
         "f1_iou50"] + 0.05
-    if meta["kind"] == "he":
+    if meta["kind"] == "he" and not tuned:
         assert measured["f1_iou50"] >= 0.75  # the target for brightfield
+    # A tuned model's target is checked on its reporting images, through the pipeline
+    # (test_default_brightfield_model_reaches_reported_accuracy); its tuning tiles are harder.
 
 
 def _accuracy_report(project_root) -> dict:
@@ -97,6 +99,8 @@ def test_default_brightfield_model_reaches_reported_accuracy(project_root, share
         predicted += scores["n_pred"]
     f1 = 2 * matched / (true + predicted)
     assert f1 == pytest.approx(report["iou50"]["f1"], abs=0.005)
-    # 0.825 since 2026-12-01, when the thresholds were tuned again on MoNuSeg training-set
-    # tiles instead of these validation tiles (0.835 before); the target is 0.85
-    assert f1 >= 0.82
+    # 0.811 since the evening of 2026-12-01: he_nuclei retrained with its checkpoint and its
+    # thresholds chosen on MoNuSeg training-set tiles. The earlier 0.835 and 0.825 came from
+    # weights whose checkpoint (and, for 0.835, thresholds) were chosen on these very tiles.
+    # The target is 0.85.
+    assert f1 >= 0.80
