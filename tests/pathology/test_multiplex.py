@@ -183,6 +183,8 @@ def test_review_app_channel_toggles_and_contrast(mif_run, browser, serving, tmp_
         errors, tiles = [], []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("response", lambda r: tiles.append(r) if "_files/" in r.url else None)
+        # the first request renders the 41-channel field; on a busy machine that takes > 30 s
+        page.set_default_timeout(120_000)
         page.goto(url + "/slides/mibi")
         loaded = ("() => window.hccbioViewer.world.getItemCount() > 0 && "
                   "window.hccbioViewer.world.getItemAt(0).getFullyLoaded()")
