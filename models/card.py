@@ -314,7 +314,8 @@ def _stage_commands(name: str, meta: dict) -> list[str]:
     (``he_nuclei``'s 2000 steps first); each stage continues the weights of the one before."""
     stages = meta.get("stages") or [{"init": "he_nuclei", "steps": meta["steps"] - 2000,
                                      "ihc_repeats": meta.get("ihc_repeats", 3)}]
-    done, lines = 2000, []
+    done = meta["steps"] - sum(stage["steps"] for stage in stages)  # the H&E start's steps
+    lines = []
     for index, stage in enumerate(stages):
         out = name if index == len(stages) - 1 else f"{name}_stage{index + 1}"
         init = stage["init"] if index == 0 else f"{name}_stage{index}"

@@ -403,9 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         meta["init"] = args.init.name
     if args.kind in ("bf", "he"):
         # the commands that made these weights, stage by stage (the card's "Reproduce")
-        earlier = (json.loads((args.init / "hccbio_model.json").read_text()).get("stages", [])
-                   if args.init is not None and (args.init / "hccbio_model.json").is_file()
-                   else [])
+        init_meta = (json.loads((args.init / "hccbio_model.json").read_text())
+                     if args.init is not None and (args.init / "hccbio_model.json").is_file()
+                     else {})
+        # a bf model started from an H&E one lists its own stages; the H&E card has the rest
+        earlier = init_meta.get("stages", []) if init_meta.get("kind") == args.kind else []
         stage = {"init": args.init.name if args.init is not None else None,
                  "steps": args.steps,
                  **({"ihc_repeats": args.ihc_repeats} if args.kind == "bf" else {})}
