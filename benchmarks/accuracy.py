@@ -312,6 +312,11 @@ def table(report: dict) -> str:
              "(lowest; lowest P) | share called lymphocytes, MoNuSeg val tiles | s per Mpx |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["models"].items():
+        missing = [k for k in ("monuseg_val", "monuseg_masks", "deepliif_test", "crc_coverage",
+                               "crc_lymphocytes") if k not in r]
+        if missing:  # measured on some sets only (--sets): no row until all are measured
+            lines.append(f"| {name} | not measured on {', '.join(missing)} |" + " |" * 10)
+            continue
         m, c, d = r["monuseg_val"], r["monuseg_masks"], r["deepliif_test"]
         neg = np.mean([p["recall_negative"] for p in d["per_image"]])
         pos = np.mean([p["recall_positive"] for p in d["per_image"]])
