@@ -206,27 +206,10 @@ def render(folder: Path) -> str:
         + "expect lower accuracy on unusual stains, heavy pigment or out-of-focus areas. Retrain "
         "with `python models/train.py` when annotated HCC tiles are available.", "",
         "## Reproduce", "",
-        "```", *_single_kind_commands(folder.name, kind, meta, architecture),
+        "```", *_stage_commands(folder.name, kind, meta, architecture),
         f"python models/card.py models/{folder.name}", "```", "",
     ]
     return "\n".join(lines)
-
-
-def _single_kind_commands(name: str, kind: str, meta: dict, architecture: str) -> list[str]:
-    """``models/train.py`` commands for an H&E or fluorescence model: one, or one per stage
-    when a run continued the weights of an earlier one (``stages``)."""
-    stages = [s for s in meta.get("stages", []) if s.get("steps")]
-    if len(stages) < 2:
-        return [f"python models/train.py {kind} --steps {meta['steps']}{architecture} "
-                f"--out models/{name}"]
-    lines, done = [], 0
-    for index, stage in enumerate(stages):
-        out = name if index == len(stages) - 1 else f"{name}_stage{index + 1}"
-        init = f" --init models/{name}_stage{index} --previous-steps {done}" if index else ""
-        lines.append(f"python models/train.py {kind} --steps {stage['steps']}{architecture}"
-                     f"{init} --out models/{out}")
-        done += stage["steps"]
-    return lines
 
 
 def _target_lines(name: str, report_path: Path = ACCURACY_REPORT) -> list[str]:
@@ -303,25 +286,29 @@ def _render_brightfield(folder: Path, meta: dict, config: dict) -> str:
         "out-of-focus areas. Retrain with `python models/train.py bf` when annotated HCC "
         "tiles are available.", "",
         "## Reproduce", "",
-        "```", *_stage_commands(folder.name, meta), "python -m benchmarks.accuracy",
+        "```", *_stage_commands(folder.name, "bf", meta), "python -m benchmarks.accuracy",
         f"python models/card.py models/{folder.name}", "```", "",
     ]
     return "\n".join(lines)
 
 
-def _stage_commands(name: str, meta: dict) -> list[str]:
-    """``models/train.py`` commands that made a brightfield model, one per training stage
-    (``he_nuclei``'s 2000 steps first); each stage continues the weights of the one before."""
-    stages = meta.get("stages") or [{"init": "he_nuclei", "steps": meta["steps"] - 2000,
-                                     "ihc_repeats": meta.get("ihc_repeats", 3)}]
-    done = meta["steps"] - sum(stage["steps"] for stage in stages)  # the H&E start's steps
+def _stage_commands(name: str, kind: str, meta: dict, architecture: str = "") -> list[str]:
+    """``models/train.py`` commands that made a model, one per training stage (``stages``; each
+    continues the weights of the one before). A ``bf`` model starts from an H&E model's weights
+    (``he_nuclei``'s, whose steps count first); a single-stage model is one command."""
+    default = ({"init": "he_nuclei", "steps": meta["steps"] - 2000,
+                "ihc_repeats": meta.get("ihc_repeats", 3)} if kind == "bf"
+               else {"init": None, "steps": meta["steps"]})
+    stages = [s for s in meta.get("stages", []) if s.get("steps")] or [default]
+    done = meta["steps"] - sum(stage["steps"] for stage in stages)  # the starting model's steps
     lines = []
     for index, stage in enumerate(stages):
         out = name if index == len(stages) - 1 else f"{name}_stage{index + 1}"
         init = stage["init"] if index == 0 else f"{name}_stage{index}"
-        lines.append(f"python models/train.py bf --steps {stage['steps']} --init models/{init} "
-                     f"--previous-steps {done} --ihc-repeats {stage['ihc_repeats']} "
-                     f"--out models/{out}")
+        start = f" --init models/{init} --previous-steps {done}" if init else ""
+        repeats = f" --ihc-repeats {stage['ihc_repeats']}" if "ihc_repeats" in stage else ""
+        lines.append(f"python models/train.py {kind} --steps {stage['steps']}{architecture}"
+                     f"{start}{repeats} --out models/{out}")
         done += stage["steps"]
     return lines
 
