@@ -237,10 +237,8 @@ STAIN_CHECK = ((0.8, 1.2), (1.8, 1.3), (2.5, 1.0))
 def crc_stain(root: Path, model: str, work: Path, precision: str = "float32") -> dict:
     """The lymphocyte call on the classifier's held-out CRCHistoPhenotypes images re-rendered
     at other stain strengths (:func:`pathology.stains.rescale_stains`), per strength."""
-    import dataclasses
-
+    from pathology.annotations import stain_shift_key
     from pathology.lymphocytes import load_lymphocyte_model
-    from pathology.stains import rescale_stains
 
     classifier = load_lymphocyte_model("models/lymphocyte_classifier")
     held_out = set(classifier.meta.get("test_images", ()))
@@ -249,10 +247,8 @@ def crc_stain(root: Path, model: str, work: Path, precision: str = "float32") ->
     shifted, renamed = [], []
     for h, e in STAIN_CHECK:
         for item in items:
-            name = f"{item.name}_h{h:g}_e{e:g}"
-            shifted.append(dataclasses.replace(
-                item, name=name, image=rescale_stains(item.image, hematoxylin=h, eosin=e)))
-            renamed.append((f"{h:g},{e:g}", item))
+            shifted.append(item.restained(h, e))
+            renamed.append((stain_shift_key(h, e), item))
     results = run_pipeline(shifted, work, modality="he",
                            config=annotated_tile_config(model, precision))
     per_shift: dict[str, list] = {}

@@ -24,7 +24,6 @@ Usage: ``python models/train_lymphocytes.py [--data ../shared/data] [--model mod
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -36,7 +35,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pathology.annotations import CRC_CLASSES, load_crchistophenotypes  # noqa: E402
+from pathology.annotations import (  # noqa: E402
+    CRC_CLASSES,
+    load_crchistophenotypes,
+    stain_shift_key,
+)
 from pathology.config import SegmentationSection  # noqa: E402
 from pathology.evaluation import (  # noqa: E402
     annotated_tile_config,
@@ -48,7 +51,6 @@ from pathology.lymphocytes import (  # noqa: E402
     LymphocyteClassifier,
     lymphocyte_features,
 )
-from pathology.stains import rescale_stains  # noqa: E402
 
 DEFAULT_SEGMENTATION_MODEL = SegmentationSection().brightfield_model
 MATCH_UM = 4.0
@@ -74,12 +76,9 @@ def dataset(data: Path, *, model_spec: str, images: tuple[str, ...] | None = Non
     items = load_crchistophenotypes(data / "nuclei" / "crchistophenotypes")
     if images is not None:
         items = [i for i in items if i.name in images]
-    if stain != (1.0, 1.0):
-        items = [dataclasses.replace(i, image=rescale_stains(i.image, hematoxylin=stain[0],
-                                                              eosin=stain[1]))
-                 for i in items]
+    shown = [i.restained(*stain) for i in items] if stain != (1.0, 1.0) else items
     with tempfile.TemporaryDirectory(prefix="hccbio-lymphocytes-") as work:
-        results = run_pipeline(items, Path(work), modality="he",
+        results = run_pipeline(shown, Path(work), modality="he",
                                config=annotated_tile_config(model_spec))
     tables = []
     for item, result in zip(items, results, strict=True):
@@ -90,7 +89,7 @@ def dataset(data: Path, *, model_spec: str, images: tuple[str, ...] | None = Non
         cls[p_idx] = classes[t_idx]
         cells["cls"] = cls
         cells["image"] = item.name
-        cells["stain_shift"] = f"{stain[0]:g},{stain[1]:g}"
+        cells["stain_shift"] = stain_shift_key(*stain)
         tables.append(cells)
     return pd.concat(tables, ignore_index=True)
 

@@ -6,6 +6,7 @@ Each reader returns :class:`AnnotatedImage` records: the image, an instance labe
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -198,6 +199,21 @@ class AnnotatedPoints:
         xy = np.concatenate([self.points[c] for c in self.points]).reshape(-1, 2)
         classes = np.concatenate([[c] * len(self.points[c]) for c in self.points])
         return (xy + 0.5) * self.mpp, classes.astype(object)
+
+    def restained(self, hematoxylin: float, eosin: float) -> AnnotatedPoints:
+        """This image re-rendered at another stain strength (:func:`pathology.stains.
+        rescale_stains`), its points unchanged; ``name`` gains the factors (``img1`` ->
+        ``img1_h2_e1``) so that copies at several strengths can share one pipeline run."""
+        from pathology.stains import rescale_stains
+
+        image = rescale_stains(self.image, hematoxylin=hematoxylin, eosin=eosin)
+        return dataclasses.replace(
+            self, name=f"{self.name}_h{hematoxylin:g}_e{eosin:g}", image=image)
+
+
+def stain_shift_key(hematoxylin: float, eosin: float) -> str:
+    """How tables and reports name a stain shift: ``(2.0, 1.0)`` -> ``"2,1"``."""
+    return f"{hematoxylin:g},{eosin:g}"
 
 
 def load_crchistophenotypes(root: Path) -> list[AnnotatedPoints]:

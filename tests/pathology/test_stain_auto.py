@@ -77,3 +77,17 @@ def test_rescale_stains_scales_each_stain_and_only_it(shared_data):
     assert np.abs(after[..., 2][ok] - before[..., 2][ok]).mean() < 0.02  # DAB untouched
     with pytest.raises(ValueError, match="stain factors"):
         rescale_stains(image, hematoxylin=-1.0)
+
+
+def test_restained_points_keep_their_annotations(shared_data):
+    """The CRC image re-rendered darker, as the lymphocyte training and the stain-shift check
+    use it: same points and pixel size, a name of its own, the same pixels as rescale_stains."""
+    from pathology.annotations import load_crchistophenotypes, stain_shift_key
+    from pathology.stains import rescale_stains
+
+    item = load_crchistophenotypes(shared_data / "nuclei" / "crchistophenotypes")[0]
+    darker = item.restained(2.0, 1.0)
+    assert darker.name == f"{item.name}_h2_e1" and stain_shift_key(2.0, 1.0) == "2,1"
+    assert darker.points is item.points and darker.mpp == item.mpp
+    np.testing.assert_array_equal(darker.image, rescale_stains(item.image, hematoxylin=2.0))
+
