@@ -207,7 +207,7 @@ def render(folder: Path) -> str:
         "with `python models/train.py` when annotated HCC tiles are available.", "",
         "## Reproduce", "",
         "```", *_stage_commands(folder.name, kind, meta, architecture),
-        f"python models/card.py models/{folder.name}", "```", "",
+        f"python models/card.py models/{folder.name}", "```", "", *_stage_notes(meta),
     ]
     return "\n".join(lines)
 
@@ -287,9 +287,17 @@ def _render_brightfield(folder: Path, meta: dict, config: dict) -> str:
         "tiles are available.", "",
         "## Reproduce", "",
         "```", *_stage_commands(folder.name, "bf", meta), "python -m benchmarks.accuracy",
-        f"python models/card.py models/{folder.name}", "```", "",
+        f"python models/card.py models/{folder.name}", "```", "", *_stage_notes(meta),
     ]
     return "\n".join(lines)
+
+
+def _stage_notes(meta: dict) -> list[str]:
+    """What the commands alone do not say about a stage (a run stopped early, a fresh
+    learning-rate schedule), from the stage's ``note``."""
+    notes = [f"Stage {index}: {stage['note']}." for index, stage in
+             enumerate(meta.get("stages", []), start=1) if stage.get("note")]
+    return [" ".join(notes), ""] if notes else []
 
 
 def _stage_commands(name: str, kind: str, meta: dict, architecture: str = "") -> list[str]:
