@@ -19,15 +19,15 @@ DATA = {
              "2019), licence CC0, at their native resolution (no pixel size published; nuclei "
              "of about 10-30 px across)."),
 }
-MONUSEG_TRAIN_NOTE = (
+MONUSEG_TRAIN = (
     " Also: the MoNuSeg 2018 training-set tiles that have nucleus outlines (13 of 30, several "
     "organs, CC BY-NC-SA 4.0; the last three by name are the tuning split for early stopping and "
-    "thresholds).")
+    "thresholds)")
+MONUSEG_TRAIN_NOTE = MONUSEG_TRAIN + "."
 DATA["bf"] = (
-    DATA["he"] + " Also: the MoNuSeg 2018 training-set tiles that have nucleus outlines (13 of "
-    "30, several organs, CC BY-NC-SA 4.0; the last three by name are the tuning split), and the "
-    "two DeepLIIF Ki67 IHC training tiles (Ghahremani et al., Nat Mach Intell 2022; 40x, all "
-    "nuclei annotated; see their SOURCE.txt for the licence), rescaled from 0.25 to 0.5 um/px "
+    DATA["he"] + MONUSEG_TRAIN + ", and the two DeepLIIF Ki67 IHC training tiles (Ghahremani "
+    "et al., Nat Mach Intell 2022; 40x, all nuclei annotated; see their SOURCE.txt for the "
+    "licence), rescaled from 0.25 to 0.5 um/px "
     "and repeated {ihc_repeats} times. Half of the H&E patches are re-rendered as hematoxylin + "
     "DAB (`models/train.py:render_hdab`: the H&E's hematoxylin, pale to dark, with DAB on a random "
     "share of the annotated nuclei or around them).")
@@ -229,13 +229,14 @@ def _target_lines(name: str, report_path: Path = ACCURACY_REPORT) -> list[str]:
         f"({'met' if min(worst_negative, worst_positive) >= 0.85 else 'not met'}: lowest "
         f"{worst_negative:.2f} and {worst_positive:.2f}). The palest hematoxylin-only nuclei "
         "are still the ones missed (lowering the probability threshold gains a few points of "
-        "recall at a cost in precision, so it is not the fix). Longer training from these "
-        "weights was tried (2026-12-01: 400 more steps with the two real IHC tiles counted 8 "
-        "times instead of 3) and made things worse on those very training tiles (Bladder1: "
-        "127 of 186 nuclei found by these weights, 103 by the continued ones, 59 by the "
-        "checkpoint the tuning loss preferred), so it was stopped and not shipped: with two "
-        "real IHC tiles the network cannot learn more of their appearance. More real IHC with "
-        "all nuclei annotated is the next step.", ""]
+        "recall at a cost in precision, so it is not the fix). Longer training was tried "
+        "(2026-12-01, from the weights before these: 400 more steps with the two real IHC tiles "
+        "counted 8 times instead of 3) and made things worse on those very training tiles "
+        "(Bladder1: 127 of 186 nuclei found before, 103 after, 59 by the checkpoint the tuning "
+        "loss preferred), so it was stopped and not shipped; starting from the clean "
+        "`he_nuclei` instead gained 4-12 points of Ki67-negative recall (these weights). With "
+        "two real IHC tiles the network cannot learn much more of their appearance: more real "
+        "IHC with all nuclei annotated is the next step.", ""]
 
 
 def _render_brightfield(folder: Path, meta: dict, config: dict) -> str:

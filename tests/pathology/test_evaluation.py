@@ -61,15 +61,16 @@ def test_rasterised_polygons_score_as_the_truth_they_were_drawn_from():
 def test_ihc_finds_pale_and_dab_nuclei(deepliif_pipeline, project_root, name):
     """22_2 is the pale-counterstain tile where the H&E model found 5-10 % of the blue nuclei.
 
-    The shipped IHC model finds 68 % (22_2) and 60 % (34_3) of them: the issue's target of
+    The shipped IHC model finds 69 % (22_2) and 72 % (34_3) of them: the issue's target of
     85 % is not met yet (models/bf_nuclei/MODEL_CARD.md), so these bounds hold what is
     reached, and the figures must equal those the accuracy report and the card state.
+    34_3 has 22 annotated Ki67-positive nuclei (15 found), hence the lower bound there.
     """
     item, result = deepliif_pipeline[name]
     scores = score_instances(result, item.labels, classes=item.classes)
     assert scores["centroid"]["recall"] >= 0.7
-    assert scores["recall_by_class"][0] >= 0.55  # Ki67-negative (hematoxylin only)
-    assert scores["recall_by_class"][1] >= 0.7  # Ki67-positive (DAB)
+    assert scores["recall_by_class"][0] >= 0.65  # Ki67-negative (hematoxylin only)
+    assert scores["recall_by_class"][1] >= 0.65  # Ki67-positive (DAB)
     report = json.loads((project_root / "benchmarks" / "results" / "accuracy.json").read_text())
     model = Path(SegmentationSection().ihc_model).name
     stated = {t["image"]: t for t in report["models"][model]["deepliif_test"]["per_image"]}
@@ -77,6 +78,16 @@ def test_ihc_finds_pale_and_dab_nuclei(deepliif_pipeline, project_root, name):
                                                          abs=0.01)
     assert scores["recall_by_class"][1] == pytest.approx(stated[name]["recall_positive"],
                                                          abs=0.01)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12's target, not reached with the two real IHC "
+                   "training tiles here: 75 % of 22_2's nuclei found (models/bf_nuclei card)")
+def test_pale_counterstain_tile_finds_80_percent_of_its_nuclei(deepliif_pipeline):
+    """The target itself: on 22_2 (pale hematoxylin) `hccbio slides run` finds at least 80 %
+    of the annotated nuclei within 3 um. Strict: once a model reaches it this test fails as
+    XPASS, and the marker comes off."""
+    item, result = deepliif_pipeline["22_2"]
+    assert score_instances(result, item.labels, classes=item.classes)["centroid"]["recall"] >= 0.8
 
 
 def test_ki67_index_end_to_end_within_5_points(deepliif_pipeline):
