@@ -35,8 +35,10 @@ FIXED_COLORS = {
     "dark": OKABE_ITO["vermillion"], "bright": OKABE_ITO["reddish_purple"],
     "tissue": OKABE_ITO["black"],
 }
-CYCLE = ("blue", "orange", "bluish_green", "reddish_purple", "sky_blue", "vermillion",
-         "yellow", "black")
+# Classes without a fixed colour, in this order: green and yellow first, since outlines must
+# stand out on blue hematoxylin or DAPI nuclei and on brown DAB (blue last but one).
+CYCLE = ("bluish_green", "yellow", "reddish_purple", "orange", "sky_blue", "vermillion",
+         "blue", "black")
 REGION_ORDER = ("tumour", "margin", "stroma")
 
 
