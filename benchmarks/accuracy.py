@@ -466,6 +466,14 @@ def main(argv: list[str] | None = None) -> int:
     root = shared_data()
     models = (args.models if args.models is not None else
               [m for m in BRIGHTFIELD_MODELS if (ROOT / m / "config.json").is_file()])
+    for model in models:  # fail before hours of measuring, naming the folder
+        if not any((base / model / "config.json").is_file() for base in (Path.cwd(), ROOT)):
+            parser.error(f"{model}: not a model folder (no config.json); the shipped ones are "
+                         + ", ".join(BRIGHTFIELD_MODELS))
+        if args.precision == "int8" and not any(
+                (base / model / "int8" / "network.xml").is_file() for base in (Path.cwd(), ROOT)):
+            parser.error(f"{model}: no int8 network; make it with "
+                         f"`python models/quantize.py {model}`")
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},

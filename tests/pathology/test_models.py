@@ -121,3 +121,15 @@ def test_benchmarks_readme_shows_the_report_and_the_targets_of_the_defaults(proj
     assert (f"| {Path(defaults.brightfield_model).name} | MoNuSeg validation tiles (3) | "
             f"{he_f1:.3f} | {'met' if he_f1 >= 0.85 else '**not met**'} |") in targets
     assert f"| {Path(defaults.ihc_model).name} | DeepLIIF test tiles (2) |" in targets
+
+
+def test_accuracy_report_refuses_a_folder_that_is_no_model(tmp_path, capsys):
+    """A mistyped model folder stops the report at once, naming it, and writes nothing."""
+    from benchmarks.accuracy import main
+
+    out = tmp_path / "accuracy.json"
+    with pytest.raises(SystemExit) as stopped:
+        main(["--models", str(tmp_path / "he_nucleii"), "--no-readme", "--out", str(out)])
+    assert stopped.value.code == 2
+    assert f"{tmp_path / 'he_nucleii'}: not a model folder" in capsys.readouterr().err
+    assert not out.exists()
