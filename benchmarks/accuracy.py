@@ -302,6 +302,14 @@ SETS = {"monuseg_val": monuseg_val, "monuseg_masks": monuseg_masks,
         "deepliif_test": deepliif_test, "crc": crc, "crc_stain": crc_stain, "speed": speed}
 
 
+def checkpoint_chosen_on_validation(name: str) -> bool:
+    """Whether a shipped model's early stopping used the MoNuSeg validation tiles (models
+    trained before 2026-12-01 list them as ``val_images``; later ones have a tuning split of
+    their own, ``tune_images``), so that its MoNuSeg validation figures are optimistic."""
+    meta = ROOT / "models" / name.removesuffix("+int8") / "hccbio_model.json"
+    return meta.is_file() and "val_images" in json.loads(meta.read_text())
+
+
 def table(report: dict) -> str:
     """The Markdown table of a report (one row per model and set)."""
     lines = ["| model | MoNuSeg val F1 IoU0.5 (P / R) | MoNuSeg val centroid F1 | "
@@ -325,13 +333,18 @@ def table(report: dict) -> str:
                  if "crc_stain" in r else "not measured")
         shares = " / ".join(f"{p['lymphocyte_share']:.2f}" for p in m["per_image"]
                             if "lymphocyte_share" in p) or "not measured"
+        mark = " (a)" if checkpoint_chosen_on_validation(name) else ""
         lines.append(
-            f"| {name} | {m['iou50']['f1']:.3f} ({m['iou50']['precision']:.2f} / "
+            f"| {name}{mark} | {m['iou50']['f1']:.3f} ({m['iou50']['precision']:.2f} / "
             f"{m['iou50']['recall']:.2f}) | {m['centroid']['f1']:.3f} | {c['dice']:.3f} | "
             f"{d['iou50']['f1']:.3f} | {neg:.2f} / {pos:.2f} | {errors} | "
             f"{r['crc_coverage']['recall']:.3f} | {lym['f1']:.3f} ({lym['precision']:.2f} / "
             f"{lym['recall']:.2f}) | {stain} | {shares} | "
             + (f"{r['speed']['s_per_mpx']:.2f} |" if "speed" in r else "not measured |"))
+    if any(checkpoint_chosen_on_validation(name) for name in report["models"]):
+        lines += ["", "(a) Checkpoint chosen by the loss on the MoNuSeg validation tiles (trained "
+                  "before tuning splits were kept apart): its MoNuSeg validation figures are "
+                  "optimistic."]
     lines += target_lines(report)
     lines += int8_lines(report)
     for name, r in report.get("fluorescence", {}).items():
