@@ -207,8 +207,13 @@ def test_review_app_channel_toggles_and_contrast(mif_run, browser, serving, tmp_
                         "s.dispatchEvent(new Event('input')); }")
         page.wait_for_function(f"() => (window.hccbioChannels || '').startsWith('{first}-')"
                                " && !window.hccbioChannels.includes(',')", timeout=10000)
-        page.wait_for_function(loaded, timeout=30000)
         query = page.evaluate("window.hccbioChannels")
+        # the viewer may still report the old tiles as fully loaded before it asks for new ones
+        # (a CI run failed so): wait for a tile of the new choice, then for the redraw
+        if not any("ch=" + query in r.url for r in tiles):
+            page.wait_for_event("response", predicate=lambda r: "ch=" + query in r.url,
+                                timeout=60000)
+        page.wait_for_function(loaded, timeout=30000)
         assert any("ch=" + query in r.url for r in tiles)
         assert all(r.status == 200 for r in tiles)
         page.screenshot(path=str(tmp_path / "mibi_channels.png"))
