@@ -79,6 +79,23 @@ def test_card_states_the_accuracy_report(name, project_root):
     assert f"{report['deepliif_test']['iou50']['f1']:.3f}" in section
 
 
+@pytest.mark.parametrize("name", [*BRIGHTFIELD, "fluo_nuclei"])
+def test_card_is_what_card_py_writes_from_the_model_folder(name, project_root):
+    """Every shipped card is generated (`python models/card.py`), not edited by hand, so its
+    Reproduce commands and stage notes follow the model's recorded training stages."""
+    spec = importlib.util.spec_from_file_location("hccbio_models_card",
+                                                  project_root / "models" / "card.py")
+    card_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card_module)
+    folder = project_root / "models" / name
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert card == card_module.render(folder)
+    meta = json.loads((folder / "hccbio_model.json").read_text())
+    for stage in meta.get("stages", []):
+        assert f"python models/train.py {meta['kind']} --steps {stage['steps']}" in card
+        assert stage.get("note", "") in card
+
+
 def test_default_brightfield_model_reaches_reported_accuracy(project_root, shared_data,
                                                               tmp_path):
     """MoNuSeg's held-out tiles through `hccbio slides run` with the default H&E model give
