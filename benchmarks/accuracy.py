@@ -62,6 +62,7 @@ from pathology.annotations import (  # noqa: E402
     load_deepliif,
     load_dsb2018,
     load_monuseg,
+    shared_data_folder,
 )
 from pathology.evaluation import (  # noqa: E402
     annotated_tile_config,
@@ -84,11 +85,11 @@ MARK_BEGIN, MARK_END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
 
 
 def shared_data() -> Path:
-    """``$HCCBIO_SHARED_DATA`` or ``../shared/data``."""
-    root = Path(os.environ.get("HCCBIO_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    if not root.is_dir():
-        raise SystemExit(f"shared data folder {root} not found; set HCCBIO_SHARED_DATA")
-    return root
+    """:func:`pathology.annotations.shared_data_folder`, its absence a plain exit message."""
+    try:
+        return shared_data_folder()
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
 
 
 def _pooled(per_image: list[dict], key: str) -> dict:

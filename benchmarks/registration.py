@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pathology.annotations import shared_data_folder
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("HCCBIO_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DEFAULT_DATA = shared_data_folder(must_exist=False)
 PAIR = Path("registration") / "anhir-rat-kidney"
 TARGET_MEDIAN = 0.005
 

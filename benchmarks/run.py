@@ -37,10 +37,12 @@ TARGETS = {"vs_raw_forward": ">= 0.9", "vs_predict_instances_big": ">= 1.0",
 
 
 def _shared_data() -> Path:
-    root = Path(os.environ.get("HCCBIO_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    if not root.is_dir():
-        raise SystemExit(f"shared data folder {root} not found; set HCCBIO_SHARED_DATA")
-    return root
+    from pathology.annotations import shared_data_folder
+
+    try:
+        return shared_data_folder()
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
 
 
 def _config(tile_size: int, brightfield_model: str = DEFAULT_MODEL, backend: str = "auto",

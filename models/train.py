@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ from pathology.annotations import (  # noqa: E402
     load_dsb2018,
     load_monuseg,
     rescale_annotated,
+    shared_data_folder,
 )
 from pathology.watershed import segment_nuclei_watershed  # noqa: E402
 
@@ -69,12 +69,8 @@ DAB_OD = np.array([0.268, 0.570, 0.776])
 
 
 def shared_data() -> Path:
-    """The shared data folder (``$HCCBIO_SHARED_DATA`` or ``../shared/data``)."""
-    root = Path(os.environ.get("HCCBIO_SHARED_DATA", Path(__file__).resolve().parents[2]
-                               / "shared" / "data"))
-    if not root.is_dir():
-        raise FileNotFoundError(f"shared data folder {root} not found; set HCCBIO_SHARED_DATA")
-    return root
+    """The shared data folder (:func:`pathology.annotations.shared_data_folder`)."""
+    return shared_data_folder()
 
 
 def median_equivalent_diameter(labels: np.ndarray) -> float:

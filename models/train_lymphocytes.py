@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from pathology.annotations import (  # noqa: E402
     CRC_CLASSES,
     load_crchistophenotypes,
+    shared_data_folder,
     stain_shift_key,
 )
 from pathology.config import SegmentationSection  # noqa: E402
@@ -177,7 +178,7 @@ def evaluate(model: LymphocyteClassifier, table: pd.DataFrame) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=shared_data_folder(must_exist=False))
     parser.add_argument("--model", default=DEFAULT_SEGMENTATION_MODEL,
                         help="StarDist model that segments (folder or name)")
     parser.add_argument("--stain-shifts", default=",".join(f"{h:g}:{e:g}" for h, e in STAIN_SHIFTS),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,25 @@ import numpy as np
 from skimage import io as skio
 from skimage.draw import polygon as draw_polygon
 from skimage.transform import rescale
+
+SHARED_DATA_ENV = "HCCBIO_SHARED_DATA"
+
+
+def shared_data_folder(*, must_exist: bool = True) -> Path:
+    """The real data folder the project trains, tests and benchmarks on: ``$HCCBIO_SHARED_DATA``,
+    else ``shared/data`` beside the repository (``../shared/data``); never inside it.
+
+    Raises
+    ------
+    FileNotFoundError
+        With ``must_exist``, when the folder is not there (naming it and the variable).
+    """
+    root = Path(os.environ.get(SHARED_DATA_ENV,
+                               Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if must_exist and not root.is_dir():
+        raise FileNotFoundError(f"shared data folder {root} not found; set {SHARED_DATA_ENV}")
+    return root
+
 
 MONUSEG_MPP = 0.2527  # MicronsPerPixel stated in every MoNuSeg XML
 

@@ -16,7 +16,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _shared_data_dir() -> Path:
-    return Path(os.environ.get("HCCBIO_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+    from pathology.annotations import shared_data_folder
+
+    return shared_data_folder(must_exist=False)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,9 +14,9 @@ import pytest
 
 from blood.elisa.curve import LogisticCurve, fit_logistic
 from blood.elisa.xponent import is_xponent, read_xponent
+from pathology.annotations import shared_data_folder
 
-DATA = Path(os.environ.get("HCCBIO_SHARED_DATA",
-                           Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
+DATA = shared_data_folder(must_exist=False)
 PLATE = DATA / "elisa" / "drlumi" / "plate1.csv"
 pytestmark = pytest.mark.skipif(not PLATE.exists() and os.environ.get("CI") != "true",
                                 reason=f"shared data not found at {PLATE}")
