@@ -137,6 +137,57 @@ def slides_run(
         raise typer.Exit(code=1)
 
 
+KIND_NAMES = {"he": "H&E", "bf": "brightfield (H&E and IHC)", "fluo": "nuclear-channel"}
+
+
+@slides_app.command("models")
+def slides_models(
+    config: Path | None = typer.Option(None, "--config", help="pathology YAML (segmentation "
+                                       "section)."),
+) -> None:
+    """Which segmentation model each slide modality gets (he, ihc, mif), with its pixel size,
+    thresholds, int8 network and model card; exit 1 if one is missing (check before a batch)."""
+    from pathology.config import ConfigError, load_config
+    from pathology.nuclei import describe_model
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as error:
+        _fail(str(error))
+    seg = cfg.segmentation
+    settings = {"he": "brightfield_model", "ihc": "ihc_model", "mif": "fluorescence_model"}
+    missing = 0
+    for modality, setting in settings.items():
+        info = describe_model(getattr(seg, setting))
+        head = f"{modality:4s} segmentation.{setting:19s} {info['spec']}"
+        if not info["found"]:
+            missing += 1
+            typer.secho(f"{head}: {info.get('folder', info['spec'])}: {info['problem']}",
+                        fg=typer.colors.RED)
+            continue
+        if info.get("pretrained"):
+            typer.echo(f"{head}: registered pretrained StarDist model (loaded with "
+                       "StarDist2D.from_pretrained; needs its weights downloaded once)")
+            continue
+        prob = seg.prob_thresh if seg.prob_thresh is not None else info["prob"]
+        nms = seg.nms_thresh if seg.nms_thresh is not None else info["nms"]
+        trained = (f"works at {info['mpp']} um/px" if info["mpp"] else
+                   "trained without a pixel size, run at the working resolution")
+        kind = KIND_NAMES.get(info["kind"], info["kind"] or "unknown kind of")
+        int8 = {"yes": "int8 network shipped", "none": "no int8 network",
+                "stale": "int8 network quantised from other weights (run models/quantize.py)"}
+        typer.echo(f"{head}\n     folder {info['folder']} (weights sha256 {info['sha256'][:12]})"
+                   f"\n     {kind} model, {trained}, prob {prob:.3f},"
+                   f" nms {nms:.2f}, precision {seg.precision} ({int8[info['int8']]})"
+                   f"\n     card {info['card'] or 'none (no MODEL_CARD.md)'}")
+        if seg.precision == "int8" and info["int8"] != "yes":
+            missing += 1
+            typer.secho(f"     precision int8 is set but {int8[info['int8']]}",
+                        fg=typer.colors.RED)
+    if missing:
+        raise typer.Exit(code=1)
+
+
 @slides_app.command("features")
 def slides_features(
     out: Path = typer.Argument(..., help="Run folder of 'hccbio slides run'."),

@@ -149,6 +149,54 @@ def resolve_model_path(spec: str) -> Path | None:
     return None
 
 
+def describe_model(spec: str) -> dict:
+    """What a ``segmentation`` setting names, without loading a network: the folder, what
+    the model was trained for and at which pixel size, its tuned thresholds, whether an int8
+    network made from these very weights is shipped beside them, and its model card.
+
+    Returns
+    -------
+    dict
+        ``spec``, ``found`` and, for a folder, ``folder``, ``kind``, ``mpp``, ``prob``,
+        ``nms``, ``steps``, ``int8`` (``"yes"``, ``"none"`` or ``"stale"``: quantised from
+        other weights), ``card`` (path or None), ``sha256``; for a registered pretrained name
+        ``pretrained: True``; otherwise ``problem``.
+
+    Examples
+    --------
+    >>> describe_model("no/such/model")["found"]
+    False
+    """
+    import json
+
+    from pathology.backends import int8_paths
+
+    folder = resolve_model_path(spec)
+    if folder is None:
+        if spec in PRETRAINED:
+            return {"spec": spec, "found": True, "pretrained": True}
+        return {"spec": spec, "found": False,
+                "problem": "neither a model folder (with config.json) nor a pretrained name "
+                           f"({', '.join(PRETRAINED)})"}
+    weights = folder / "weights_best.h5"
+    if not weights.is_file():
+        return {"spec": spec, "found": False, "folder": str(folder),
+                "problem": "model folder has no weights_best.h5"}
+    meta = _read_json(folder / "hccbio_model.json", {})
+    thresholds = {**STARDIST_DEFAULT_THRESHOLDS, **_read_json(folder / "thresholds.json", {})}
+    sha = file_sha256(weights)
+    xml, record = int8_paths(folder)
+    int8 = "none"
+    if xml.is_file() and record.is_file():
+        stated = json.loads(record.read_text()).get("weights_sha256")
+        int8 = "yes" if stated == sha else "stale"
+    card = folder / "MODEL_CARD.md"
+    return {"spec": spec, "found": True, "folder": str(folder), "kind": meta.get("kind"),
+            "mpp": meta.get("mpp"), "prob": float(thresholds["prob"]),
+            "nms": float(thresholds["nms"]), "steps": meta.get("steps"), "int8": int8,
+            "card": str(card) if card.is_file() else None, "sha256": sha}
+
+
 def load_model(spec: str, *, prob_thresh: float | None = None,
                nms_thresh: float | None = None, backend: Backend = "auto",
                precision: Precision = "float32") -> NucleusModel:

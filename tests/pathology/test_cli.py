@@ -43,3 +43,33 @@ def test_invalid_config_is_a_clear_error(tmp_path, he_tiff):
     assert result.exit_code == 2
     assert "tiling.tile_size" in result.output and "multiple of 16" in result.output
     assert "tiling.tyle" in result.output
+
+
+def test_slides_models_names_what_each_modality_gets(project_root):
+    """The shipped defaults: the IHC model for ihc rows (issue 12), its pixel size and tuned
+    threshold from the folder, and the card beside it."""
+    import json
+
+    result = CliRunner().invoke(app, ["slides", "models"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    ihc = next(i for i, line in enumerate(lines) if line.startswith("ihc "))
+    assert lines[ihc].endswith("models/bf_nuclei")
+    prob = json.loads((project_root / "models" / "bf_nuclei" / "thresholds.json").read_text())
+    assert f"works at 0.5 um/px, prob {prob['prob']:.3f}" in lines[ihc + 2]
+    assert "int8 network shipped" in lines[ihc + 2]
+    assert lines[ihc + 3].strip().endswith("models/bf_nuclei/MODEL_CARD.md")
+
+
+def test_slides_models_fails_on_a_missing_model_or_int8_network(tmp_path):
+    """Checked before an overnight batch: a mistyped folder, and int8 asked of a model that
+    has no int8 network, both exit 1 naming the problem."""
+    config = tmp_path / "pathology.yaml"
+    config.write_text("segmentation:\n  ihc_model: models/bf_nucleii\n")
+    result = CliRunner().invoke(app, ["slides", "models", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "models/bf_nucleii: neither a model folder" in result.output
+    config.write_text("segmentation:\n  precision: int8\n")
+    result = CliRunner().invoke(app, ["slides", "models", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "precision int8 is set but no int8 network" in result.output  # fluo_nuclei
