@@ -326,6 +326,11 @@ def align(moving: Overview, fixed: Overview, *, config: RegistrationSection) -> 
     """
     import SimpleITK as sitk
 
+    # Every ITK filter and metric on one thread, not only the optimiser: ITK 5's Mattes metric
+    # keeps partial sums per thread while work units move between threads, so with the
+    # default thread count two runs of one pair differed, and a sync run from a Dask run.
+    if sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() != REGISTRATION_THREADS:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(REGISTRATION_THREADS)
     if moving.source.unit != fixed.source.unit:
         raise ValueError(f"{moving.source.path} is in {moving.source.unit}, "
                          f"{fixed.source.path} in {fixed.source.unit}: give both pixel sizes "
