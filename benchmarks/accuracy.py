@@ -64,6 +64,7 @@ from pathology.annotations import (  # noqa: E402
     load_monuseg,
     shared_data_folder,
 )
+from pathology.backends import int8_paths  # noqa: E402
 from pathology.evaluation import (  # noqa: E402
     annotated_tile_config,
     detection_scores,
@@ -72,6 +73,7 @@ from pathology.evaluation import (  # noqa: E402
     run_pipeline,
     score_instances,
 )
+from pathology.nuclei import resolve_model_path  # noqa: E402
 from pathology.store import atomic_write_text  # noqa: E402
 
 BRIGHTFIELD_MODELS = ("models/he_nuclei", "models/he_nuclei_fast", "models/bf_nuclei")
@@ -481,11 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     models = (args.models if args.models is not None else
               [m for m in BRIGHTFIELD_MODELS if (ROOT / m / "config.json").is_file()])
     for model in models:  # fail before hours of measuring, naming the folder
-        if not any((base / model / "config.json").is_file() for base in (Path.cwd(), ROOT)):
+        folder = resolve_model_path(model)
+        if folder is None:
             parser.error(f"{model}: not a model folder (no config.json); the shipped ones are "
                          + ", ".join(BRIGHTFIELD_MODELS))
-        if args.precision == "int8" and not any(
-                (base / model / "int8" / "network.xml").is_file() for base in (Path.cwd(), ROOT)):
+        if args.precision == "int8" and not int8_paths(folder)[0].is_file():
             parser.error(f"{model}: no int8 network; make it with "
                          f"`python models/quantize.py {model}`")
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}

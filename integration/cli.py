@@ -138,6 +138,8 @@ def slides_run(
 
 
 KIND_NAMES = {"he": "H&E", "bf": "brightfield (H&E and IHC)", "fluo": "nuclear-channel"}
+INT8_STATES = {"yes": "int8 network shipped", "none": "no int8 network",
+               "stale": "int8 network quantised from other weights (run models/quantize.py)"}
 
 
 @slides_app.command("models")
@@ -174,15 +176,13 @@ def slides_models(
         trained = (f"works at {info['mpp']} um/px" if info["mpp"] else
                    "trained without a pixel size, run at the working resolution")
         kind = KIND_NAMES.get(info["kind"], info["kind"] or "unknown kind of")
-        int8 = {"yes": "int8 network shipped", "none": "no int8 network",
-                "stale": "int8 network quantised from other weights (run models/quantize.py)"}
         typer.echo(f"{head}\n     folder {info['folder']} (weights sha256 {info['sha256'][:12]})"
                    f"\n     {kind} model, {trained}, prob {prob:.3f},"
-                   f" nms {nms:.2f}, precision {seg.precision} ({int8[info['int8']]})"
+                   f" nms {nms:.2f}, precision {seg.precision} ({INT8_STATES[info['int8']]})"
                    f"\n     card {info['card'] or 'none (no MODEL_CARD.md)'}")
         if seg.precision == "int8" and info["int8"] != "yes":
             missing += 1
-            typer.secho(f"     precision int8 is set but {int8[info['int8']]}",
+            typer.secho(f"     precision int8 is set but {INT8_STATES[info['int8']]}",
                         fg=typer.colors.RED)
     if missing:
         raise typer.Exit(code=1)

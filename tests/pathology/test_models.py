@@ -58,17 +58,23 @@ def test_shipped_model_reaches_stated_accuracy(name, project_root, shared_data, 
     # (test_default_brightfield_model_reaches_reported_accuracy); its tuning tiles are harder.
 
 
+@pytest.fixture(scope="module")
+def card_module(project_root):
+    """``models/card.py``, the card writer."""
+    spec = importlib.util.spec_from_file_location("hccbio_models_card",
+                                                  project_root / "models" / "card.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _accuracy_report(project_root) -> dict:
     return json.loads((project_root / "benchmarks" / "results" / "accuracy.json").read_text())
 
 
 @pytest.mark.parametrize("name", BRIGHTFIELD)
-def test_card_states_the_accuracy_report(name, project_root):
+def test_card_states_the_accuracy_report(name, project_root, card_module):
     """A card cites `python -m benchmarks.accuracy`'s figures for its model, never others."""
-    spec = importlib.util.spec_from_file_location("hccbio_models_card",
-                                                  project_root / "models" / "card.py")
-    card_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(card_module)
     card = (project_root / "models" / name / "MODEL_CARD.md").read_text()
     report = _accuracy_report(project_root)["models"][name]
     meta = json.loads((project_root / "models" / name / "hccbio_model.json").read_text())
@@ -80,13 +86,9 @@ def test_card_states_the_accuracy_report(name, project_root):
 
 
 @pytest.mark.parametrize("name", [*BRIGHTFIELD, "fluo_nuclei"])
-def test_card_is_what_card_py_writes_from_the_model_folder(name, project_root):
+def test_card_is_what_card_py_writes_from_the_model_folder(name, project_root, card_module):
     """Every shipped card is generated (`python models/card.py`), not edited by hand, so its
     Reproduce commands and stage notes follow the model's recorded training stages."""
-    spec = importlib.util.spec_from_file_location("hccbio_models_card",
-                                                  project_root / "models" / "card.py")
-    card_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(card_module)
     folder = project_root / "models" / name
     card = (folder / "MODEL_CARD.md").read_text()
     assert card == card_module.render(folder)
