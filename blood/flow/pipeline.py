@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import flowkit as fk
 import numpy as np
 import pandas as pd
+from flowkit.exceptions import QuadrantReferenceError
 
 from blood.config import FlowConfig, FlowFeature, FlowQcConfig
 from blood.errors import BloodInputError
-from blood.flow.gates import load_gating
+from blood.flow.gates import Gating, load_gating
 from blood.flow.plots import plot_gates
 from blood.flow.populations import BeadCounting, add_absolute_counts, population_table
 from blood.flow.qc import AcquisitionQc, acquisition_qc
@@ -81,7 +83,7 @@ def analyse_fcs(fcs_path: str | Path, gates_path: str | Path, out_dir: str | Pat
     fcs_path, out_dir = Path(fcs_path), Path(out_dir)
     fcs = read_fcs(fcs_path)
     gating = load_gating(gates_path, fcs_path=fcs_path, wsp_sample=wsp_sample)
-    _check_gate_channels(gating, fcs.channels, fcs_path)
+    check_gate_channels(gating, fcs.channels, fcs_path)
     try:
         results = gating.strategy.gate_sample(fcs.sample)
     except (LookupError, ValueError) as error:
@@ -103,30 +105,97 @@ def analyse_fcs(fcs_path: str | Path, gates_path: str | Path, out_dir: str | Pat
     return FlowResult(table, quality, fcs.quirks, tuple(files))
 
 
-def _check_gate_channels(gating, channels: list[str], fcs_path: Path) -> None:
-    """Every channel a gate names must be a channel of the file (FlowKit's own error is a bare
-    ``KeyError`` naming neither the gate nor the channel)."""
-    import flowkit as fk
-    from flowkit.exceptions import QuadrantReferenceError
+# compensation references under which a dimension names a channel of the file ($PnN)
+FILE_CHANNEL_REFS = (None, "uncompensated", "FCS")
 
+
+def check_gate_channels(gating: Gating, channels: list[str], fcs_path: Path) -> None:
+    """Check that every gate dimension can be computed from the file's channels.
+
+    FlowKit's own error for a missing channel is a bare ``KeyError`` naming neither the gate
+    nor the channel. A dimension is checked against what it is computed from:
+
+    - uncompensated, or compensated by the file's own spillover (``FCS``): a channel of the
+      file ($PnN);
+    - compensated by a matrix of the gates file (a Gating-ML ``spectrumMatrix``, a FlowJo
+      matrix): a channel of the file or one of the matrix's fluorochromes, which are computed
+      from the matrix's detectors, so those must all be channels of the file;
+    - a ratio dimension: its ratio transform, whose two channels must be channels of the
+      file (FlowKit takes them uncompensated, by $PnN).
+
+    Parameters
+    ----------
+    gating
+        The gates, as loaded by :func:`blood.flow.gates.load_gating`.
+    channels
+        The file's channel names ($PnN).
+    fcs_path
+        The FCS file, for error messages.
+
+    Raises
+    ------
+    BloodInputError
+        Naming the file, the gates file and the gate (or matrix): a channel the file lacks
+        (with the file's channels), matrix detectors the file lacks, a compensation matrix or
+        ratio transform the gates file does not define.
+    """
     strategy = gating.strategy
+    prefix = f"{fcs_path}: gates of {gating.path} do not fit this file"
     for gate_id, gate_path in strategy.get_gate_ids():
         try:
             gate = strategy.get_gate(gate_id, gate_path=gate_path)
         except QuadrantReferenceError:  # a quadrant: its gate's dividers are checked
             continue
         for dim in getattr(gate, "dimensions", None) or ():
-            if isinstance(dim, fk.QuadrantDivider):
-                channel = dim.dimension_ref
-            elif isinstance(dim, fk.Dimension):
-                channel = dim.id
-            else:  # ratio dimensions name a transform, not a channel
-                continue
-            if channel not in channels:
+            via, fluorochromes = "", ()
+            if isinstance(dim, fk.RatioDimension):
+                names = _ratio_channels(strategy, dim.ratio_ref, gate_id, prefix)
+                via = f" (in ratio transform '{dim.ratio_ref}')"
+            else:
+                names = [dim.dimension_ref if isinstance(dim, fk.QuadrantDivider) else dim.id]
+                fluorochromes = _matrix_fluorochromes(strategy, dim.compensation_ref,
+                                                      channels, gate_id, prefix)
+            for name in names:
+                if name in channels or name in fluorochromes:
+                    continue
+                alternatives = (f"; or a fluorochrome of compensation matrix "
+                                f"'{dim.compensation_ref}': {', '.join(fluorochromes)}"
+                                if fluorochromes else "")
                 raise BloodInputError(
-                    f"{fcs_path}: gates of {gating.path} do not fit this file: gate "
-                    f"'{gate_id}' uses channel '{channel}', which the file does not have; use "
-                    f"one of its channels ($PnN): {', '.join(channels)}")
+                    f"{prefix}: gate '{gate_id}' uses channel '{name}'{via}, which the file "
+                    f"does not have; use one of its channels ($PnN): {', '.join(channels)}"
+                    f"{alternatives}")
+
+
+def _matrix_fluorochromes(strategy: fk.GatingStrategy, comp_ref: str | None,
+                          channels: list[str], gate_id: str, prefix: str) -> tuple[str, ...]:
+    """The names a dimension compensated by ``comp_ref`` may use besides the file's channels:
+    the fluorochromes of the gates file's matrix, once its detectors are found in the file."""
+    if comp_ref in FILE_CHANNEL_REFS:
+        return ()
+    matrix = strategy.comp_matrices.get(comp_ref)
+    if matrix is None:
+        raise BloodInputError(f"{prefix}: gate '{gate_id}' is compensated by matrix "
+                              f"'{comp_ref}', which the gates file does not define (it "
+                              f"defines: {', '.join(strategy.comp_matrices) or 'none'})")
+    missing = [d for d in matrix.detectors if d not in channels]
+    if missing:
+        raise BloodInputError(
+            f"{prefix}: compensation matrix '{comp_ref}' is computed from detectors the file "
+            f"does not have: {', '.join(missing)}; its channels ($PnN): {', '.join(channels)}")
+    # FlowJo and FlowKit leave fluorochromes blank when a matrix has none of its own
+    return tuple(f for f in matrix.fluorochromes if f)
+
+
+def _ratio_channels(strategy: fk.GatingStrategy, ratio_ref: str, gate_id: str,
+                    prefix: str) -> list[str]:
+    """The two channels of the ratio transform a ratio dimension is computed from."""
+    transform = strategy.transformations.get(ratio_ref)
+    if not isinstance(transform, fk.transforms.RatioTransform):
+        raise BloodInputError(f"{prefix}: gate '{gate_id}' uses ratio transform "
+                              f"'{ratio_ref}', which the gates file does not define as a "
+                              "ratio (fratio)")
+    return list(transform.dimensions)
 
 
 def flow_features(populations: pd.DataFrame, features: list[FlowFeature], *,

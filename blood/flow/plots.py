@@ -31,7 +31,8 @@ def channel_values(sample: Sample, strategy: fk.GatingStrategy,
     strategy
         Gating strategy holding the gate's matrices and transforms.
     dim
-        Gate dimension or quadrant divider.
+        Gate dimension or quadrant divider; it names a channel ($PnN) or, under a
+        compensation matrix of the gates file, one of the matrix's fluorochromes.
 
     Returns
     -------
@@ -46,7 +47,11 @@ def channel_values(sample: Sample, strategy: fk.GatingStrategy,
         if matrix is not None:
             events = matrix.apply(sample)
     elif comp not in (None, "uncompensated"):
-        events = strategy.get_comp_matrix(comp).apply(sample)
+        matrix = strategy.get_comp_matrix(comp)
+        events = matrix.apply(sample)
+        if channel not in sample.pnn_labels and channel in matrix.fluorochromes:
+            # a Gating-ML spectrum matrix's fluorochrome: computed into its detector's column
+            channel = matrix.detectors[matrix.fluorochromes.index(channel)]
     values = np.asarray(events[:, sample.get_channel_index(channel)], dtype=float)
     if dim.transformation_ref:
         xform = strategy.get_transform(dim.transformation_ref)

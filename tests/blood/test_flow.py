@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import flowkit as fk
 import numpy as np
 import pandas as pd
@@ -389,3 +391,211 @@ def test_other_files_given_as_workspaces_are_refused_clearly(shared_data, tmp_pa
     (tmp_path / "old.jo").write_bytes(b"\x00binary")
     with pytest.raises(BloodInputError, match="old.jo: a FlowJo 9.*save it again"):
         load_gating(tmp_path / "old.jo", fcs_path=fcs)
+
+
+# ---------------------------------------------------------------- Gating-ML channel check
+# Gating-ML 2.0 files written by the tests: synthetic gates on the real FCS files. A gate
+# dimension compensated by a spectrumMatrix names one of the matrix's fluorochromes, which
+# the file does not have as a channel: it is computed from the matrix's detectors.
+GML = ('<?xml version="1.0" encoding="UTF-8"?>\n<gating:Gating-ML '
+       'xmlns:gating="http://www.isac-net.org/std/Gating-ML/v2.0/gating" '
+       'xmlns:transforms="http://www.isac-net.org/std/Gating-ML/v2.0/transformations" '
+       'xmlns:data-type="http://www.isac-net.org/std/Gating-ML/v2.0/datatypes">\n'
+       '{}\n</gating:Gating-ML>\n')
+LOGICLE = ('<transforms:transformation transforms:id="Logicle"><transforms:logicle '
+           'transforms:T="262144" transforms:W="0.5" transforms:M="4.5" transforms:A="0"/>'
+           '</transforms:transformation>')
+# fluorochrome -> detector of 100715.fcs (its $PnS says which marker each detector reads)
+SPECTRUM = {"APC-Cy7": "R780-A", "BV786": "V800-A", "BV650": "V655-A", "BV421": "V450-A",
+            "APC": "R660-A", "PE-CF594": "G610-A"}
+
+
+def _fcs_dimensions(names) -> str:
+    return "".join(f'<data-type:fcs-dimension data-type:name="{n}"/>' for n in names)
+
+
+def _spectrum_matrix(matrix_id: str, fluorochromes, detectors, coefficients) -> str:
+    spectra = "".join("<transforms:spectrum>" + "".join(
+        f'<transforms:coefficient transforms:value="{float(v)!r}"/>' for v in row)
+        + "</transforms:spectrum>" for row in coefficients)
+    return (f'<transforms:spectrumMatrix transforms:id="{matrix_id}">'
+            f"<transforms:fluorochromes>{_fcs_dimensions(fluorochromes)}"
+            f"</transforms:fluorochromes><transforms:detectors>{_fcs_dimensions(detectors)}"
+            f"</transforms:detectors>{spectra}</transforms:spectrumMatrix>")
+
+
+def _dim(name: str, comp: str = "Spill", transform: str | None = "Logicle",
+         lo: float | None = None, hi: float | None = None) -> str:
+    attributes = f' gating:compensation-ref="{comp}"'
+    for key, value in (("transformation-ref", transform), ("min", lo), ("max", hi)):
+        attributes += f' gating:{key}="{value}"' if value is not None else ""
+    return (f"<gating:dimension{attributes}>{_fcs_dimensions([name])}"
+            "</gating:dimension>")
+
+
+def _vertices(*points) -> str:
+    return "".join(f'<gating:vertex><gating:coordinate data-type:value="{x}"/>'
+                   f'<gating:coordinate data-type:value="{y}"/></gating:vertex>'
+                   for x, y in points)
+
+
+def _quadrant(name: str, x: float, y: float) -> str:
+    return (f'<gating:Quadrant gating:id="{name}">'
+            f'<gating:position gating:divider_ref="RO" gating:location="{x}"/>'
+            f'<gating:position gating:divider_ref="CCR7" gating:location="{y}"/>'
+            "</gating:Quadrant>")
+
+
+def _spectrum_gates(tcell) -> str:
+    """A T-cell hierarchy on 100715.fcs whose fluorescence gates name the fluorochromes of a
+    spectrumMatrix (coefficients: the file's own $SPILL restricted to its six detectors); one
+    gate of each kind, a ratio gate (FSC-H / FSC-A) for singlets."""
+    spill = file_spillover(tcell.sample)
+    index = [spill.detectors.index(d) for d in SPECTRUM.values()]
+    ratio = ('<transforms:transformation transforms:id="HtoA"><transforms:fratio '
+             f'transforms:A="1" transforms:B="0" transforms:C="0">'
+             f'{_fcs_dimensions(["FSC-H", "FSC-A"])}</transforms:fratio>'
+             "</transforms:transformation>")
+    ellipse = ('<gating:mean><gating:coordinate data-type:value="0.75"/>'
+               '<gating:coordinate data-type:value="0.25"/></gating:mean><gating:'
+               'covarianceMatrix><gating:row><gating:entry data-type:value="0.04"/><gating:'
+               'entry data-type:value="0"/></gating:row><gating:row><gating:entry data-type:'
+               'value="0"/><gating:entry data-type:value="0.04"/></gating:row></gating:'
+               'covarianceMatrix><gating:distanceSquare data-type:value="4"/>')
+    divider = ('<gating:divider gating:id="{}" gating:compensation-ref="Spill" '
+               'gating:transformation-ref="Logicle">{}<gating:value>{}</gating:value>'
+               "</gating:divider>")
+    return "\n".join([
+        _spectrum_matrix("Spill", SPECTRUM, SPECTRUM.values(),
+                         spill.matrix[np.ix_(index, index)]), LOGICLE, ratio,
+        '<gating:RectangleGate gating:id="Lymphocytes">'
+        f'{_dim("FSC-A", "uncompensated", None, 25000, 120000)}'
+        f'{_dim("SSC-A", "uncompensated", None, hi=5000)}</gating:RectangleGate>',
+        '<gating:RectangleGate gating:id="Singlets" gating:parent_id="Lymphocytes">'
+        '<gating:dimension gating:compensation-ref="uncompensated" gating:min="0.75" '
+        'gating:max="1.3"><data-type:new-dimension data-type:transformation-ref="HtoA"/>'
+        "</gating:dimension></gating:RectangleGate>",
+        '<gating:RectangleGate gating:id="Live" gating:parent_id="Singlets">'
+        f'{_dim("BV421", hi=0.6)}</gating:RectangleGate>',
+        '<gating:RectangleGate gating:id="CD3" gating:parent_id="Live">'
+        f'{_dim("APC-Cy7", lo=0.3)}</gating:RectangleGate>',
+        # a compensated dimension may also name the detector (V655-A: BV650) itself
+        '<gating:PolygonGate gating:id="CD8" gating:parent_id="CD3">'
+        f'{_dim("BV786")}{_dim("V655-A")}'
+        f"{_vertices((0.3, -0.2), (1.05, -0.2), (1.05, 1.05), (0.6, 1.05), (0.6, 0.4))}"
+        "</gating:PolygonGate>",
+        '<gating:EllipsoidGate gating:id="CD4" gating:parent_id="CD3">'
+        f'{_dim("BV650")}{_dim("BV786")}{ellipse}</gating:EllipsoidGate>',
+        '<gating:QuadrantGate gating:id="CD4Memory" gating:parent_id="CD4">'
+        f'{divider.format("RO", _fcs_dimensions(["APC"]), 0.45)}'
+        f'{divider.format("CCR7", _fcs_dimensions(["PE-CF594"]), 0.5)}'
+        f'{_quadrant("Naive", 0.2, 0.8)}{_quadrant("TCM", 0.8, 0.8)}'
+        f'{_quadrant("TEM", 0.8, 0.2)}{_quadrant("TEMRA", 0.2, 0.2)}</gating:QuadrantGate>',
+        '<gating:BooleanGate gating:id="CD4orCD8" gating:parent_id="CD3"><gating:or>'
+        '<gating:gateReference gating:ref="CD4"/><gating:gateReference gating:ref="CD8"/>'
+        "</gating:or></gating:BooleanGate>",
+        '<gating:BooleanGate gating:id="NotCD8" gating:parent_id="CD3"><gating:not>'
+        '<gating:gateReference gating:ref="CD8"/></gating:not></gating:BooleanGate>',
+    ])
+
+
+def _write_gml(path, body: str):
+    path.write_text(GML.format(body))
+    return path
+
+
+def test_spectrum_matrix_gates_count_as_flowkit_counts_them(shared_data, tcell, tmp_path):
+    """Issue 26: gates on a spectrumMatrix's fluorochromes were refused for every gate."""
+    from typer.testing import CliRunner
+
+    from integration.cli import app  # the hccbio command, as a user types it
+
+    xml = _write_gml(tmp_path / "spectrum.xml", _spectrum_gates(tcell))
+    run = CliRunner().invoke(app, ["blood", "flow", str(tcell.path), "--gates", str(xml),
+                                   "--out", str(tmp_path / "out")])
+    assert run.exit_code == 0, run.output
+    ours = pd.read_csv(tmp_path / "out" / "populations.csv").set_index("population")["count"]
+    # FlowKit, the reference implementation, on the same XML and the same file
+    reference = fk.parse_gating_xml(str(xml)).gate_sample(fk.Sample(shared_data / "flow" / TCELL))
+    flowkit = reference.report.set_index("gate_name")["count"]
+    assert len(flowkit) == 12 and set(ours.index) == set(flowkit.index)
+    assert all(ours[name] == count for name, count in flowkit.items())
+    # every shape counted something, so agreement is not agreement on empty gates
+    assert (flowkit > 100).all(), flowkit.to_dict()
+    assert ours["Naive"] + ours["TCM"] + ours["TEM"] + ours["TEMRA"] == ours["CD4"]
+    # review plots draw fluorochrome axes from their detectors' compensated values
+    pngs = {p.name for p in (tmp_path / "out" / "plots").glob("*.png")}
+    assert {"gate_Live.png", "gate_CD8.png", "gate_CD4Memory.png"} <= pngs
+
+
+def _every_channel_gates(fcs) -> str:
+    """A rectangle on every channel of ``fcs``: uncompensated, compensated by the file's
+    spillover ('FCS'), and by a spectrumMatrix over its fluorescence detectors (identity
+    coefficients: only the names are under test) through fluorochromes named otherwise."""
+    detectors = [fcs.channels[i] for i in fcs.sample.fluoro_indices]
+    dyes = [f"Dye {i}" for i in range(len(detectors))]
+    gates = [_spectrum_matrix("Dyes", dyes, detectors, np.eye(len(detectors)))]
+    dims = ([_dim(c, "uncompensated", None, lo=0) for c in fcs.channels]
+            + [_dim(c, "FCS", None, lo=0) for c in detectors]
+            + [_dim(d, "Dyes", None, lo=0) for d in [*dyes, *detectors]])
+    gates += [f'<gating:RectangleGate gating:id="G{i}">{d}</gating:RectangleGate>'
+              for i, d in enumerate(dims)]
+    return "\n".join(gates)
+
+
+def test_channel_check_accepts_every_real_fcs_and_gates_file(shared_data, project_root,
+                                                            tmp_path):
+    """The rule for an input check: every real file of its kind in ../shared/data passes."""
+    from blood.flow.pipeline import check_gate_channels
+
+    files = sorted((shared_data / "flow").rglob("*.fcs"))
+    assert len(files) >= 8
+    for path in files:
+        fcs = read_fcs(path)
+        xml = _write_gml(tmp_path / f"{path.stem}.xml", _every_channel_gates(fcs))
+        check_gate_channels(load_gating(xml), fcs.channels, path)
+    # the real gates files with the FCS files they were drawn for
+    folder = shared_data / FLOWSOM
+    for gates, fcs_path in [(folder / "gating.wsp", folder / "68983.fcs"),
+                            (project_root / "configs/gates/tcell_100715.yaml",
+                             shared_data / "flow" / TCELL)]:
+        fcs = read_fcs(fcs_path)
+        check_gate_channels(load_gating(gates, fcs_path=fcs_path), fcs.channels, fcs_path)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    # a detector of the matrix absent from the file
+    (lambda x: x.replace('data-type:name="G610-A"', 'data-type:name="FL3-H"'),
+     r"compensation matrix 'Spill' is computed from detectors the file does not have: FL3-H"),
+    # a compensated dimension that is neither a fluorochrome nor a channel
+    (lambda x: x.replace('data-type:name="BV786"/></gating:dimension>',
+                         'data-type:name="BV785"/></gating:dimension>', 1),
+     r"gate 'CD8' uses channel 'BV785', which the file does not have; use one of its "
+     r"channels \(\$PnN\): FSC-A, .*G560-A; or a fluorochrome of compensation matrix "
+     r"'Spill': APC-Cy7, BV786"),
+    # fluorochromes exist only in compensated data
+    (lambda x: x.replace('compensation-ref="Spill" gating:transformation-ref="Logicle" '
+                         'gating:max="0.6"', 'compensation-ref="uncompensated" '
+                         'gating:transformation-ref="Logicle" gating:max="0.6"'),
+     r"gate 'Live' uses channel 'BV421', which the file does not have; use one of its "
+     r"channels \(\$PnN\): FSC-A, .*G560-A$"),
+    (lambda x: x.replace(_fcs_dimensions(["FSC-H", "FSC-A"]),
+                         _fcs_dimensions(["FSC-W", "FSC-A"])),
+     r"gate 'Singlets' uses channel 'FSC-W' \(in ratio transform 'HtoA'\), which the file "
+     r"does not have"),
+    (lambda x: x.replace('gating:compensation-ref="Spill" gating:transformation-ref="Logicle"'
+                         ' gating:min="0.3"', 'gating:compensation-ref="Spil" '
+                         'gating:transformation-ref="Logicle" gating:min="0.3"'),
+     r"gate 'CD3' is compensated by matrix 'Spil', which the gates file does not define"),
+])
+def test_a_really_missing_channel_is_still_refused_clearly(tcell, tmp_path, edit, message):
+    body = _spectrum_gates(tcell)
+    edited = edit(body)
+    assert edited != body
+    xml = _write_gml(tmp_path / "bad.xml", edited)
+    with pytest.raises(BloodInputError) as caught:
+        analyse_fcs(tcell.path, xml, tmp_path / "out", plots=False)
+    text = str(caught.value)
+    assert text.startswith(f"{tcell.path}: gates of {xml} do not fit this file: ")
+    assert re.search(message, text), text
+    assert not (tmp_path / "out" / "populations.csv").exists()
