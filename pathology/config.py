@@ -397,6 +397,12 @@ class QcSection(_Section):
     nuclear_area_range_um2: tuple[float, float] = Field(
         (10.0, 150.0), description="Flag 'nuclear_area' when the median nuclear area (um^2) "
         "falls outside this range (wrong pixel size or failed segmentation).")
+    counterstain_min_contrast: float = Field(
+        0.125, ge=0, description="IHC: flag 'counterstain' (too pale for reliable negative "
+        "counts) when the median hematoxylin OD of DAB-negative nuclei exceeds that of their "
+        "ring by less than this, or when nuclei were found but none DAB-negative; the level "
+        "below which the IHC model's DAB-negative recall falls by more than 0.1 "
+        "(benchmarks/README.md, python -m benchmarks.ihc_counterstain).")
     overlay_max_points: int = Field(200_000, ge=1000, description="Detections overlay: at most "
                                     "this many cells are drawn (a seeded random sample).")
     density_bin_um: float = Field(100.0, gt=0, description="Bin side (um) of the density "

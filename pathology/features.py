@@ -93,6 +93,10 @@ class Feature:
 
 # Features kept for provenance (areas before QC and under artefacts, excluded cells, automatic
 # thresholds beside the fixed ones): bookkeeping, not candidate biomarkers.
+# IHC indices count DAB-negative nuclei, the ones a pale counterstain hides (QC flag
+# 'counterstain', pathology.qc.flags): the dictionary says so beside every index feature.
+COUNTERSTAIN_NOTE = ("; unreliable on slides whose QC flag 'counterstain' fired (pale "
+                     "hematoxylin: negative nuclei missed, index biased upwards; qc_summary.csv)")
 BOOKKEEPING_SUFFIXES = ("_raw_mm2", "_excl_mm2", "_n_cells_excl", "_pct_auto")
 PROXY_TOKENS = {"tumour", "margin", "stroma", "tps", "cps", "immune", "mh"}
 PROXY_NOTE = " [tumour from the nuclear-size PROXY]"
@@ -303,7 +307,8 @@ def slide_features(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap,
         n_tissue = int(on_tissue.sum())
         out.add([part, "pct"], 100.0 * np.count_nonzero(positive & on_tissue) / n_tissue
                 if n_tissue else None, f"{marker.name}+ cells (% of cells)", "%",
-                f"{call.method} threshold {call.threshold:.4g} on {call.column}", keys)
+                f"{call.method} threshold {call.threshold:.4g} on {call.column}"
+                + (COUNTERSTAIN_NOTE if panel.modality == "ihc" else ""), keys)
         if marker.key in ("pdl1", "pd_l1"):
             tumour, immune, immune_rule = pdl1_cell_classes(cells, result, masks, panel=panel,
                                                             config=config)
@@ -321,12 +326,12 @@ def slide_features(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap,
             out.add([region, "pct"], 100.0 * np.count_nonzero(positive & masks[region])
                     / n_region if n_region else None,
                     f"{marker.name}+ cells in {region} (% of its cells)", "%",
-                    "positive / all cells of the region", keys)
+                    "positive / all cells of the region" + COUNTERSTAIN_NOTE, keys)
         bins = result.intensity_bin.get(marker.name)
         if bins is not None and n_tissue:
             out.add(["hscore"], hscore(bins, on_tissue), f"{marker.name} H-score of all cells "
                     "on clean tissue", "0-300", "1 x %1+ + 2 x %2+ + 3 x %3+ (% of all cells "
-                    "on clean tissue; bins from the marker's OD bins)", keys)
+                    "on clean tissue; bins from the marker's OD bins)" + COUNTERSTAIN_NOTE, keys)
         pigment = result.pigment.get(marker.name)
         if pigment is not None:
             out.add(["pigment", "n"], call.n_pigment_excluded,

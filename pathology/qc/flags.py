@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass
 
 from pathology.config import QcSection
 
-FLAG_NAMES = ("focus", "pen", "dark", "bright", "stain", "nuclei_density", "nuclear_area")
+FLAG_NAMES = ("focus", "pen", "dark", "bright", "stain", "nuclei_density", "nuclear_area",
+              "counterstain")
+COUNTERSTAIN_REASON = "counterstain too pale for reliable negative counts"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,17 @@ def _above(name: str, value: float | None, limit: float, key: str, what: str,
                 f"{what} {value:.4g} {sign} {limit:g} ({key}){extra}")
 
 
+def _below(name: str, value: float | None, limit: float, key: str, what: str,
+           consequence: str) -> Flag:
+    if value is None:
+        return Flag(name, False, None, f"{key} = {limit:g}", f"{what}: not applicable")
+    fired = value < limit
+    sign = "<" if fired else ">="
+    because = f": {consequence}" if fired else ""
+    return Flag(name, fired, float(value), f"{key} = {limit:g}",
+                f"{what} {value:.4g} {sign} {limit:g} ({key}){because}")
+
+
 def _outside(name: str, value: float | None, bounds: tuple[float, float], key: str,
              what: str) -> Flag:
     low, high = bounds
@@ -62,7 +75,8 @@ def _outside(name: str, value: float | None, bounds: tuple[float, float], key: s
                 f"({key})")
 
 
-def evaluate_flags(metrics: dict, *, kind: str, config: QcSection) -> list[Flag]:
+def evaluate_flags(metrics: dict, *, kind: str, config: QcSection,
+                   modality: str | None = None) -> list[Flag]:
     """All QC checks of a slide from its metrics (see :func:`pathology.qc.metrics.slide_qc`).
 
     Parameters
@@ -74,6 +88,8 @@ def evaluate_flags(metrics: dict, *, kind: str, config: QcSection) -> list[Flag]
         apply to brightfield only; saturation to fluorescence).
     config
         The ``qc`` section (thresholds).
+    modality
+        ``he``, ``ihc`` or ``mif``: the counterstain check applies to ``ihc`` only.
 
     Returns
     -------
@@ -112,4 +128,20 @@ def evaluate_flags(metrics: dict, *, kind: str, config: QcSection) -> list[Flag]
     flags.append(_outside("nuclear_area", nuclei.get("median_area_um2"),
                           config.nuclear_area_range_um2, "qc.nuclear_area_range_um2",
                           "median nuclear area (um^2)"))
+    flags.append(_counterstain(metrics, modality, config.counterstain_min_contrast))
     return flags
+
+
+def _counterstain(metrics: dict, modality: str | None, limit: float) -> Flag:
+    """IHC: the counterstain check. Nuclei found but none DAB-negative also fires it: a pale
+    counterstain hides exactly those nuclei (an index of 100 % is the symptom)."""
+    key, what = "qc.counterstain_min_contrast", ("hematoxylin OD contrast of DAB-negative "
+                                                 "nuclei over their rings")
+    counterstain = metrics.get("counterstain") or {}
+    n_nuclei = (metrics.get("nuclei") or {}).get("n") or 0
+    if modality == "ihc" and counterstain.get("n_dab_negative") == 0 and n_nuclei > 0:
+        return Flag("counterstain", True, None, f"{key} = {limit:g}",
+                    f"no DAB-negative nucleus among {n_nuclei} nuclei: {COUNTERSTAIN_REASON} "
+                    "(or a stain without counterstain)")
+    contrast = counterstain.get("contrast") if modality == "ihc" else None
+    return _below("counterstain", contrast, limit, key, what, COUNTERSTAIN_REASON)

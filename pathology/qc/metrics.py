@@ -123,6 +123,51 @@ def stain_metrics(overview: np.ndarray, clean: np.ndarray, *, kind: str,
     return out
 
 
+COUNTERSTAIN_DAB_NEGATIVE_OD = 0.15  # nuclear DAB OD below which a nucleus shows its hematoxylin
+
+
+def counterstain_metrics(cells: pd.DataFrame | None) -> dict:
+    """How strongly the hematoxylin counterstain marks the nuclei of a brightfield IHC slide.
+
+    DAB hides hematoxylin, so only DAB-negative nuclei (nuclear DAB OD below
+    :data:`COUNTERSTAIN_DAB_NEGATIVE_OD`) count: the median hematoxylin OD of those nuclei, of
+    the ring around them (the background they must stand out from) and the difference
+    (``contrast``). A pale counterstain lowers the contrast, and the nuclei that the model then
+    misses are DAB-negative ones, so IHC indices (Ki67, CD8 per nucleus) drift upwards.
+
+    Returns
+    -------
+    dict
+        ``n_dab_negative`` (None when it cannot be measured: no cells, or no hematoxylin, ring
+        or DAB columns), ``nuclear_od``, ``ring_od``, ``contrast`` (None also when no nucleus
+        is DAB-negative).
+
+    Examples
+    --------
+    >>> cells = pd.DataFrame({"nucleus_hematoxylin_od": [0.30, 0.40, 0.90],
+    ...                       "ring_hematoxylin_od": [0.10, 0.12, 0.20],
+    ...                       "nucleus_dab_od": [0.02, 0.05, 0.60]})
+    >>> round(counterstain_metrics(cells)["contrast"], 3)
+    0.24
+    """
+    empty = {"n_dab_negative": None, "nuclear_od": None, "ring_od": None, "contrast": None}
+    needed = ("nucleus_hematoxylin_od", "ring_hematoxylin_od", "nucleus_dab_od")
+    if cells is None or not len(cells) or any(c not in cells for c in needed):
+        return empty
+    empty["n_dab_negative"] = 0
+    negative = cells["nucleus_dab_od"].to_numpy(dtype=np.float64) < COUNTERSTAIN_DAB_NEGATIVE_OD
+    if not negative.any():
+        return empty
+    nuclear = cells["nucleus_hematoxylin_od"].to_numpy(dtype=np.float64)[negative]
+    ring = cells["ring_hematoxylin_od"].to_numpy(dtype=np.float64)[negative]
+    finite = np.isfinite(nuclear) & np.isfinite(ring)
+    if not finite.any():
+        return empty
+    return {"n_dab_negative": int(finite.sum()), "nuclear_od": float(np.median(nuclear[finite])),
+            "ring_od": float(np.median(ring[finite])),
+            "contrast": float(np.median(nuclear[finite] - ring[finite]))}
+
+
 def nuclei_metrics(cells: pd.DataFrame | None, clean: np.ndarray, *, mpp: float) -> dict:
     """Nuclei on clean tissue: count, density per mm^2 and median area."""
     if cells is None:
@@ -144,7 +189,7 @@ def nuclei_metrics(cells: pd.DataFrame | None, clean: np.ndarray, *, mpp: float)
 
 def slide_qc(slide: Slide, tissue_mask: np.ndarray, *, tissue_mpp: float, kind: str,
              cells: pd.DataFrame | None, config: QcSection, nuclear: int | None = None,
-             background: float = 255.0) -> SlideQc:
+             background: float = 255.0, modality: str | None = None) -> SlideQc:
     """Measure artefacts, focus, stain and nuclei of a slide and evaluate every flag.
 
     Parameters
@@ -166,6 +211,8 @@ def slide_qc(slide: Slide, tissue_mask: np.ndarray, *, tissue_mpp: float, kind: 
         Fluorescence: nuclear channel index (None: brightest channel).
     background
         Brightfield: transmitted light I0.
+    modality
+        ``he``, ``ihc`` or ``mif``; ``ihc`` adds the counterstain metrics and check.
 
     Returns
     -------
@@ -234,5 +281,7 @@ def slide_qc(slide: Slide, tissue_mask: np.ndarray, *, tissue_mpp: float, kind: 
                                background=background),
         "nuclei": nuclei_metrics(cells, clean, mpp=mpp),
     }
-    flags = evaluate_flags(metrics, kind=kind, config=config)
+    if modality == "ihc":
+        metrics["counterstain"] = counterstain_metrics(cells)
+    flags = evaluate_flags(metrics, kind=kind, config=config, modality=modality)
     return SlideQc(overview, mpp, tissue, artefacts, metrics, flags, focus)

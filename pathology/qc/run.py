@@ -87,7 +87,8 @@ def _read_cells(folder: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     names = pq.read_schema(path).names
-    wanted = [c for c in names if c in ("cell_id", "x_um", "y_um", "area_um2")
+    wanted = [c for c in names if c in ("cell_id", "x_um", "y_um", "area_um2",
+                                        "ring_hematoxylin_od")
               or (c.startswith("nucleus_") and (c.endswith("_od") or c.endswith("_mean")))]
     wanted += ["phenotype", "region"]
     batches = list(geojson.iter_cell_batches(path, classes_path=folder / CLASSES_FILE,
@@ -152,14 +153,16 @@ def _open_slide(slide_path: Path, manifest_mpp: float | None, config: PathologyC
 
 
 def _measure(slide: Slide, folder: Path, mask: np.ndarray, mask_mpp: float, *, kind: str,
-             cells: pd.DataFrame | None, config: PathologyConfig) -> SlideQc:
+             cells: pd.DataFrame | None, config: PathologyConfig,
+             modality: str | None = None) -> SlideQc:
     nuclear = None
     if kind == "fluorescence":
         from pathology.pipeline import nuclear_channel_index
 
         nuclear = nuclear_channel_index(slide.info.channels, config.slide.nuclear_channels)
     qc = slide_qc(slide, mask, tissue_mpp=mask_mpp, kind=kind, cells=cells, config=config.qc,
-                  nuclear=nuclear, background=config.cells.background_intensity)
+                  nuclear=nuclear, background=config.cells.background_intensity,
+                  modality=modality)
     save_artefact_mask(folder, qc.artefact_codes(), mpp=qc.mpp,
                        qc_config_sha256=qc_digest(config))
     return qc
@@ -182,8 +185,10 @@ def measure_slide_qc(out: Path, sample_id: str, *, slide_path: Path,
     folder, mask, mask_mpp, record = _finished_slide(out, sample_id)
     cells = _read_cells(folder)
     with _open_slide(slide_path, manifest_mpp, config, record) as slide:
-        kind = _kind(modality or record.get("modality"), slide)
-        return _measure(slide, folder, mask, mask_mpp, kind=kind, cells=cells, config=config)
+        modality = modality or record.get("modality")
+        kind = _kind(modality, slide)
+        return _measure(slide, folder, mask, mask_mpp, kind=kind, cells=cells, config=config,
+                        modality=modality)
 
 
 def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: float | None,
@@ -237,7 +242,8 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
     with _open_slide(slide_path, manifest_mpp, config, record) as slide:
         kind = _kind(modality, slide)
         qc = measured if measured is not None else _measure(
-            slide, folder, mask, mask_mpp, kind=kind, cells=cells, config=config)
+            slide, folder, mask, mask_mpp, kind=kind, cells=cells, config=config,
+            modality=modality)
         rgb = tuple(c.upper() for c in slide.info.channels[:3]) == ("R", "G", "B")
         tints, legend = _composite_colors(slide, kind, record.get("stain"), config)
         display = overlays.display_rgb(qc.overview, rgb=rgb, tints=tints)

@@ -26,8 +26,9 @@ INDEX_FILE = "index.html"
 SUMMARY_COLUMNS = (
     "sample_id", "qc_status", "flags", "reasons", "tissue_area_mm2", "excluded_area_mm2",
     "clean_tissue_area_mm2", "out_of_focus_fraction", "pen_fraction", "dark_fraction",
-    "bright_fraction", "hematoxylin_od_p50", "n_nuclei", "nuclei_density_per_mm2",
-    "median_nuclear_area_um2", "review_decision", "reviewer", "review_time", "review_comment",
+    "bright_fraction", "hematoxylin_od_p50", "counterstain_contrast", "n_nuclei",
+    "nuclei_density_per_mm2", "median_nuclear_area_um2", "review_decision", "reviewer",
+    "review_time", "review_comment",
 )
 
 
@@ -56,6 +57,7 @@ def summary_row(record: dict, decision=None) -> dict:
         **{f"{name}_fraction": artefacts[name]["fraction"] for name in ("pen", "dark",
                                                                           "bright")},
         "hematoxylin_od_p50": metrics["stain"].get("hematoxylin", {}).get("p50"),
+        "counterstain_contrast": (metrics.get("counterstain") or {}).get("contrast"),
         "n_nuclei": nuclei["n"], "nuclei_density_per_mm2": nuclei["density_per_mm2"],
         "median_nuclear_area_um2": nuclei["median_area_um2"],
         "review_decision": decision.decision if decision else NOT_REVIEWED,

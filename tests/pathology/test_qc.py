@@ -205,7 +205,8 @@ def test_run_slide_qc_writes_the_qc_folder(qc_run):
     saved = json.loads((folder / "qc.json").read_text())
     assert saved["status"] == result["status"] == "pass"
     assert {c["name"] for c in saved["checks"]} == {"focus", "pen", "dark", "bright", "stain",
-                                                    "nuclei_density", "nuclear_area"}
+                                                    "nuclei_density", "nuclear_area",
+                                                    "counterstain"}
     n_cells = saved["metrics"]["nuclei"]["n"]
     assert n_cells > 100 and saved["n_detections"] == n_cells
     for name in ("thumbnail.png", "tissue_artefacts.png", "detections.png", "regions.png",
@@ -256,3 +257,63 @@ def test_cli_slides_qc_rechecks_the_run(qc_run):
     assert (out / "qc" / "qc_summary.csv").is_file() and (out / "qc" / "index.html").is_file()
     result = CliRunner().invoke(app, ["slides", "qc", str(out / "nowhere")])
     assert result.exit_code == 2 and "no slides/ folder" in result.output
+
+
+@pytest.fixture(scope="module")
+def counterstain_runs(shared_data, tmp_path_factory) -> dict:
+    """DeepLIIF's Ki67 tile 22_2 at its own counterstain and re-rendered with half its
+    hematoxylin (DAB kept; a pale counterstain, the case the flag is for), through
+    `hccbio slides run` with the IHC defaults: factor -> qc.json."""
+    import dataclasses
+
+    from pathology.annotations import load_deepliif
+    from pathology.config import SegmentationSection
+    from pathology.evaluation import annotated_tile_config, run_pipeline, sample_id_for
+    from pathology.stains import rescale_stains
+
+    tile = next(t for t in load_deepliif(shared_data / "ihc" / "deepliif", "test")
+                if t.name == "22_2")
+    items = [dataclasses.replace(tile, name=f"22_2_h{f:g}",
+                                 image=rescale_stains(tile.image, hematoxylin=f))
+             for f in (1.0, 0.5)]
+    work = tmp_path_factory.mktemp("counterstain")
+    run_pipeline(items, work, modality="ihc", stain="Ki67",
+                 config=annotated_tile_config(SegmentationSection().ihc_model))
+    return {item.name.rsplit("_h", 1)[1]: json.loads(
+        (work / "run" / "slides" / sample_id_for(item.name) / "qc" / "qc.json").read_text())
+        for item in items}
+
+
+def test_pale_ihc_counterstain_is_flagged_and_a_normal_one_is_not(counterstain_runs):
+    normal, pale = counterstain_runs["1"], counterstain_runs["0.5"]
+    assert "counterstain" not in normal["flags"]
+    assert normal["metrics"]["counterstain"]["contrast"] > 0.12
+    assert "counterstain" in pale["flags"]
+    assert pale["metrics"]["counterstain"]["contrast"] < normal["metrics"]["counterstain"][
+        "contrast"]
+    reason = next(r for r in pale["reasons"] if "counterstain" in r)
+    assert "too pale for reliable negative counts" in reason
+
+
+def test_counterstain_check_is_for_ihc_only(qc_run):
+    _, result = qc_run
+    check = next(c for c in result["checks"] if c["name"] == "counterstain")
+    assert not check["fired"] and check["value"] is None
+    assert "counterstain" not in result["metrics"]
+
+
+def test_no_dab_negative_nucleus_fires_the_counterstain_flag():
+    """Synthetic metrics (the point is the rule): nuclei found, none DAB-negative."""
+    from pathology.qc.flags import evaluate_flags
+
+    metrics = {"focus": {"out_of_focus_fraction": 0.0, "tiles_blurred": 0, "tiles_scored": 1},
+               "artefacts": {k: {"fraction": 0.0} for k in ("pen", "dark", "bright")},
+               "stain": {"hematoxylin": {"p50": 0.2}}, "nuclei": {"n": 40},
+               "counterstain": {"n_dab_negative": 0, "contrast": None}}
+    flags = {f.name: f for f in evaluate_flags(metrics, kind="brightfield",
+                                               config=QcSection(), modality="ihc")}
+    assert flags["counterstain"].fired
+    assert "no DAB-negative nucleus among 40" in flags["counterstain"].reason
+    he = {f.name: f for f in evaluate_flags(metrics, kind="brightfield", config=QcSection(),
+                                            modality="he")}
+    assert not he["counterstain"].fired
