@@ -31,3 +31,21 @@ def breast_cancer_counts(breast_cancer: tuple[pd.DataFrame, pd.DataFrame]) -> pd
     """Count-like integers derived from the real log2 values: round(2 ** log2)."""
     log2, _ = breast_cancer
     return np.round(2.0 ** log2)
+
+
+ABRS = ["CXCR2P1", "ICOS", "TIMD4", "CTLA4", "PAX5", "KLRC3", "FCRL3", "AIM2", "GBP5", "CCL4"]
+
+
+@pytest.fixture()
+def hcc_like_counts(breast_cancer_counts: pd.DataFrame) -> pd.DataFrame:
+    """Real count-like rows (breast cancer, round(2**log2)) relabelled with signature genes.
+
+    Only the labels are borrowed, so scores test the plumbing, not biology: ABRS, T-effector
+    and four single genes present; the myeloid set absent.
+    """
+    counts = breast_cancer_counts.iloc[:, :12].copy()
+    names = ABRS + ["CD8A", "EOMES", "PRF1", "IFNG", "CD274", "GPC3", "AFP", "VEGFA"]
+    index = list(counts.index)
+    index[:len(names)] = names
+    counts.index = pd.Index(index, name="gene")
+    return counts * 40  # libraries of a few million reads

@@ -12,23 +12,6 @@ import pytest
 from transcriptome.config import TranscriptomeConfig
 from transcriptome.pipeline import RnaseqRecord, run_transcriptome
 
-ABRS = ["CXCR2P1", "ICOS", "TIMD4", "CTLA4", "PAX5", "KLRC3", "FCRL3", "AIM2", "GBP5", "CCL4"]
-
-
-@pytest.fixture()
-def hcc_like_counts(breast_cancer_counts: pd.DataFrame) -> pd.DataFrame:
-    """Real count-like rows (breast cancer, round(2**log2)) relabelled with signature genes.
-
-    Only the labels are borrowed, so scores test the plumbing, not biology: ABRS, T-effector
-    and four single genes present; the myeloid set absent.
-    """
-    counts = breast_cancer_counts.iloc[:, :12].copy()
-    names = ABRS + ["CD8A", "EOMES", "PRF1", "IFNG", "CD274", "GPC3", "AFP", "VEGFA"]
-    index = list(counts.index)
-    index[:len(names)] = names
-    counts.index = pd.Index(index, name="gene")
-    return counts * 40  # libraries of a few million reads
-
 
 def _config(**qc) -> TranscriptomeConfig:
     return TranscriptomeConfig.model_validate({"qc": qc})
