@@ -1,10 +1,15 @@
 """Blood batch runs: plain job records in, per-sample outputs, features and a batch report out.
 
-One bad file never stops the others: its reason goes to ``batch_report.csv``.
+One bad file never stops the others: its reason goes to ``batch_report.csv``. Each finished
+sample keeps its features in ``OUT/blood/<sample_id>/features.json``; ``blood_features.csv`` is
+rebuilt from every finished sample of the folder, so a second run with another manifest adds to
+it. A run holds the run lock (``OUT/.hccbio.lock``) from start to end.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -14,16 +19,18 @@ from typing import Any
 
 import pandas as pd
 
-from blood.config import BloodConfig
+from blood.config import FEATURE_NAME, BloodConfig
 from blood.errors import BloodInputError
-from blood.features import (
-    DICTIONARY_FILE,
-    FEATURES_FILE,
-    FeatureInfo,
-    dictionary_table,
-    feature_table,
+from blood.features import DICTIONARY_FILE, FEATURES_FILE, FeatureInfo
+from hcccore.atomic import write_csv
+from hcccore.batch_report import BatchRow, merge_report, read_report, report_frame
+from hcccore.lock import RunLock
+from hcccore.sample_features import (
+    adopt_table_rows,
+    finished_samples,
+    run_table,
+    write_sample_features,
 )
-from blood.outputs import BATCH_COLUMNS, merge_batch_report, write_csv
 
 LOG = logging.getLogger(__name__)
 SAMPLES_DIR = "blood"
@@ -54,10 +61,22 @@ class BloodJob:
 
 @dataclass(frozen=True)
 class BloodRunResult:
-    """Result of :func:`run_blood`: the feature table and this run's batch rows."""
+    """Result of :func:`run_blood`.
+
+    Attributes
+    ----------
+    features
+        The feature table written: every finished blood sample of the folder (earlier runs'
+        too), not only this run's.
+    batch
+        This run's batch rows (sample_id, status, reason, seconds).
+    notes
+        Remarks on the table (e.g. samples computed with different configurations).
+    """
 
     features: pd.DataFrame
     batch: pd.DataFrame
+    notes: tuple[str, ...] = ()
 
     @property
     def failed(self) -> list[str]:
@@ -141,8 +160,10 @@ def run_blood(jobs: Sequence[BloodJob], out: str | Path, *, config: BloodConfig
               ) -> BloodRunResult:
     """Process blood samples and write the run-level tables.
 
-    Writes ``OUT/blood/<sample_id>/...`` per sample, ``OUT/blood_features.csv``,
-    ``OUT/blood_features_dictionary.csv`` and merges ``OUT/batch_report.csv``.
+    Writes ``OUT/blood/<sample_id>/...`` per sample (with its ``features.json``), rebuilds
+    ``OUT/blood_features.csv`` and ``OUT/blood_features_dictionary.csv`` from every finished
+    blood sample of ``out`` (a sample whose latest run failed is left out) and merges this
+    run's rows into ``OUT/batch_report.csv``. Holds the run lock throughout.
 
     Parameters
     ----------
@@ -161,36 +182,72 @@ def run_blood(jobs: Sequence[BloodJob], out: str | Path, *, config: BloodConfig
     ------
     ValueError
         Duplicate sample ids among the jobs.
+    hcccore.lock.RunLockedError
+        Another run holds ``out``; the message names the lock file and its holder.
+    hcccore.lock.RunFolderError
+        ``out`` cannot be a folder.
+    hcccore.sample_features.SampleFeaturesError
+        A finished sample's ``features.json`` cannot be read (file named).
     """
     out = Path(out)
     ids = [j.sample_id for j in jobs]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ValueError(f"duplicate blood sample_id(s): {duplicates}")
-    rows: dict[str, dict[str, float]] = {}
-    infos: dict[str, FeatureInfo] = {}
-    report = []
-    cache: dict[Path, Any] = {}  # files shared by several rows (scRNA with a sample column)
-    for job in jobs:
-        start = time.perf_counter()
-        status, reason = "done", ""
-        try:
-            processor = PROCESSORS.get(job.modality)
-            if processor is None:
-                raise BloodInputError(f"{job.path}: modality {job.modality!r} is not "
-                                      f"handled by this version (handled: {sorted(PROCESSORS)})")
-            values, new_infos = processor(job, out / SAMPLES_DIR / job.sample_id, config,
-                                          cache)
-            rows[job.sample_id] = values
-            infos.update(new_infos)
-        except Exception as error:  # noqa: BLE001 - one bad file never stops the batch
-            status, reason = "failed", f"{type(error).__name__}: {error}"
-            LOG.warning("%s failed: %s", job.sample_id, reason)
-        report.append({"sample_id": job.sample_id, "status": status, "reason": reason,
-                       "seconds": round(time.perf_counter() - start, 3)})
-    features = feature_table(rows)
-    write_csv(features, out / FEATURES_FILE)
-    write_csv(dictionary_table(infos, list(features.columns)), out / DICTIONARY_FILE)
-    batch = pd.DataFrame(report, columns=list(BATCH_COLUMNS))
-    merge_batch_report(out, batch)
-    return BloodRunResult(features, batch)
+    digest = config_digest(config)
+    with RunLock(out):
+        rows: list[BatchRow] = []
+        report: dict[str, BatchRow] = {}
+        cache: dict[Path, Any] = {}  # files shared by several rows (scRNA with a sample column)
+        for job in jobs:  # the report is merged after every sample: a killed run loses none
+            rows.append(_run_one(job, out, config, cache, digest))
+            report = merge_report(out, rows[-1:])
+        report = report or read_report(out)
+        adopt_table_rows(out, SAMPLES_DIR, FEATURES_FILE, DICTIONARY_FILE, exclude=ids,
+                         report=report)  # run folders of earlier versions: keep their rows
+        table = run_table(out, SAMPLES_DIR, finished_samples(out, SAMPLES_DIR, report=report))
+        write_csv(table.features, out / FEATURES_FILE)
+        write_csv(table.dictionary, out / DICTIONARY_FILE)
+    notes = []
+    configs = table.groups("config_sha256")
+    if len(configs) > 1:
+        groups = "; ".join(f"{key[:12]}: {', '.join(v)}" for key, v in configs.items())
+        notes.append(f"{out / FEATURES_FILE} holds samples computed with {len(configs)} blood "
+                     f"configurations ({groups}); run them again with one --config for a "
+                     "comparable table")
+    for note in notes:
+        LOG.warning("%s", note)
+    return BloodRunResult(table.features, report_frame(rows), tuple(notes))
+
+
+def config_digest(config: BloodConfig) -> str:
+    """SHA-256 of the resolved blood config (its JSON form, keys sorted)."""
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _run_one(job: BloodJob, out: Path, config: BloodConfig, cache: dict[Path, Any],
+             digest: str) -> BatchRow:
+    """Process one sample into ``OUT/blood/<sample_id>``; a failure becomes its batch row."""
+    start = time.perf_counter()
+    status, reason = "done", ""
+    folder = out / SAMPLES_DIR / job.sample_id
+    try:
+        processor = PROCESSORS.get(job.modality)
+        if processor is None:
+            raise BloodInputError(f"{job.path}: modality {job.modality!r} is not "
+                                  f"handled by this version (handled: {sorted(PROCESSORS)})")
+        values, infos = processor(job, folder, config, cache)
+        bad = [name for name in values if not FEATURE_NAME.match(name)]
+        if bad:  # our own bug, not user input
+            raise ValueError(f"feature names break the [a-z0-9_]{{1,32}} convention: {bad}")
+        write_sample_features(
+            folder, sample_id=job.sample_id, values=values,
+            dictionary={name: {k: v for k, v in vars(info).items() if k != "name"}
+                        for name, info in infos.items()},
+            meta={"arm": "blood", "modality": job.modality, "stain": job.stain,
+                  "input": str(job.path), "config_sha256": digest})
+    except Exception as error:  # noqa: BLE001 - one bad file never stops the batch
+        status, reason = "failed", f"{type(error).__name__}: {error}"
+        LOG.warning("%s failed: %s", job.sample_id, reason)
+    return BatchRow(job.sample_id, status, reason, round(time.perf_counter() - start, 3))

@@ -366,10 +366,15 @@ def rnaseq_run(
     records = [RnaseqRecord(s.sample_id, s.path) for s in samples if s.modality == "rnaseq"]
     if not records:
         _fail(f"{manifest}: no rnaseq rows")
+    from hcccore.lock import RunFolderError, RunLockedError
+    from hcccore.sample_features import SampleFeaturesError
+
     try:
         result = run_transcriptome(records, out, config=cfg)
-    except ExpressionError as error:
+    except (ExpressionError, RunLockedError, RunFolderError, SampleFeaturesError) as error:
         _fail(str(error))
+    for note in result.notes:
+        typer.echo(f"note: {note}")
     for row in result.batch.itertuples():
         typer.echo(f"{row.sample_id:24s} {row.status:8s} {row.seconds:8.2f}s  {row.reason}")
     typer.echo(f"{len(records) - len(result.failed)} of {len(records)} RNA-seq samples done; "
@@ -401,7 +406,15 @@ def blood_run(
             for s in samples if s.modality in BLOOD_MODALITIES]
     if not jobs:
         _fail(f"{manifest}: no blood rows (modality {', '.join(BLOOD_MODALITIES)})")
-    result = run_blood(jobs, out, config=cfg)
+    from hcccore.lock import RunFolderError, RunLockedError
+    from hcccore.sample_features import SampleFeaturesError
+
+    try:
+        result = run_blood(jobs, out, config=cfg)
+    except (RunLockedError, RunFolderError, SampleFeaturesError) as error:
+        _fail(str(error))
+    for note in result.notes:
+        typer.echo(f"note: {note}")
     for row in result.batch.itertuples():
         typer.echo(f"{row.sample_id:24s} {row.status:8s} {row.seconds:8.2f}s  {row.reason}")
     typer.echo(f"{len(jobs) - len(result.failed)} of {len(jobs)} blood samples done; "
@@ -416,6 +429,7 @@ def integrate_cmd(
     out: Path = typer.Option(..., "--out", help="Run folder holding the arms' *_features.csv."),
 ) -> None:
     """Merge the arms' feature tables into features.csv/.parquet/.dta and data_dictionary.csv."""
+    from hcccore.lock import RunFolderError, RunLockedError
     from integration.arms import FeatureTableError
     from integration.integrate import run_integration
     from integration.review import ReviewError
@@ -423,7 +437,8 @@ def integrate_cmd(
     _check_out(out)
     try:
         table = run_integration(manifest, out)
-    except (ManifestError, FeatureTableError, ReviewError) as error:
+    except (ManifestError, FeatureTableError, ReviewError, RunLockedError,
+            RunFolderError) as error:
         _fail(str(error))
     counts = table.counts
     typer.echo(f"{counts['samples_used']} of {counts['manifest_samples']} samples used "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hcccore.lock import RunLock
 from integration.arms import read_arm_features
 from integration.exports import write_feature_table
 from integration.manifest import read_manifest
@@ -25,11 +26,17 @@ def run_integration(manifest: str | Path, out: str | Path) -> FeatureTable:
     -------
     FeatureTable
         What was written (see :func:`integration.exports.write_feature_table`).
+
+    Raises
+    ------
+    hcccore.lock.RunLockedError
+        Another run holds ``out`` (it is read and written under the run lock).
     """
     out = Path(out)
     samples = read_manifest(manifest)
-    arms = read_arm_features(out)
-    review = read_review(out / REVIEW_FILE)
-    table = build_feature_table(samples, arms, review=review)
-    write_feature_table(table, out)
+    with RunLock(out):
+        arms = read_arm_features(out)
+        review = read_review(out / REVIEW_FILE)
+        table = build_feature_table(samples, arms, review=review)
+        write_feature_table(table, out)
     return table

@@ -19,7 +19,6 @@ import logging
 import time
 from pathlib import Path
 
-import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -167,6 +166,8 @@ def run_study(path: str | Path, *, force: bool = False, show_progress: bool = Fa
         runs), or an error that concerns the run as a whole (locked run folder, merged table,
         analysis inputs); the message names the file and the key.
     """
+    from hcccore.lock import RunFolderError, RunLockedError
+    from hcccore.sample_features import SampleFeaturesError
     from integration.analyze import REPORT_FILE, run_analysis
     from integration.arms import FeatureTableError
     from integration.clinical import ClinicalError, read_clinical
@@ -210,7 +211,10 @@ def run_study(path: str | Path, *, force: bool = False, show_progress: bool = Fa
             log.warning("study=%s blood arm not available: %d blood rows not processed",
                         study.name, len(rows))
             continue
-        statuses = run()
+        try:
+            statuses = run()
+        except (RunLockedError, RunFolderError, SampleFeaturesError) as error:
+            raise StudyError(str(error)) from None
         summary["arms"][arm] = _counts(statuses)
         summary["failed"].extend(s for s, status in statuses.items() if status == "failed")
         summary["seconds"][arm] = round(time.perf_counter() - started, 2)
@@ -223,7 +227,7 @@ def run_study(path: str | Path, *, force: bool = False, show_progress: bool = Fa
         started = time.perf_counter()
         run_analysis(out / "features.csv", study.clinical, out, config=analysis_config)
     except (ManifestError, FeatureTableError, ReviewError, ClinicalError,
-            AnalysisInputError) as error:
+            AnalysisInputError, RunLockedError, RunFolderError) as error:
         raise StudyError(str(error)) from None
     summary["seconds"]["analysis"] = round(time.perf_counter() - started, 2)
     summary.update({
@@ -319,18 +323,14 @@ def _run_blood_arm(samples: list[Sample], out: Path, config) -> dict[str, str]:
 
 def _run_rnaseq_arm(samples: list[Sample], out: Path, config) -> dict[str, str]:
     from transcriptome.errors import ExpressionError
-    from transcriptome.pipeline import RnaseqRecord, run_transcriptome
+    from transcriptome.pipeline import RnaseqRecord, record_failed_run, run_transcriptome
 
     records = [RnaseqRecord(s.sample_id, s.path) for s in samples]
     try:
         result = run_transcriptome(records, out, config=config)
     except ExpressionError as error:  # the cohort as a whole: every sample fails, study goes on
-        from transcriptome.outputs import merge_batch_report
-
         reason = " ".join(str(error).split())
         log.warning("transcriptome arm failed as a whole: %s", reason)
-        merge_batch_report(out, pd.DataFrame({"sample_id": [r.sample_id for r in records],
-                                              "status": "failed", "reason": reason,
-                                              "seconds": 0.0}))
+        record_failed_run(records, out, reason=reason)
         return {r.sample_id: "failed" for r in records}
     return dict(zip(result.batch["sample_id"], result.batch["status"], strict=True))

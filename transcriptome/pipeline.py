@@ -1,12 +1,16 @@
 """The transcriptome arm end to end: expression files -> QC -> normalisation -> scores -> files.
 
 Python API used by the manifest-driven CLI in ``integration``; it takes plain records, never a
-manifest.
+manifest. Each scored sample keeps its features, QC row and log2 expression in
+``OUT/rnaseq/<sample_id>/``; the run tables are rebuilt from every finished sample of the
+folder, so a second run with another manifest adds to them. A run holds the run lock.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import platform
 import time
 from collections.abc import Sequence
@@ -16,12 +20,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from hcccore.atomic import write_csv, write_json, write_parquet
+from hcccore.batch_report import BatchRow, merge_report, report_frame
+from hcccore.lock import RunLock
+from hcccore.sample_features import (
+    adopt_table_rows,
+    finished_samples,
+    run_table,
+    write_sample_features,
+)
 from transcriptome.config import TranscriptomeConfig
 from transcriptome.errors import ExpressionError
 from transcriptome.features import FeatureTables, build_features
 from transcriptome.genes import load_gene_map, to_symbols
 from transcriptome.normalise import Normalised, check_counts, detect_value_type, normalise
-from transcriptome.outputs import merge_batch_report, write_atomic, write_csv, write_json
 from transcriptome.qc import sample_qc
 from transcriptome.read import read_expression
 from transcriptome.signatures import load_gene_sets, score_gene_sets
@@ -32,6 +44,11 @@ QC_FILE = "transcriptome_qc.csv"
 GENE_SETS_FILE = "transcriptome_gene_sets.csv"
 EXPRESSION_FILE = "transcriptome_log2_expression.parquet"
 RUN_FILE = "transcriptome_run.json"
+SAMPLES_DIR = "rnaseq"  # OUT/rnaseq/<sample_id>/: features.json, log2_expression.parquet
+SAMPLE_EXPRESSION = "log2_expression.parquet"
+QC_COLUMNS = ("library_size", "detected_genes", "qc_flag", "qc_reasons")
+
+log = logging.getLogger("hccbio.transcriptome")
 
 
 @dataclass(frozen=True)
@@ -69,16 +86,20 @@ class RunResult:
     Attributes
     ----------
     features
-        The feature table written (empty when every sample failed).
+        The feature table written: every finished RNA-seq sample of the folder (earlier runs'
+        too), not only this run's; empty when there is none.
     batch
         This run's batch rows (sample_id, status, reason, seconds).
     files
         Paths written.
+    notes
+        Remarks on the tables (e.g. samples scored in separate cohorts).
     """
 
     features: pd.DataFrame
     batch: pd.DataFrame
     files: tuple[Path, ...]
+    notes: tuple[str, ...] = ()
 
     @property
     def failed(self) -> list[str]:
@@ -143,7 +164,10 @@ def run_transcriptome(records: Sequence[RnaseqRecord], out: str | Path, *,
 
     A file that cannot be read, or a sample missing from its file, fails only its own samples
     (recorded in ``batch_report.csv``); the others are normalised and scored together as one
-    cohort (genes common to all files).
+    cohort (genes common to all files). Each scored sample's features, QC row and log2
+    expression go to ``OUT/rnaseq/<sample_id>/``; the run tables are rebuilt from every
+    finished sample of ``out`` (earlier runs' too; a sample whose latest run failed is left
+    out). Holds the run lock throughout.
 
     Parameters
     ----------
@@ -152,8 +176,9 @@ def run_transcriptome(records: Sequence[RnaseqRecord], out: str | Path, *,
     out
         Output folder (created if needed). Writes ``transcriptome_features.csv``,
         ``transcriptome_features_dictionary.csv``, ``transcriptome_qc.csv``,
-        ``transcriptome_gene_sets.csv``, ``transcriptome_log2_expression.parquet``,
-        ``transcriptome_run.json`` and merges ``batch_report.csv``.
+        ``transcriptome_log2_expression.parquet`` (every finished sample),
+        ``transcriptome_gene_sets.csv``, ``transcriptome_run.json`` (this run's cohort) and
+        merges ``batch_report.csv``.
     config
         Transcriptome config (defaults when None).
 
@@ -166,6 +191,12 @@ def run_transcriptome(records: Sequence[RnaseqRecord], out: str | Path, *,
     ExpressionError
         Repeated sample ids, unreadable gene map or gene sets, or an error that concerns the
         cohort as a whole (e.g. no gene shared by the files).
+    hcccore.lock.RunLockedError
+        Another run holds ``out``; the message names the lock file and its holder.
+    hcccore.lock.RunFolderError
+        ``out`` cannot be a folder.
+    hcccore.sample_features.SampleFeaturesError
+        A finished sample's ``features.json`` cannot be read (file named).
     """
     started = time.perf_counter()
     config = config or TranscriptomeConfig()
@@ -176,6 +207,13 @@ def run_transcriptome(records: Sequence[RnaseqRecord], out: str | Path, *,
         raise ExpressionError(f"sample_id(s) {', '.join(repeated)} given more than once")
     gene_map = load_gene_map(config.input.gene_map) if config.input.gene_map else None
     load_gene_sets(config.signatures.gene_sets)  # fail early on a bad gene-set file
+    with RunLock(out):
+        return _run_locked(records, out, config, gene_map, started)
+
+
+def _run_locked(records: Sequence[RnaseqRecord], out: Path, config: TranscriptomeConfig,
+                gene_map: dict[str, str] | None, started: float) -> RunResult:
+    ids = [r.sample_id for r in records]
     failures: dict[str, str] = {}
     seconds: dict[str, float] = {}
     blocks: list[tuple[Path, pd.DataFrame, str]] = []
@@ -204,7 +242,6 @@ def run_transcriptome(records: Sequence[RnaseqRecord], out: str | Path, *,
                                         f"{first}; one run needs one scale")
         blocks = [b for b in blocks if b[2] == first]
     files: list[Path] = []
-    features = pd.DataFrame()
     if blocks:
         tic = time.perf_counter()
         full = pd.concat([b for _, b, _ in blocks], axis=1, join="outer")
@@ -219,37 +256,146 @@ def run_transcriptome(records: Sequence[RnaseqRecord], out: str | Path, *,
         for sample in common.columns:
             seconds[sample] += share
         order = [r.sample_id for r in records if r.sample_id in common.columns]
-        tables = result.tables
-        features = tables.features.set_index("sample_id").loc[order].reset_index()
-        qc = result.qc.loc[order].rename_axis("sample_id").reset_index()
-        expression = result.normalised.log2[order]
-        files += [write_csv(features, out / FEATURES_FILE),
-                  write_csv(tables.dictionary, out / DICTIONARY_FILE),
-                  write_csv(qc, out / QC_FILE),
-                  write_csv(tables.gene_sets, out / GENE_SETS_FILE),
-                  write_atomic(out / EXPRESSION_FILE,
-                               lambda temp: expression.to_parquet(temp, engine="pyarrow"))]
+        _write_samples(out, [r for r in records if r.sample_id in common.columns], result,
+                       config)
+        files.append(write_csv(result.tables.gene_sets, out / GENE_SETS_FILE))
         qc_reasons = result.qc["qc_reasons"].to_dict()
         provenance = {"value_type": result.normalised.value_type,
                       "normalisation": result.normalised.method,
                       "unit": result.normalised.unit, "genes_scored": int(common.shape[0]),
-                      "genes_dropped_not_in_all_files": int(full.shape[0] - common.shape[0])}
+                      "genes_dropped_not_in_all_files": int(full.shape[0] - common.shape[0]),
+                      "cohort": _cohort_id(order, config)}
     else:
         qc_reasons, provenance = {}, {}
-    batch = pd.DataFrame({
-        "sample_id": ids,
-        "status": ["failed" if i in failures else "done" for i in ids],
-        "reason": [failures.get(i, qc_reasons.get(i, "")) for i in ids],
-        "seconds": [round(seconds.get(i, 0.0), 4) for i in ids],
-    })
-    files.append(merge_batch_report(out, batch))
+    rows = [BatchRow(i, "failed" if i in failures else "done",
+                     failures.get(i, qc_reasons.get(i, "")), round(seconds.get(i, 0.0), 4))
+            for i in ids]
+    report = merge_report(out, rows)
+    files.append(out / "batch_report.csv")
+    _adopt_earlier_tables(out, report, exclude=ids)
+    features, written, notes = _write_tables(out, report)
+    files += written
+    batch = report_frame(rows)
     run = {"arm": "transcriptome", "config": config.model_dump(mode="json"),
            "config_sha256": config.digest(), "inputs": [_describe(p) for p in by_file],
            "versions": _versions(), "seconds": round(time.perf_counter() - started, 3),
            "samples": {"done": int((batch["status"] == "done").sum()),
-                       "failed": int((batch["status"] == "failed").sum())}, **provenance}
+                       "failed": int((batch["status"] == "failed").sum())},
+           "samples_in_tables": len(features), "notes": notes, **provenance}
     files.append(write_json(run, out / RUN_FILE))
-    return RunResult(features, batch, tuple(files))
+    return RunResult(features, batch, tuple(files), tuple(notes))
+
+
+def record_failed_run(records: Sequence[RnaseqRecord], out: str | Path, *, reason: str
+                      ) -> pd.DataFrame:
+    """Mark every record failed (an error that concerns the cohort as a whole) and rebuild the
+    run tables without them, under the run lock.
+
+    Parameters
+    ----------
+    records
+        The samples of the run that failed.
+    out
+        The run folder.
+    reason
+        Why (e.g. the :class:`ExpressionError` raised by :func:`run_transcriptome`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The batch rows recorded.
+    """
+    out = Path(out)
+    rows = [BatchRow(r.sample_id, "failed", reason, 0.0) for r in records]
+    with RunLock(out):
+        _write_tables(out, merge_report(out, rows))
+    return report_frame(rows)
+
+
+def _write_samples(out: Path, records: Sequence[RnaseqRecord], result: ScoreResult,
+                   config: TranscriptomeConfig) -> None:
+    """Each scored sample's ``features.json`` (values, dictionary, QC row) and log2 column."""
+    tables = result.tables
+    features = tables.features.set_index("sample_id")
+    dictionary = {row["name"]: {k: v for k, v in row.items() if k != "name"}
+                  for row in tables.dictionary.to_dict("records")}
+    qc = result.qc
+    cohort = _cohort_id([r.sample_id for r in records], config)
+    for record in records:
+        sample = record.sample_id
+        folder = out / SAMPLES_DIR / sample
+        write_parquet(result.normalised.log2[[sample]], folder / SAMPLE_EXPRESSION)
+        write_sample_features(
+            folder, sample_id=sample,
+            values={name: features.at[sample, name] for name in features.columns},
+            dictionary=dictionary,
+            meta={"arm": "transcriptome", "input": str(record.path),
+                  "config_sha256": config.digest(), "cohort": cohort,
+                  "cohort_size": len(records), "value_type": result.normalised.value_type,
+                  "normalisation": result.normalised.method, "unit": result.normalised.unit,
+                  "qc": {k: _plain(qc.at[sample, k]) for k in QC_COLUMNS}})
+
+
+def _plain(value: object) -> object:
+    """A JSON-ready scalar: NumPy scalars as Python numbers, NaN as None."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and value != value else value
+
+
+def _cohort_id(samples: Sequence[str], config: TranscriptomeConfig) -> str:
+    """Short digest of the samples scored together and the config they were scored with."""
+    text = json.dumps({"samples": sorted(samples), "config": config.digest()})
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _adopt_earlier_tables(out: Path, report: dict[str, BatchRow], *,
+                          exclude: Sequence[str]) -> list[str]:
+    """Samples of a run folder written before per-sample folders: their table rows, QC rows
+    and expression columns become sample folders (so the rebuilt tables keep them)."""
+    qc_path, expression_path = out / QC_FILE, out / EXPRESSION_FILE
+    qc = (pd.read_csv(qc_path, dtype={"sample_id": str, "qc_reasons": str})
+          .fillna({"qc_reasons": ""}).set_index("sample_id") if qc_path.is_file()
+          else pd.DataFrame())
+    meta = {sid: {"qc": {k: _plain(row.get(k)) for k in QC_COLUMNS}}
+            for sid, row in qc.iterrows()}
+    adopted = adopt_table_rows(out, SAMPLES_DIR, FEATURES_FILE, DICTIONARY_FILE,
+                               exclude=exclude, report=report, meta=meta)
+    if adopted and expression_path.is_file():
+        expression = pd.read_parquet(expression_path)
+        for sid in adopted:
+            if sid in expression.columns:
+                write_parquet(expression[[sid]], out / SAMPLES_DIR / sid / SAMPLE_EXPRESSION)
+    return adopted
+
+
+def _write_tables(out: Path, report: dict[str, BatchRow]
+                  ) -> tuple[pd.DataFrame, list[Path], list[str]]:
+    """Rebuild the run tables from every finished sample of ``out``."""
+    table = run_table(out, SAMPLES_DIR, finished_samples(out, SAMPLES_DIR, report=report))
+    files = [write_csv(table.features, out / FEATURES_FILE),
+             write_csv(table.dictionary, out / DICTIONARY_FILE)]
+    qc = pd.DataFrame([{"sample_id": sid, **{k: record.get("qc", {}).get(k)
+                                             for k in QC_COLUMNS}}
+                       for sid, record in table.records.items()],
+                      columns=["sample_id", *QC_COLUMNS])
+    files.append(write_csv(qc, out / QC_FILE))
+    columns = [pd.read_parquet(out / SAMPLES_DIR / sid / SAMPLE_EXPRESSION)
+               for sid in table.records
+               if (out / SAMPLES_DIR / sid / SAMPLE_EXPRESSION).is_file()]
+    if columns:
+        expression = pd.concat(columns, axis=1, join="outer")
+        files.append(write_parquet(expression, out / EXPRESSION_FILE))
+    notes = []
+    cohorts = table.groups("cohort")
+    if len(cohorts) > 1:
+        groups = "; ".join(f"{len(v)} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+                           for v in cohorts.values())
+        notes.append(f"{out / FEATURES_FILE} holds samples scored in {len(cohorts)} separate "
+                     f"runs: {groups}; z-scores and QC outlier flags are relative to the samples "
+                     "scored together, so run every sample in one manifest for one cohort")
+    for note in notes:
+        log.warning("%s", note)
+    return table.features, files, notes
 
 
 def _load_block(path: Path, group: Sequence[RnaseqRecord], gene_map: dict[str, str] | None,
