@@ -56,6 +56,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.reports import write_block  # noqa: E402
 from pathology.annotations import (  # noqa: E402
     AnnotatedImage,
     load_crchistophenotypes,
@@ -82,8 +83,6 @@ N_VAL_MONUSEG = 3  # as models/train.py: the last three MoNuSeg test-set tiles b
 CENTROID_UM = 3.0
 LYMPHOCYTE_MATCH_UM = 4.0  # as models/train_lymphocytes.py
 RESULT = ROOT / "benchmarks" / "results" / "accuracy.json"
-README = ROOT / "benchmarks" / "README.md"
-MARK_BEGIN, MARK_END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
 
 
 def shared_data() -> Path:
@@ -451,16 +450,9 @@ def int8_lines(report: dict) -> list[str]:
 
 
 def update_readme(report: dict) -> None:
-    """Replace the table between the markers in benchmarks/README.md."""
-    text = README.read_text()
-    block = (f"{MARK_BEGIN}\n<!-- written by python -m benchmarks.accuracy on "
-             f"{report['date']}; do not edit by hand -->\n\n{table(report)}\n\n{MARK_END}")
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Accuracy\n\n" + block + "\n"
-    atomic_write_text(README, text)
+    """Replace this report's table in benchmarks/README.md."""
+    write_block("accuracy", heading="Accuracy",
+                date=report["date"], body=table(report))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -32,18 +28,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.reports import save_report, write_block  # noqa: E402
 from pathology.annotations import load_deepliif, shared_data_folder  # noqa: E402
 from pathology.config import SegmentationSection  # noqa: E402
 from pathology.evaluation import annotated_tile_config, run_pipeline, score_instances  # noqa: E402
 from pathology.qc.metrics import counterstain_metrics  # noqa: E402
 from pathology.stains import rescale_stains  # noqa: E402
-from pathology.store import atomic_write_text  # noqa: E402
 
 HEMATOXYLIN_FACTORS = (1.0, 0.7, 0.5, 0.35, 0.2)
 RECALL_DROP = 0.10
 RESULT = ROOT / "benchmarks" / "results" / "ihc_counterstain.json"
-README = ROOT / "benchmarks" / "README.md"
-MARK_BEGIN, MARK_END = "<!-- ihc-counterstain:begin -->", "<!-- ihc-counterstain:end -->"
 
 
 def measure(data: Path, model: str, work: Path) -> dict:
@@ -101,16 +95,9 @@ def table(report: dict) -> str:
 
 
 def update_readme(report: dict) -> None:
-    """Replace the block between the markers in benchmarks/README.md (appended if absent)."""
-    text = README.read_text()
-    block = (f"{MARK_BEGIN}\n<!-- written by python -m benchmarks.ihc_counterstain on "
-             f"{report['date']}; do not edit by hand -->\n\n{table(report)}\n\n{MARK_END}")
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## IHC nuclei and counterstain strength\n\n" + block + "\n"
-    atomic_write_text(README, text)
+    """Replace this report's table in benchmarks/README.md."""
+    write_block("ihc-counterstain", heading="IHC nuclei and counterstain strength",
+                date=report["date"], body=table(report))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,11 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hccbio-counterstain-") as tmp:
         report = measure(shared_data_folder(), args.model, Path(tmp))
-    report.update({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "seconds": round(time.perf_counter() - started, 1),
-                   "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
+    report = save_report(report, args.out, started=started)
     print(table(report))
     if not args.no_readme:
         update_readme(report)

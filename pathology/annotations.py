@@ -259,3 +259,40 @@ def load_crchistophenotypes(root: Path) -> list[AnnotatedPoints]:
             points[cls] = xy - 1.0
         items.append(AnnotatedPoints(name, image, points, CRC_MPP, "crchistophenotypes"))
     return items
+
+
+BRCA_M2C_MPP = 0.5  # BRCA-M2C: 40x regions downsampled to about 0.5 um/px (SOURCE.txt)
+BRCA_M2C_CLASSES = {1: "lymphocyte", 2: "tumour", 3: "stromal"}
+
+
+def load_brca_m2c(root: Path, split: str) -> list[AnnotatedPoints]:
+    """Load BRCA-M2C breast H&E tiles of one split (``"train"`` or ``"val"``) and their points.
+
+    Label rows are ``Y X class`` (Y first) in pixels; class 1 lymphocyte, 2 tumour /
+    epithelial, 3 stromal. Points are returned as 0-based ``(x, y)``. Sorted by image name.
+
+    Raises
+    ------
+    FileNotFoundError
+        The split list or an image named by it is missing.
+    ValueError
+        An unknown split or class code.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"BRCA-M2C split must be 'train' or 'val', not {split!r}")
+    root = Path(root)
+    listing = root / f"brca_ds_{split}.txt"
+    names = sorted(line.strip() for line in listing.read_text().splitlines() if line.strip())
+    items = []
+    for file_name in names:
+        stem = Path(file_name).stem
+        image = skio.imread(root / "images" / file_name)[..., :3]
+        rows = np.loadtxt(root / "labels" / f"{stem}_gt_class_coords.txt", ndmin=2)
+        codes = rows[:, 2].astype(int) if len(rows) else np.zeros(0, int)
+        unknown = sorted(set(codes.tolist()) - set(BRCA_M2C_CLASSES))
+        if unknown:
+            raise ValueError(f"{root / 'labels' / stem}: unknown class codes {unknown}")
+        points = {cls: rows[codes == code][:, [1, 0]].astype(np.float64)
+                  for code, cls in BRCA_M2C_CLASSES.items()}
+        items.append(AnnotatedPoints(stem, image, points, BRCA_M2C_MPP, "brca-m2c"))
+    return items

@@ -28,6 +28,7 @@ from pathology import layout
 from pathology.config import PathologyConfig
 from pathology.layout import RunFolder, SlideFolder
 from pathology.lymphocytes import BASE_COLUMNS as LYMPHOCYTE_COLUMNS
+from pathology.nucleus_classes import CELL_CLASSES, probability_column
 from pathology.panels import Panel, Phenotype, Threshold, resolve_panel
 from pathology.phenotypes import (
     OTHER,
@@ -507,7 +508,8 @@ def _needed_columns(panel: Panel, kind: str, available: list[str]) -> list[str]:
     wanted = {"cell_id", "x_um", "y_um", "area_um2"}
     for marker in panel.markers:
         if marker.source == "lymphocyte_classifier":
-            wanted |= set(LYMPHOCYTE_COLUMNS)
+            # the logistic model's columns, or the patch network's probabilities
+            wanted |= set(LYMPHOCYTE_COLUMNS) | {probability_column(c) for c in CELL_CLASSES}
             continue
         for compartment in ("nucleus", "ring", "cell"):
             wanted.add(marker_column(marker, kind=kind, compartment=compartment))

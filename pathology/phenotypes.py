@@ -250,13 +250,10 @@ def classify_cells(cells: pd.DataFrame, panel: Panel, *, kind: str,
     pigments: dict[str, np.ndarray] = {}
     for marker in panel.markers:
         if marker.source == "lymphocyte_classifier":
-            from pathology.lymphocytes import load_lymphocyte_model
-
-            model = load_lymphocyte_model(config.lymphocyte_model)
-            pos = model.predict(cells) if len(cells) else np.zeros(0, dtype=bool)
+            pos, threshold = lymphocyte_calls(cells, config.lymphocyte_model)
             positive[marker.name] = pos
             calls[marker.name] = MarkerCall(marker.name, "lymphocyte_classifier", "classifier",
-                                            model.threshold, 0.0, len(cells), int(pos.sum()))
+                                            threshold, 0.0, len(cells), int(pos.sum()))
             continue
         pos, call, bin_values, pigment = call_marker(cells, marker, kind=kind, config=config)
         positive[marker.name], calls[marker.name] = pos, call
@@ -269,6 +266,40 @@ def classify_cells(cells: pd.DataFrame, panel: Panel, *, kind: str,
     for name in reversed(list(phenotypes)):
         label[phenotypes[name]] = name
     return Phenotyping(positive, phenotypes, label, calls, bins, pigments)
+
+
+def lymphocyte_calls(cells: pd.DataFrame, model_spec: str) -> tuple[np.ndarray, float]:
+    """The lymphocyte call of every H&E nucleus and the threshold it used.
+
+    A patch network (:mod:`pathology.nucleus_classes`) left its probabilities in cells.parquet
+    while the tile was in memory; the logistic model (:mod:`pathology.lymphocytes`) computes
+    them from the shape and stain columns.
+
+    Raises
+    ------
+    PanelError
+        The cells were measured without the configured patch network (no probability column).
+    """
+    from pathology.nucleus_classes import (
+        is_patch_model,
+        load_patch_classifier,
+        probability_column,
+    )
+
+    if is_patch_model(model_spec):
+        model = load_patch_classifier(model_spec)
+        column = probability_column(model.positive_class)
+        if len(cells) and column not in cells:
+            raise PanelError(f"cells have no {column!r} column: they were measured without the "
+                             f"nucleus-class network {model_spec}; run 'hccbio slides run' "
+                             "again (with --force) to classify them")
+        probability = (cells[column].to_numpy(dtype=np.float64) if len(cells)
+                       else np.zeros(0))
+        return probability >= model.threshold, model.threshold
+    from pathology.lymphocytes import load_lymphocyte_model
+
+    model = load_lymphocyte_model(model_spec)
+    return (model.predict(cells) if len(cells) else np.zeros(0, dtype=bool)), model.threshold
 
 
 def _rule(cells: pd.DataFrame, phenotype, positive: dict[str, np.ndarray]) -> np.ndarray:

@@ -34,6 +34,7 @@ from pathology.nuclei import (
     normalization_range,
     predict_tiles,
 )
+from pathology.nucleus_classes import PatchClassifier, is_patch_model, load_patch_classifier
 from pathology.slide import Slide, SlideError
 from pathology.store import SlideStore, atomic_write_parquet, atomic_write_text
 from pathology.tiles import Tile, tile_grid
@@ -77,11 +78,12 @@ class SlideResult:
 
 
 class ModelCache:
-    """Loads each segmentation model once per process."""
+    """Loads each segmentation model (and the H&E nucleus-class network) once per process."""
 
     def __init__(self, config: PathologyConfig) -> None:
         self.config = config
         self._models: dict[str, NucleusModel] = {}
+        self._classifiers: dict[str, PatchClassifier] = {}
 
     def get(self, modality: str) -> NucleusModel:
         """The model for slides of ``modality`` (``he``, ``ihc``, ``mif``, or ``brightfield``
@@ -94,9 +96,34 @@ class ModelCache:
                                             precision=seg.precision)
         return self._models[spec]
 
+    def cell_classifier(self, modality: str) -> PatchClassifier | None:
+        """The patch network that classifies H&E nuclei while their tile is in memory, when
+        ``phenotypes.lymphocyte_model`` names one (None for other modalities and for the
+        cells.parquet-only logistic model).
+
+        Raises
+        ------
+        SlideError
+            The network was trained at another pixel size than ``slide.working_mpp``.
+        """
+        spec = self.config.phenotypes.lymphocyte_model
+        if modality != "he" or not is_patch_model(spec):
+            return None
+        if spec not in self._classifiers:
+            classifier = load_patch_classifier(spec)
+            working = self.config.slide.working_mpp
+            if abs(classifier.mpp - working) > 0.02 * working:
+                raise SlideError(f"{classifier.folder}: the nucleus-class network was trained "
+                                 f"at {classifier.mpp} um/px but slide.working_mpp is "
+                                 f"{working}; use working_mpp {classifier.mpp} or another "
+                                 "phenotypes.lymphocyte_model")
+            self._classifiers[spec] = classifier
+        return self._classifiers[spec]
+
     def describe(self) -> dict[str, dict]:
         """Provenance of every model loaded so far, keyed by its configured name."""
-        return {spec: model.describe() for spec, model in self._models.items()}
+        return {**{spec: model.describe() for spec, model in self._models.items()},
+                **{spec: c.describe() for spec, c in self._classifiers.items()}}
 
 
 def file_signature(path: Path) -> dict:
@@ -342,6 +369,9 @@ def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
         identity = {"input": file_signature(job.path), "config": cfg.digest(),
                     "model": model.sha256, "modality": job.modality,
                     "manifest_mpp": job.mpp}
+        classifier = models.cell_classifier(job.modality)
+        if classifier is not None:  # its probabilities are per-tile columns
+            identity["cell_classes"] = classifier.sha256
         store = SlideStore(RunFolder(out).slide(job.sample_id).root, identity)
         stored = store.tissue_mask()
         if stored is None:
@@ -423,6 +453,7 @@ def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: M
     if not todo:
         return 0
     model = models.get(plan.job.modality)
+    classifier = models.cell_classifier(plan.job.modality)
     per_forward = tiles_per_forward(config)
     batches = [todo[i:i + per_forward] for i in range(0, len(todo), per_forward)]
     with _open(plan.job, config) as slide, ThreadPoolExecutor(
@@ -444,14 +475,29 @@ def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: M
                 pending = run(read_and_predict, batches[number + 1])
             for tile, image, prediction in results:
                 nuclei = instances_from_prediction(model, prediction)
-                store.save_tile(tile.index, measure_tile(
+                table = measure_tile(
                     tile, nuclei, image, kind=plan.kind, working_mpp=config.slide.working_mpp,
                     level0_mpp=level0_mpp, channels=channels,
                     min_area_um2=config.segmentation.min_area_um2,
                     background=config.cells.background_intensity,
                     ring_width_um=config.cells.ring_width_um, unmixing=_unmixing(plan),
-                    whole_cell=plan.whole_cell))
+                    whole_cell=plan.whole_cell)
+                if classifier is not None:
+                    table = classify_tile(classifier, table, tile, image,
+                                          working_mpp=config.slide.working_mpp)
+                store.save_tile(tile.index, table)
     return len(todo)
+
+
+def classify_tile(classifier: PatchClassifier, table: pa.Table, tile: Tile, image: np.ndarray,
+                  *, working_mpp: float) -> pa.Table:
+    """Add the class-probability columns (``p_<class>``) of the tile's nuclei, from patches of
+    the read box centred on each nucleus (the read box's halo gives border nuclei context)."""
+    rows = table.column("y_um").to_numpy() / working_mpp - tile.read_y - 0.5
+    cols = table.column("x_um").to_numpy() / working_mpp - tile.read_x - 0.5
+    for name, values in classifier.classify(image, rows, cols).items():
+        table = table.append_column(name, pa.array(values, type=pa.float32()))
+    return table
 
 
 def _unmixing(plan: SlidePlan) -> np.ndarray | None:

@@ -1,0 +1,208 @@
+"""H&E nucleus classes across organs: the lymphocyte call per organ, three approaches compared.
+
+Every BRCA-M2C tile (breast) and CRCHistoPhenotypes image (colon) goes once through
+``hccbio slides run`` with the nucleus-class network configured
+(``phenotypes.lymphocyte_model``), so each detected nucleus carries both its shape and stain
+columns and the network's class probabilities. Nuclei are matched one-to-one to the annotated
+points within ``MATCH_UM``; scores are on matched nuclei of the **report** images, which no
+approach trained or tuned on (the splits of ``models/train_cell_classes.py``):
+
+- ``patch_cnn``: the pipeline's own lymphocyte call with the network (the shipped default);
+- ``features_two_organs``: the logistic regression on shape and stain columns
+  (:func:`pathology.lymphocytes.lymphocyte_features`) refitted here on the same training images
+  of both organs, its threshold chosen on the same tune images;
+- ``features_colon``: the previous default, the logistic model trained on colon only
+  (``models/lymphocyte_classifier``).
+
+Per organ: lymphocyte precision / recall / F1, the share of tumour (and stromal) nuclei called
+lymphocytes, and per report image (the dense infiltrate of CRC img29 among them). Written to
+``benchmarks/results/cell_classes.json`` and as a table into benchmarks/README.md.
+
+Usage: ``python -m benchmarks.cell_classes [--model models/he_cell_classes]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.reports import save_report, write_block  # noqa: E402
+from models.train_cell_classes import choose_threshold, split_images  # noqa: E402
+from pathology.annotations import AnnotatedPoints, shared_data_folder  # noqa: E402
+from pathology.evaluation import (  # noqa: E402
+    annotated_tile_config,
+    detection_scores,
+    match_centroids,
+    run_pipeline,
+)
+from pathology.nucleus_classes import CELL_CLASSES  # noqa: E402
+
+MATCH_UM = 4.0
+RESULT = ROOT / "benchmarks" / "results" / "cell_classes.json"
+TARGET_F1, TARGET_TUMOUR_SHARE = 0.75, 0.05
+DEFAULT_MODEL = "models/he_cell_classes"
+COLON_MODEL = "models/lymphocyte_classifier"
+
+
+def matched_cells(items: list[AnnotatedPoints], results) -> pd.DataFrame:
+    """The pipeline's nuclei matched to annotated points, with the point's class (``truth``)
+    and the image name."""
+    tables = []
+    for item, result in zip(items, results, strict=True):
+        xy, classes = item.centroids_um()
+        cells = result.cells
+        t_idx, p_idx = match_centroids(xy, cells[["x_um", "y_um"]].to_numpy(), MATCH_UM)
+        table = cells.iloc[p_idx].copy()
+        table["truth"] = classes[t_idx]
+        table["image"] = item.name
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def call_scores(truth: np.ndarray, called: np.ndarray) -> dict:
+    """Lymphocyte precision / recall / F1 and the share of each other class called
+    lymphocyte."""
+    is_lym = truth == "lymphocyte"
+    scores = detection_scores(int(is_lym.sum()), int(called.sum()), int((is_lym & called).sum()))
+    for cls in ("tumour", "stromal", "other"):
+        mask = truth == cls
+        scores[f"{cls}_called_lymphocyte"] = float(called[mask].mean()) if mask.any() else None
+    scores["n_matched"] = int(len(truth))
+    return scores
+
+
+def features_model(train: pd.DataFrame, tune: dict[str, pd.DataFrame]):
+    """Logistic regression on the shape and stain columns, fitted on ``train``, its
+    lymphocyte threshold chosen on the tune tables of both organs."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pathology.lymphocytes import lymphocyte_features
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=0))
+    model.fit(lymphocyte_features(train).to_numpy(), train["truth"].to_numpy().astype(str))
+    order = [list(model.classes_).index(c) if c in model.classes_ else None
+             for c in CELL_CLASSES]
+
+    def probabilities(cells: pd.DataFrame) -> np.ndarray:
+        p = model.predict_proba(lymphocyte_features(cells).to_numpy())
+        return np.stack([p[:, k] if k is not None else np.zeros(len(p)) for k in order], 1)
+
+    truth_index = {o: np.array([CELL_CLASSES.index(c) for c in t["truth"]])
+                   for o, t in tune.items()}
+    threshold = choose_threshold({o: (probabilities(t), truth_index[o])
+                                  for o, t in tune.items()})
+    lym = CELL_CLASSES.index("lymphocyte")
+    return (lambda cells: probabilities(cells)[:, lym] >= threshold), threshold
+
+
+def measure(data: Path, model: str, work: Path) -> dict:
+    """Run the pipeline over every image and score the three approaches per organ."""
+    from pathology.lymphocytes import load_lymphocyte_model
+
+    sets = split_images(data)
+    config = annotated_tile_config("models/he_nuclei")
+    config["phenotypes"] = {"lymphocyte_model": model}
+    tables: dict[str, dict[str, pd.DataFrame]] = {}
+    for organ, splits in sets.items():
+        tables[organ] = {}
+        for split, items in splits.items():
+            results = run_pipeline(items, work / f"{organ}_{split}", modality="he",
+                                   config=config)
+            tables[organ][split] = matched_cells(items, results)
+    train = pd.concat([tables[o]["train"] for o in tables], ignore_index=True)
+    refitted, refit_threshold = features_model(train, {o: tables[o]["tune"] for o in tables})
+    colon_model = load_lymphocyte_model(COLON_MODEL)
+    approaches = {
+        "patch_cnn": lambda cells: cells["lymphocyte_pos"].to_numpy().astype(bool),
+        "features_two_organs": refitted,
+        "features_colon": colon_model.predict,
+    }
+    report: dict = {"approaches": {}, "images": {o: {s: [i.name for i in items]
+                                                      for s, items in splits.items()}
+                                                 for o, splits in sets.items()},
+                    "features_two_organs_threshold": refit_threshold}
+    for name, call in approaches.items():
+        per_organ = {}
+        for organ in tables:
+            report_table = tables[organ]["report"]
+            called = call(report_table)
+            truth = report_table["truth"].to_numpy()
+            scores = call_scores(truth, called)
+            scores["per_image"] = {
+                image: call_scores(truth[mask], called[mask])
+                for image in sorted(set(report_table["image"]))
+                for mask in [report_table["image"].to_numpy() == image]}
+            per_organ[organ] = scores
+        report["approaches"][name] = per_organ
+    return report
+
+
+def table(report: dict) -> str:
+    """Markdown table: one row per approach and organ, with the targets."""
+    lines = ["| approach | organ (report images) | lymphocyte F1 | precision | recall | "
+             "tumour called lymphocyte | stromal called lymphocyte | matched nuclei |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, organs in report["approaches"].items():
+        for organ, s in organs.items():
+            n_images = len(report["images"][organ]["report"])
+            stromal = s["stromal_called_lymphocyte"]
+            lines.append(f"| {name} | {organ} ({n_images}) | {s['f1']:.3f} | "
+                         f"{s['precision']:.3f} | {s['recall']:.3f} | "
+                         f"{s['tumour_called_lymphocyte']:.1%} | "
+                         f"{'-' if stromal is None else f'{stromal:.1%}'} | "
+                         f"{s['n_matched']} |")
+    shipped = report["approaches"]["patch_cnn"]
+    lines.append("")
+    for organ, s in shipped.items():
+        f1_met = "met" if s["f1"] >= TARGET_F1 else "not met"
+        share_met = ("met" if s["tumour_called_lymphocyte"] <= TARGET_TUMOUR_SHARE
+                     else "not met")
+        lines.append(f"- patch_cnn, {organ}: lymphocyte F1 {s['f1']:.3f} against >= "
+                     f"{TARGET_F1} ({f1_met}); tumour nuclei called lymphocytes "
+                     f"{s['tumour_called_lymphocyte']:.1%} against <= "
+                     f"{TARGET_TUMOUR_SHARE:.0%} ({share_met}).")
+    dense = shipped["colon"]["per_image"].get("img29")
+    if dense is not None:
+        lines.append(f"- dense infiltrate (colon img29, {dense['n_true']} annotated "
+                     f"lymphocytes matched): recall {dense['recall']:.3f}, precision "
+                     f"{dense['precision']:.3f}.")
+    return "\n".join(lines)
+
+
+def update_readme(report: dict) -> None:
+    """Replace this report's table in benchmarks/README.md."""
+    write_block("cell-classes", heading="H&E nucleus classes across organs",
+                date=report["date"], body=table(report))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="nucleus-class network folder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hccbio-cell-classes-") as tmp:
+        report = measure(shared_data_folder(), args.model, Path(tmp))
+    report.update({"model": args.model, "match_um": MATCH_UM})
+    report = save_report(report, args.out, started=started)
+    print(table(report))
+    if not args.no_readme:
+        update_readme(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""H&E nucleus classes from nucleus-centred patches: a small convolutional network.
+
+Shape and stain features of a nucleus saw one organ's scale and colour; a patch around the
+nucleus (``PATCH_PX`` pixels at the working resolution, 0.5 um/px: about 32 um) shows its
+chromatin texture, its cytoplasm and its neighbours, which is what a pathologist looks at. The
+network is trained by ``models/train_cell_classes.py`` on colorectal and breast tiles with
+stain, scale and blur augmentation and stored as a model folder::
+
+    model.keras     Keras 3 network: (n, PATCH_PX, PATCH_PX, 3) RGB in [0, 1] -> class softmax
+    model.json      {"kind": "patch_cnn", "classes": [...], "patch_px": 64, "mpp": 0.5,
+                     "positive_class": "lymphocyte", "threshold": 0.5, "meta": {...}}
+
+The class vocabulary (:data:`CELL_CLASSES`) and the cells.parquet columns holding the
+probabilities (:func:`probability_column`) are defined here once, for the pipeline, the
+phenotype step and the training script.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathology.panels import PROJECT_ROOT
+
+CELL_CLASSES = ("lymphocyte", "tumour", "stromal", "other")
+PATCH_PX = 64
+PATCH_MPP = 0.5
+MODEL_FILE = "model.json"
+NETWORK_FILE = "model.keras"
+KIND = "patch_cnn"
+PREDICT_BATCH = 256
+
+
+class NucleusClassModelError(ValueError):
+    """The patch classifier folder is missing or invalid."""
+
+
+def probability_column(cls: str) -> str:
+    """The cells.parquet column holding the probability of ``cls`` (``p_lymphocyte``)."""
+    return f"p_{cls}"
+
+
+def extract_patches(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, *,
+                    size: int = PATCH_PX) -> np.ndarray:
+    """Square patches of ``image`` centred on each ``(row, col)``, reflected at the border.
+
+    Parameters
+    ----------
+    image
+        ``(H, W, 3)`` RGB image.
+    rows, cols
+        Patch centres in pixels (rounded to the nearest pixel).
+    size
+        Patch side in pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, size, size, 3)``, the dtype of ``image``.
+
+    Examples
+    --------
+    >>> image = np.arange(5 * 5 * 3, dtype=np.uint8).reshape(5, 5, 3)
+    >>> extract_patches(image, np.array([2]), np.array([2]), size=3)[0, :, :, 0]
+    array([[18, 21, 24],
+           [33, 36, 39],
+           [48, 51, 54]], dtype=uint8)
+    """
+    half = size // 2
+    padded = np.pad(image[..., :3], ((half, size), (half, size), (0, 0)), mode="reflect")
+    r = np.rint(np.asarray(rows, dtype=np.float64)).astype(np.int64)
+    c = np.rint(np.asarray(cols, dtype=np.float64)).astype(np.int64)
+    r = np.clip(r, 0, image.shape[0] - 1)
+    c = np.clip(c, 0, image.shape[1] - 1)
+    offsets = np.arange(size)
+    # padded[r + k] is image[r + k - half]: the patch spans r - half .. r - half + size - 1
+    return padded[(r[:, None, None] + offsets[None, :, None]),
+                  (c[:, None, None] + offsets[None, None, :])]
+
+
+@dataclass(frozen=True)
+class PatchClassifier:
+    """A patch network and what it was trained for.
+
+    Attributes
+    ----------
+    folder
+        The model folder.
+    classes
+        Output classes in network order.
+    patch_px, mpp
+        Patch side in pixels and the pixel size it was trained at.
+    positive_class, threshold
+        The lymphocyte call: probability of ``positive_class`` at or above ``threshold``.
+    meta
+        Provenance and measured accuracy.
+    """
+
+    folder: Path
+    classes: tuple[str, ...]
+    patch_px: int
+    mpp: float
+    positive_class: str
+    threshold: float
+    sha256: str = ""
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance record for run.json and features.json."""
+        return {"name": str(self.folder.name), "kind": KIND, "sha256": self.sha256,
+                "classes": list(self.classes), "patch_px": self.patch_px, "mpp": self.mpp,
+                "positive_class": self.positive_class, "threshold": self.threshold}
+
+    def network(self) -> Any:
+        """The Keras network (loaded once per process)."""
+        return _load_network(str(self.folder / NETWORK_FILE))
+
+    def probabilities(self, patches: np.ndarray) -> np.ndarray:
+        """``(n, K)`` class probabilities of uint8 RGB patches."""
+        if not len(patches):
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        network = self.network()
+        out = []
+        for start in range(0, len(patches), PREDICT_BATCH):
+            batch = patches[start:start + PREDICT_BATCH].astype(np.float32) / 255.0
+            out.append(np.asarray(network(batch, training=False), dtype=np.float32))
+        return np.concatenate(out)
+
+    def classify(self, image: np.ndarray, rows: np.ndarray, cols: np.ndarray
+                 ) -> dict[str, np.ndarray]:
+        """Class probabilities of the nuclei centred at ``(rows, cols)`` of ``image``.
+
+        ``image`` must be RGB at the classifier's pixel size (the pipeline's working
+        resolution). Returns one float32 array per class, keyed by its cells.parquet column.
+        """
+        probs = self.probabilities(extract_patches(image, rows, cols, size=self.patch_px))
+        return {probability_column(cls): probs[:, k] for k, cls in enumerate(self.classes)}
+
+
+@lru_cache(maxsize=4)
+def _load_network(path: str) -> Any:
+    from pathology.nuclei import import_tensorflow
+
+    keras = import_tensorflow().keras
+    return keras.models.load_model(path, compile=False)
+
+
+def is_patch_model(spec: str | Path) -> bool:
+    """Whether the model folder holds a patch classifier (``kind: patch_cnn``)."""
+    path = _folder(spec) / MODEL_FILE
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("kind") == KIND
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def _folder(spec: str | Path) -> Path:
+    folder = Path(spec)
+    return folder if folder.is_absolute() else PROJECT_ROOT / folder
+
+
+def load_patch_classifier(spec: str | Path) -> PatchClassifier:
+    """Read a patch classifier folder (relative paths: to the project root).
+
+    Raises
+    ------
+    NucleusClassModelError
+        Missing files, another kind of model, or malformed fields.
+    """
+    folder = _folder(spec)
+    path = folder / MODEL_FILE
+    if not path.is_file() or not (folder / NETWORK_FILE).is_file():
+        raise NucleusClassModelError(f"{folder}: no patch classifier ({MODEL_FILE} and "
+                                     f"{NETWORK_FILE}); train one with "
+                                     "models/train_cell_classes.py")
+    try:
+        data = json.loads(path.read_text())
+        if data.get("kind") != KIND:
+            raise ValueError(f"kind {data.get('kind')!r}, expected {KIND!r}")
+        classes = tuple(str(c) for c in data["classes"])
+        unknown = [c for c in classes if c not in CELL_CLASSES]
+        if unknown:
+            raise ValueError(f"classes {unknown} are not among {CELL_CLASSES}")
+        positive = str(data.get("positive_class", "lymphocyte"))
+        if positive not in classes:
+            raise ValueError(f"positive class {positive!r} is not among {classes}")
+        from pathology.nuclei import file_sha256
+
+        return PatchClassifier(folder, classes, int(data["patch_px"]), float(data["mpp"]),
+                               positive, float(data["threshold"]),
+                               file_sha256(folder / NETWORK_FILE), dict(data.get("meta", {})))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise NucleusClassModelError(f"{path}: malformed patch classifier ({error})") from error

@@ -1,0 +1,114 @@
+"""H&E nucleus classes from nucleus-centred patches (pathology.nucleus_classes): patches, the
+model folder, and the per-tile classification inside `hccbio slides run`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pathology.nucleus_classes import (
+    CELL_CLASSES,
+    MODEL_FILE,
+    NETWORK_FILE,
+    NucleusClassModelError,
+    extract_patches,
+    is_patch_model,
+    load_patch_classifier,
+    probability_column,
+)
+
+
+def test_patches_are_centred_and_reflected_at_the_border():
+    """Synthetic geometry (the point is the indexing): each pixel holds its own coordinates."""
+    rows, cols = np.mgrid[0:40, 0:50]
+    image = np.stack([rows, cols, np.zeros_like(rows)], axis=-1).astype(np.uint16)
+    patches = extract_patches(image, np.array([20, 0, 39.4]), np.array([25, 0, 49.6]), size=8)
+    assert patches.shape == (3, 8, 8, 3)
+    # centre pixel (size // 2) is the requested one; rows run r - 4 .. r + 3
+    assert tuple(patches[0, 4, 4, :2]) == (20, 25)
+    assert patches[0, :, 4, 0].tolist() == list(range(16, 24))
+    # at the corner, the image is mirrored (reflect: no edge pixel repeated)
+    assert patches[1, :, 4, 0].tolist() == [4, 3, 2, 1, 0, 1, 2, 3]
+    # centres round to the nearest pixel and stay inside the image
+    assert tuple(patches[2, 4, 4, :2]) == (39, 49)
+
+
+def _write_network(folder, *, threshold: float = 0.5, kind: str = "patch_cnn",
+                   classes=CELL_CLASSES) -> None:
+    """A tiny fixed network (synthetic: the point is the plumbing, not accuracy): class
+    scores are linear in the patch's mean red, green and blue."""
+    from pathology.nuclei import import_tensorflow
+
+    keras = import_tensorflow().keras
+    inputs = keras.Input((64, 64, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    dense = keras.layers.Dense(len(classes), activation="softmax")
+    outputs = dense(pooled)
+    network = keras.Model(inputs, outputs)
+    weights = np.array([[-8.0, 4.0, 2.0, 0.0], [-6.0, 2.0, 4.0, 0.0], [2.0, 1.0, 0.0, 0.0]],
+                       dtype=np.float32)[:, :len(classes)]
+    dense.set_weights([weights, np.array([6.0, -2.0, -2.0, 0.0][:len(classes)], np.float32)])
+    folder.mkdir(parents=True, exist_ok=True)
+    network.save(folder / NETWORK_FILE)
+    (folder / MODEL_FILE).write_text(json.dumps(
+        {"kind": kind, "classes": list(classes), "patch_px": 64, "mpp": 0.5,
+         "positive_class": "lymphocyte", "threshold": threshold, "meta": {}}))
+
+
+def test_model_folder_errors_name_the_folder_and_the_problem(tmp_path):
+    with pytest.raises(NucleusClassModelError, match="no patch classifier"):
+        load_patch_classifier(tmp_path / "missing")
+    _write_network(tmp_path / "other", kind="logistic")
+    assert not is_patch_model(tmp_path / "other")
+    with pytest.raises(NucleusClassModelError, match="kind 'logistic'"):
+        load_patch_classifier(tmp_path / "other")
+    _write_network(tmp_path / "bad", classes=("lymphocyte", "plasma"))
+    with pytest.raises(NucleusClassModelError, match="plasma"):
+        load_patch_classifier(tmp_path / "bad")
+    _write_network(tmp_path / "good")
+    classifier = load_patch_classifier(tmp_path / "good")
+    assert classifier.classes == CELL_CLASSES and len(classifier.sha256) == 64
+
+
+def test_slides_run_classifies_each_nucleus_from_its_patch_across_tile_borders(tmp_path):
+    """stardist's real H&E image through `hccbio slides run` in 128 px tiles with the patch
+    network configured: every nucleus gets its class probabilities, the same as a patch cut
+    from the whole image (the halo gives border nuclei their context), and the lymphocyte
+    phenotype is the network's call at its threshold."""
+    from stardist.data import test_image_he_2d
+
+    from pathology.annotations import AnnotatedPoints
+    from pathology.evaluation import annotated_tile_config, run_pipeline
+
+    network = tmp_path / "net"
+    _write_network(network)
+    image = test_image_he_2d()
+    # threshold: the median probability over a grid of patches, so that the call splits
+    grid_r, grid_c = np.mgrid[16:image.shape[0]:24, 16:image.shape[1]:24]
+    median = float(np.median(load_patch_classifier(network).classify(
+        image, grid_r.ravel(), grid_c.ravel())["p_lymphocyte"]))
+    meta = json.loads((network / MODEL_FILE).read_text())
+    (network / MODEL_FILE).write_text(json.dumps({**meta, "threshold": median}))
+    config = annotated_tile_config("models/he_nuclei")
+    config.update({"tiling": {"tile_size": 128, "halo": 48},
+                   "phenotypes": {"lymphocyte_model": str(network)}})
+    (result,) = run_pipeline([AnnotatedPoints("he", image, {}, 0.5, "stardist")],
+                             tmp_path / "run", modality="he", config=config)
+    cells = result.cells
+    columns = [probability_column(c) for c in CELL_CLASSES]
+    assert len(cells) > 100 and set(columns) <= set(cells.columns)
+    probs = cells[columns].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert probs[:, 0].std() > 0.01  # the call varies with the nucleus
+    called = cells["lymphocyte_pos"].to_numpy().astype(bool)
+    assert np.array_equal(called, cells["p_lymphocyte"].to_numpy() >= median)
+    assert 0 < called.sum() < len(cells)
+    rows = cells["y_um"].to_numpy() / 0.5 - 0.5
+    cols = cells["x_um"].to_numpy() / 0.5 - 0.5
+    inner = ((rows >= 32) & (cols >= 32) & (rows < image.shape[0] - 32)
+             & (cols < image.shape[1] - 32))
+    whole = load_patch_classifier(network).classify(image, rows[inner], cols[inner])
+    assert np.allclose(whole["p_lymphocyte"], cells["p_lymphocyte"].to_numpy()[inner],
+                       atol=1e-5)
