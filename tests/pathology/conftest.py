@@ -83,3 +83,34 @@ def browser():
         instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield instance
         instance.close()
+
+
+@pytest.fixture(scope="session")
+def kidney_block(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
+    """ANHIR's rat kidney H&E and pan-cytokeratin sections as two 2 um/px slides of one block
+    (``he``, ``ck``), and a folder of QuPath annotations (``annotations``) with a tumour on the
+    H&E only, in level-0 px of the H&E: the box (160, 40)-(270, 160), as ``kidney-he``."""
+    import json
+
+    from skimage import io as skio
+    from skimage.transform import rescale
+
+    folder = shared_data / "registration" / "anhir-rat-kidney"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    root = tmp_path_factory.mktemp("kidney-block")
+    paths = {}
+    for name, file in (("he", "Rat-Kidney_HE.jpg"), ("ck", "Rat-Kidney_PanCytokeratin.jpg")):
+        image = skio.imread(folder / file)
+        small = rescale(image, 0.25, channel_axis=-1, anti_aliasing=True, preserve_range=True)
+        paths[name] = root / f"{name}.tiff"
+        write_pyramidal_tiff(paths[name], np.clip(np.rint(small), 0, 255).astype(np.uint8),
+                             mpp=2.0)
+    paths["annotations"] = root / "annotations"
+    paths["annotations"].mkdir()
+    ring = [[160, 40], [270, 40], [270, 160], [160, 160], [160, 40]]
+    (paths["annotations"] / "kidney-he.geojson").write_text(json.dumps({
+        "type": "FeatureCollection", "features": [{
+            "type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {"classification": {"name": "Tumor"}}}]}))
+    return paths

@@ -9,12 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from skimage import io as skio
-from skimage.transform import rescale
 from typer.testing import CliRunner
 
 from integration.cli import app
-from integration.demo import write_pyramidal_tiff
 from integration.manifest import read_manifest
 from pathology.regions import CODES
 from pathology.registration import read_registration
@@ -52,27 +49,10 @@ def test_manifest_block_id_and_pairs(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def block(shared_data: Path, tmp_path_factory) -> dict:
-    """ANHIR's rat kidney H&E and pan-cytokeratin sections as two 2 um/px slides of one block,
-    and a QuPath annotation of a tumour on the H&E only."""
-    folder = shared_data / "registration" / "anhir-rat-kidney"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} not found")
+def block(kidney_block: dict[str, Path], tmp_path_factory) -> dict:
+    """The rat kidney block (H&E annotated, pan-cytokeratin as IHC) through the sync batch."""
     root = tmp_path_factory.mktemp("block")
-    paths = {}
-    for name, file in (("he", "Rat-Kidney_HE.jpg"), ("ck", "Rat-Kidney_PanCytokeratin.jpg")):
-        image = skio.imread(folder / file)
-        small = rescale(image, 0.25, channel_axis=-1, anti_aliasing=True, preserve_range=True)
-        paths[name] = root / f"{name}.tiff"
-        write_pyramidal_tiff(paths[name], np.clip(np.rint(small), 0, 255).astype(np.uint8),
-                             mpp=2.0)
-    annotations = root / "annotations"
-    annotations.mkdir()
-    ring = [[160, 40], [270, 40], [270, 160], [160, 160], [160, 40]]  # level-0 px of the H&E
-    (annotations / "kidney-he.geojson").write_text(json.dumps({
-        "type": "FeatureCollection", "features": [{
-            "type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-            "properties": {"classification": {"name": "Tumor"}}}]}))
+    paths, annotations = kidney_block, kidney_block["annotations"]
     manifest = root / "samples.csv"
     manifest.write_text(HEADER + f"R1,baseline,kidney-ck,ihc,CD8,{paths['ck']},,B7\n"
                                  f"R1,baseline,kidney-he,he,HE,{paths['he']},,B7\n")
