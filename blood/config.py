@@ -202,6 +202,17 @@ class ElisaConfig(_Section):
     recovery_window: tuple[float, float] = Field((70.0, 130.0), description="Accepted "
                                                  "back-calculated standard recovery (%).")
     max_cv_pct: float = Field(15.0, gt=0, description="Flag replicate CV above this (%).")
+    min_curve_span: float = Field(0.3, ge=0, lt=1, description="A standard curve whose level "
+                                  "means (raw OD / MFI) span less than this fraction of the "
+                                  "highest is flat: the analyte fails (0 = no check).")
+    min_curve_tau: float = Field(0.7, ge=0, le=1, description="Standards whose mean "
+                                 "responses rise or fall with concentration less "
+                                 "consistently than this |Kendall tau| are non-monotonic: the "
+                                 "analyte fails (0 = no check).")
+    min_recovering_standards: float = Field(0.5, ge=0, le=1, description="Fraction of "
+                                            "standard levels that must back-calculate within "
+                                            "recovery_window on the final curve; fewer: the "
+                                            "analyte fails.")
     below_rule: Literal["lloq_half", "lowest_standard", "censor"] = Field(
         "lloq_half", description="Value below the LLOQ: LLOQ/2, LLOQ (lowest standard) or "
         "NaN (censored); all are flagged '<LLOQ'. Above the ULOQ is always NaN.")

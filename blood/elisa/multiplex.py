@@ -27,8 +27,16 @@ import numpy as np
 import pandas as pd
 
 from blood.config import ElisaConfig
-from blood.elisa.pipeline import CONCENTRATION_COLUMNS, PlateResult, analyte_key
-from blood.elisa.quantify import Quantified, quantify, range_flags
+from blood.elisa.pipeline import (
+    CONCENTRATION_COLUMNS,
+    CURVES_FILE,
+    NO_CURVE,
+    PlateResult,
+    analyte_key,
+    curve_row,
+    quantify_analyte,
+)
+from blood.elisa.quantify import Quantified, range_flags
 from blood.elisa.xponent import XponentExport, read_xponent
 from blood.errors import BloodInputError
 from blood.outputs import write_csv, write_json
@@ -117,7 +125,7 @@ def _well_results(wells: pd.DataFrame, result: Quantified | None) -> pd.DataFram
     """Our in-sample concentration and range flag for every well of one analyte."""
     wells = wells.copy()
     if result is None:
-        wells["flag"], wells["concentration"] = "", np.nan
+        wells["flag"], wells["concentration"] = NO_CURVE, np.nan
         return wells
     response = wells["net_mfi"].to_numpy(dtype=float)
     flags = range_flags(result.curve, result.lloq, result.uloq, response)
@@ -225,17 +233,14 @@ def analyse_xponent(path: str | Path, out_dir: str | Path, *,
         table = export.well_table(analyte).assign(
             sample_id=wells["sample_id"].to_numpy(), low_beads=wells["low_beads"].to_numpy())
         fit_wells = table.loc[~table["low_beads"]] if config.exclude_low_beads else table
-        result: Quantified | None = None
-        try:
-            result = quantify(fit_wells, model=config.xponent_model,
-                              weight_power=config.weight_power,
-                              weight_floor=config.xponent_weight_floor,
-                              recovery_window=config.recovery_window,
-                              max_cv_pct=config.max_cv_pct, below_rule=config.below_rule,
-                              exclusion="none")
-        except ValueError as error:
-            failed[analyte] = str(error)
-            LOG.warning("%s: analyte %s: %s", path, analyte, error)
+        result, reason = quantify_analyte(fit_wells, config, path=path, analyte=analyte,
+                                          model=config.xponent_model,
+                                          weight_power=config.weight_power,
+                                          weight_floor=config.xponent_weight_floor,
+                                          exclusion="none")
+        if result is None:
+            failed[analyte] = reason
+            LOG.warning("%s", reason)
         per_well.append(_well_results(wells, result).assign(
             excluded=wells["low_beads"].to_numpy() & config.exclude_low_beads))
         curves.append(_curve_row(export, analyte, keys[analyte], result, failed.get(analyte)))
@@ -255,14 +260,14 @@ def analyse_xponent(path: str | Path, out_dir: str | Path, *,
                        reference_label="xPONENT's own 5PL", ylabel="Net MFI",
                        low_bead_samples=low)
     if not concentrations:
-        raise BloodInputError(f"{path}: no analyte's standard curve could be fitted "
-                              f"({'; '.join(f'{a}: {e}' for a, e in failed.items())})")
+        raise BloodInputError(f"{path}: no analyte's standard curve fits "
+                              f"({'; '.join(failed.values())})")
     wells_out = _wells_table(pd.concat(per_well, ignore_index=True))
     table = pd.concat(concentrations, ignore_index=True).loc[:, list(CONCENTRATION_COLUMNS)]
     agreement = agreement_table(wells_out.loc[~wells_out["excluded"]])
     write_csv(wells_out, out_dir / WELLS_FILE)
     write_csv(pd.concat(standards, ignore_index=True), out_dir / "standards.csv")
-    write_csv(pd.DataFrame(curves), out_dir / "curves.csv")
+    write_csv(pd.DataFrame(curves), out_dir / CURVES_FILE)
     write_csv(table, out_dir / "concentrations.csv")
     write_csv(agreement, out_dir / AGREEMENT_FILE)
     overall = agreement.iloc[-1].to_dict()
@@ -294,7 +299,7 @@ def analyse_xponent(path: str | Path, out_dir: str | Path, *,
               f"{config.recovery_window[1]:g}%; dilution applied; low-bead wells "
               f"(< {config.min_beads}) {'left out' if config.exclude_low_beads else 'flagged'}")
     return PlateResult(path, path, table, pd.concat(standards, ignore_index=True),
-                       method=method, samples_hint=hint)
+                       method=method, samples_hint=hint, failed=failed)
 
 
 def _wells_table(wells: pd.DataFrame) -> pd.DataFrame:
@@ -315,15 +320,7 @@ def _wells_table(wells: pd.DataFrame) -> pd.DataFrame:
 
 def _curve_row(export: XponentExport, analyte: str, key: str, result: Quantified | None,
                error: str | None) -> dict[str, object]:
-    row: dict[str, object] = {"analyte": analyte, "key": key,
-                              "status": "failed" if result is None else "fitted",
-                              "reason": error or ""}
-    if result is not None:
-        curve, std = result.curve, result.standards
-        row.update(model=curve.model, a=curve.a, b=curve.b, c=curve.c, d=curve.d, g=curve.g,
-                   rss=curve.rss, lloq=result.lloq, uloq=result.uloq,
-                   n_levels=int((std["concentration"] > 0).sum()),
-                   n_in_range=int(std["in_range"].sum()))
+    row = curve_row(analyte, key, result, error or "")
     inst = export.instrument.loc[analyte]
     row.update({f"instrument_{k}": inst.get(k, np.nan) for k in ("A", "B", "C", "D", "F")})
     row.update(instrument_type=inst.get("type", ""), instrument_r2=inst.get("r2", np.nan),

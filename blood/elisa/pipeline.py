@@ -1,17 +1,23 @@
 """One plate export + layout -> per-analyte curves, concentrations, QC flags and plots.
 
 Plate outputs go to ``OUT/blood/elisa_plates/<plate name>/``: ``wells.csv`` (values, layout,
-bead flags), ``standards.csv`` (recovery, used), ``concentrations.csv`` (every sample and
-analyte) and ``curve_<analyte>.png``. Several manifest rows may point at one plate.
+bead flags), ``standards.csv`` (recovery, used), ``curves.csv`` (per analyte: fitted or
+failed and why), ``concentrations.csv`` (every sample and analyte) and
+``curve_<analyte>.png``. Several manifest rows may point at one plate. An analyte whose
+standard curve does not fit (:class:`blood.elisa.quantify.CurveRejected`) reports no
+concentration: a single-analyte plate fails, on a multi-analyte plate that analyte fails and
+the others go on.
 A Luminex xPONENT export (recognised by its content) carries its own layout and is handled
 by :mod:`blood.elisa.multiplex`.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,15 +25,21 @@ import pandas as pd
 from blood.config import ANALYTE_KEY, ElisaConfig
 from blood.elisa.layout import layout_beside, read_layout, wells_for
 from blood.elisa.plate import read_plate
-from blood.elisa.quantify import quantify
+from blood.elisa.quantify import CurveRejected, Quantified, quantify
 from blood.errors import BloodInputError
 from blood.features import FeatureInfo
 from blood.outputs import write_csv
 
+LOG = logging.getLogger(__name__)
 PLATES_DIR = "elisa_plates"
 SAMPLE_FILE = "elisa.csv"
 CONCENTRATION_COLUMNS = ("sample_id", "analyte", "dilution", "response", "cv_pct",
                          "concentration", "flag", "cv_flag", "bead_flag", "lloq", "uloq")
+CURVES_FILE = "curves.csv"
+NO_CURVE = "no curve"  # flag of a sample whose analyte's curve failed
+#: the config key to change for each failed curve check
+CHECK_KEYS = {"flat": "elisa.min_curve_span", "non_monotonic": "elisa.min_curve_tau",
+              "recovery": "elisa.recovery_window, elisa.min_recovering_standards"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,8 @@ class PlateResult:
     samples_hint
         Ends the error when a manifest sample is not on the plate ("layout FILE", or the
         plate's sample names and how to map them).
+    failed
+        Analytes whose standard curve failed -> the reason (they have no concentrations).
     """
 
     path: Path
@@ -56,6 +70,57 @@ class PlateResult:
     standards: pd.DataFrame
     method: str = ""
     samples_hint: str = ""
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def quantify_analyte(wells: pd.DataFrame, config: ElisaConfig, *, path: str | Path,
+                     analyte: str, **options: Any) -> tuple[Quantified | None, str]:
+    """:func:`~blood.elisa.quantify.quantify` one analyte under the config's curve checks.
+
+    Parameters
+    ----------
+    wells
+        The analyte's well table.
+    config
+        ELISA config (recovery window, CV limit, below rule and curve checks).
+    path, analyte
+        Named in the reason of a failed curve.
+    **options
+        Passed on to ``quantify`` (``model``, ``weight_power``, ``weight_floor``,
+        ``exclusion``).
+
+    Returns
+    -------
+    tuple
+        ``(result, "")``, or ``(None, reason)`` when the curve cannot be fitted or does not
+        fit its standards; the reason names the file, the analyte, what was wrong and the
+        config key.
+    """
+    try:
+        return quantify(wells, recovery_window=config.recovery_window,
+                        max_cv_pct=config.max_cv_pct, below_rule=config.below_rule,
+                        min_span=config.min_curve_span, min_tau=config.min_curve_tau,
+                        min_recovering=config.min_recovering_standards, **options), ""
+    except CurveRejected as error:
+        return None, (f"{path}: analyte {analyte!r}: {error}; no concentrations reported "
+                      f"from this curve (thresholds: {CHECK_KEYS[error.check]})")
+    except ValueError as error:
+        return None, f"{path}: analyte {analyte!r}: {error}"
+
+
+def curve_row(analyte: str, key: str, result: Quantified | None,
+              reason: str) -> dict[str, object]:
+    """One ``curves.csv`` row: the analyte's curve, fitted or failed and why."""
+    row: dict[str, object] = {"analyte": analyte, "key": key,
+                              "status": "failed" if result is None else "fitted",
+                              "reason": reason}
+    if result is not None:
+        curve, std = result.curve, result.standards
+        row.update(model=curve.model, a=curve.a, b=curve.b, c=curve.c, d=curve.d, g=curve.g,
+                   rss=curve.rss, lloq=result.lloq, uloq=result.uloq,
+                   n_levels=int((std["concentration"] > 0).sum()),
+                   n_in_range=int(std["in_range"].sum()))
+    return row
 
 
 def analyte_key(name: str, config: ElisaConfig, *, path: str | Path = "") -> str:
@@ -113,7 +178,10 @@ def analyse_plate(path: str | Path, out_dir: str | Path, *, config: ElisaConfig,
     Raises
     ------
     BloodInputError
-        Unreadable plate or layout, or a curve that cannot be fitted, naming the file.
+        Unreadable plate or layout, or no analyte whose curve fits (a flat or
+        non-monotonic curve, too few standards recovering), naming the file, the analyte and
+        what was wrong. One failed analyte of several is recorded in ``curves.csv`` and
+        :attr:`PlateResult.failed`, and the others go on.
     """
     path, out_dir = Path(path), Path(out_dir)
     if not path.is_file():
@@ -127,18 +195,22 @@ def analyse_plate(path: str | Path, out_dir: str | Path, *, config: ElisaConfig,
     layout_path = find_layout(path, config)
     layout = read_layout(layout_path)
     plate = read_plate(path, default_analyte=default_analyte)
-    concentrations, standards, wells_out = [], [], []
+    concentrations, standards, wells_out, curves = [], [], [], []
+    failed: dict[str, str] = {}
     for analyte in pd.unique(plate["analyte"]):
         wells = wells_for(layout, plate, analyte, path=path)
         wells["low_beads"] = wells["beads"].notna() & (wells["beads"] < config.min_beads)
         wells_out.append(wells.assign(analyte=analyte))
         fit_wells = wells.loc[~wells["low_beads"]] if config.exclude_low_beads else wells
-        try:
-            result = quantify(fit_wells, model=config.model, weight_power=config.weight_power,
-                              recovery_window=config.recovery_window,
-                              max_cv_pct=config.max_cv_pct, below_rule=config.below_rule)
-        except ValueError as error:
-            raise BloodInputError(f"{path}: analyte {analyte!r}: {error}") from error
+        key = analyte_key(analyte, config, path=path)
+        result, reason = quantify_analyte(fit_wells, config, path=path, analyte=analyte,
+                                          model=config.model,
+                                          weight_power=config.weight_power)
+        curves.append(curve_row(analyte, key, result, reason))
+        if result is None:
+            failed[analyte] = reason
+            LOG.warning("%s", reason)
+            continue
         low = wells.loc[wells["low_beads"] & (wells["kind"] == "sample"), "sample_id"]
         samples = result.samples.assign(analyte=analyte, lloq=result.lloq, uloq=result.uloq,
                                         bead_flag=lambda t, low=set(low): t["sample_id"].isin(low))
@@ -147,18 +219,22 @@ def analyse_plate(path: str | Path, out_dir: str | Path, *, config: ElisaConfig,
         if config.plots:
             from blood.elisa.plots import plot_curve
 
-            plot_curve(result, out_dir / f"curve_{analyte_key(analyte, config, path=path)}.png",
+            plot_curve(result, out_dir / f"curve_{key}.png",
                        title=f"{path.name}: {analyte}", unit=config.unit)
+    if not concentrations:
+        # every curve failed: the plate has nothing to report, each of its rows fails
+        raise BloodInputError("; ".join(failed.values()))
     table = pd.concat(concentrations, ignore_index=True).loc[:, list(CONCENTRATION_COLUMNS)]
     std = pd.concat(standards, ignore_index=True)
     write_csv(pd.concat(wells_out, ignore_index=True), out_dir / "wells.csv")
     write_csv(std, out_dir / "standards.csv")
+    write_csv(pd.DataFrame(curves), out_dir / CURVES_FILE)
     write_csv(table, out_dir / "concentrations.csv")
     method = (f"{config.model.upper()} standard curve (weights 1/y^{config.weight_power:g}), "
               "blank-corrected, standards outside elisa.recovery_window left out, dilution "
               "applied")
     return PlateResult(path, layout_path, table, std, method=method,
-                       samples_hint=f"layout {layout_path}")
+                       samples_hint=f"layout {layout_path}", failed=failed)
 
 
 def sample_features(result: PlateResult, sample_id: str, out_dir: str | Path, *,
@@ -169,7 +245,9 @@ def sample_features(result: PlateResult, sample_id: str, out_dir: str | Path, *,
     averaged; with none in range, the '<LLOQ' value of the least diluted well is used (by
     ``below_rule``), else NaN ('>ULOQ' is never extrapolated). ``_cens`` says which:
     0 = measured within the working range, -1 = below the LLOQ (left-censored), 1 = above the
-    ULOQ (right-censored), empty = no usable well.
+    ULOQ (right-censored), empty = no usable well. An analyte whose curve failed on the
+    plate gives both empty (no value, no censoring) and an ``elisa.csv`` row flagged
+    'no curve' with the reason.
 
     Raises
     ------
@@ -181,6 +259,11 @@ def sample_features(result: PlateResult, sample_id: str, out_dir: str | Path, *,
         hint = result.samples_hint or f"layout {result.layout}"
         raise BloodInputError(f"{result.path}: sample {sample_id!r} is not on the plate "
                               f"{hint}")
+    if result.failed:
+        no_curve = pd.DataFrame({"sample_id": sample_id, "analyte": list(result.failed),
+                                 "concentration": np.nan, "flag": NO_CURVE,
+                                 "note": list(result.failed.values())})
+        rows = pd.concat([rows, no_curve], ignore_index=True)
     write_csv(rows.assign(unit=config.unit, plate=str(result.path)),
               Path(out_dir) / SAMPLE_FILE)
     suffix = config.unit.lower().replace("/", "_")
@@ -201,15 +284,19 @@ def sample_features(result: PlateResult, sample_id: str, out_dir: str | Path, *,
         name, cens = f"elisa_{key}_{suffix}", f"elisa_{key}_cens"
         values[name], values[cens] = value, censored
         keys = ("elisa.model; elisa.weight_power; elisa.recovery_window; elisa.below_rule; "
+                "elisa.min_curve_span; elisa.min_curve_tau; elisa.min_recovering_standards; "
                 "elisa.layout; elisa.analytes; elisa.xponent_model; elisa.sample_map")
         infos[name] = FeatureInfo(
             name, f"{analyte} concentration ({config.unit})", config.unit, "elisa",
-            f"{method}; <LLOQ by rule {config.below_rule}, >ULOQ NaN (see {cens}); flags "
-            "in OUT/blood/<sample_id>/elisa.csv", keys, "blood.elisa")
+            f"{method}; <LLOQ by rule {config.below_rule}, >ULOQ NaN (see {cens}); empty "
+            f"where the plate's {analyte} curve failed (flag '{NO_CURVE}'; reason in "
+            "OUT/blood/elisa_plates/<plate>/curves.csv); flags in "
+            "OUT/blood/<sample_id>/elisa.csv", keys, "blood.elisa")
         infos[cens] = FeatureInfo(
             cens, f"{analyte} censoring: 0 measured, -1 below LLOQ, 1 above ULOQ", "category",
             "elisa", f"position of the sample's response against the working range "
             f"(LLOQ..ULOQ) of the {analyte} standard curve; -1: {name} is the below_rule "
-            f"value ({config.below_rule}), 1: {name} is NaN; empty: no usable well", keys,
+            f"value ({config.below_rule}), 1: {name} is NaN; empty: no usable well or no "
+            "standard curve", keys,
             "blood.elisa")
     return values, infos

@@ -57,7 +57,9 @@ def plot_curve(result: Quantified, path: str | Path, *, title: str, unit: str,
     figure, axes = plt.subplots(figsize=(5.5, 4.2))
     std = result.standards
     positive = std["concentration"] > 0
-    used = std["used"].to_numpy(dtype=bool) & positive.to_numpy()
+    # hollow: in the fit but outside the working range (recovery outside the window too)
+    fitted = std["in_fit"] if "in_fit" in std.columns else std["used"]
+    used = fitted.to_numpy(dtype=bool) & positive.to_numpy()
     inside = (std["in_range"].to_numpy(dtype=bool) if "in_range" in std.columns
               else used) & used
     axes.scatter(std.loc[inside, "concentration"], std.loc[inside, "response"],
@@ -66,7 +68,7 @@ def plot_curve(result: Quantified, path: str | Path, *, title: str, unit: str,
         axes.scatter(std.loc[used & ~inside, "concentration"],
                      std.loc[used & ~inside, "response"], facecolors="none",
                      edgecolors="black", label="standards (fitted, outside range)", zorder=3)
-    excluded = ~std["used"].to_numpy(dtype=bool) & positive.to_numpy()
+    excluded = ~fitted.to_numpy(dtype=bool) & positive.to_numpy()
     if excluded.any():
         axes.scatter(std.loc[excluded, "concentration"], std.loc[excluded, "response"],
                      marker="x", color="red", label="excluded (recovery)", zorder=3)

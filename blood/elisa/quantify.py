@@ -2,6 +2,10 @@
 
 Input is a long table, one row per well: ``well, kind (standard|blank|sample), sample_id,
 concentration (standards), dilution (samples), value`` (OD or MFI).
+
+A curve that does not describe its standards is refused (:class:`CurveRejected`), never
+turned into concentrations: a dead assay (flat standards) would otherwise read as "every
+sample below the LLOQ", i.e. as a biological result.
 """
 
 from __future__ import annotations
@@ -11,12 +15,32 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from blood.elisa.curve import LogisticCurve, Model, fit_logistic
 
 BelowRule = Literal["lloq_half", "lowest_standard", "censor"]
 Exclusion = Literal["leave_one_out", "none"]
+CurveCheck = Literal["flat", "non_monotonic", "recovery"]
 WELL_COLUMNS = ("well", "kind", "sample_id", "concentration", "dilution", "value")
+
+
+class CurveRejected(ValueError):
+    """A standard curve that does not fit its standards; no concentration may come from it.
+
+    Attributes
+    ----------
+    check
+        Which check failed: "flat", "non_monotonic" or "recovery".
+    standards
+        The standard levels as far as they were evaluated (as :attr:`Quantified.standards`;
+        without fit columns when the shape checks failed before fitting).
+    """
+
+    def __init__(self, check: CurveCheck, message: str, standards: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.check = check
+        self.standards = standards
 
 
 @dataclass(frozen=True)
@@ -29,8 +53,9 @@ class Quantified:
         Final curve (fitted on retained standards).
     standards
         One row per standard level: concentration, mean response, back-calculated,
-        recovery_pct, cv_pct, used (False = excluded for recovery outside the window),
-        in_range (inside the working range LLOQ..ULOQ).
+        recovery_pct, cv_pct, in_fit (the final curve was fitted on it), used (in the fit
+        and, above zero concentration, recovering within the window), in_range (inside the
+        working range LLOQ..ULOQ).
     samples
         One row per sample: sample_id, dilution, mean response, cv_pct, concentration
         (dilution applied), flag ('' | '<LLOQ' | '>ULOQ'), cv_flag.
@@ -53,8 +78,16 @@ def _cv(values: pd.Series) -> float:
 def quantify(wells: pd.DataFrame, *, model: Model = "4pl", weight_power: float = 2.0,
              weight_floor: float = 0.0, recovery_window: tuple[float, float] = (70.0, 130.0),
              max_cv_pct: float = 15.0, below_rule: BelowRule = "lloq_half",
-             exclusion: Exclusion = "leave_one_out") -> Quantified:
+             exclusion: Exclusion = "leave_one_out", min_span: float = 0.3,
+             min_tau: float = 0.7, min_recovering: float = 0.5) -> Quantified:
     """Blank-correct, fit the standard curve, check recovery and back-calculate samples.
+
+    Before any concentration is computed the curve must pass three checks (see
+    :func:`curve_shape_problem` for the first two): the standard levels' mean responses
+    span at least ``min_span`` of the largest (else *flat*), they rise or fall with
+    concentration (|Kendall tau| >= ``min_tau``, else *non-monotonic*), and at least
+    ``min_recovering`` of the levels above zero back-calculate within ``recovery_window``
+    on the final curve (else the curve does not fit its standards).
 
     ``exclusion="leave_one_out"``: standards whose back-calculated mean recovers outside
     ``recovery_window`` are excluded one at a time and the curve is refitted, while enough
@@ -86,6 +119,15 @@ def quantify(wells: pd.DataFrame, *, model: Model = "4pl", weight_power: float =
         Value reported below the LLOQ.
     exclusion
         "leave_one_out" (refit without failing standards) or "none" (see above).
+    min_span
+        Smallest accepted (highest - lowest) / highest |mean response| of the standard
+        levels, raw (not blank-corrected); 0 turns the check off.
+    min_tau
+        Smallest accepted |Kendall tau| between concentration and mean response of the
+        standard levels; 0 turns the check off.
+    min_recovering
+        Smallest accepted fraction of standard levels above zero that back-calculate within
+        ``recovery_window`` on the final curve.
 
     Returns
     -------
@@ -93,9 +135,11 @@ def quantify(wells: pd.DataFrame, *, model: Model = "4pl", weight_power: float =
 
     Raises
     ------
+    CurveRejected
+        A flat or non-monotonic set of standards, a curve on which too few standards (or
+        none) recover within the window.
     ValueError
-        Missing columns, too few standard levels, or (``exclusion="none"``) no standard
-        level recovering within the window.
+        Missing columns, too few standard levels or a fit that does not converge.
     """
     missing = [c for c in WELL_COLUMNS if c not in wells.columns]
     if missing:
@@ -106,6 +150,11 @@ def quantify(wells: pd.DataFrame, *, model: Model = "4pl", weight_power: float =
     std = wells[wells["kind"] == "standard"]
     levels = (std.groupby("concentration")["signal"].agg(["mean", _cv]).rename(
         columns={"mean": "response", "_cv": "cv_pct"}).reset_index())
+    raw = std.groupby("concentration")["value"].mean().to_numpy(dtype=float)
+    shape = curve_shape_problem(levels["concentration"].to_numpy(dtype=float), raw,
+                                min_span=min_span, min_tau=min_tau)
+    if shape is not None:
+        raise CurveRejected(shape[0], shape[1], levels)
     used = np.ones(len(levels), dtype=bool)
     n_min = 4 if model == "4pl" else 5
     conc = levels["concentration"].to_numpy()
@@ -145,19 +194,98 @@ def quantify(wells: pd.DataFrame, *, model: Model = "4pl", weight_power: float =
     back = recovery * conc / 100
     levels["back_calculated"] = back
     levels["recovery_pct"] = recovery
-    levels["used"] = used
+    levels["in_fit"] = used
+    # leave-one-out stops at the fewest levels a fit needs: what it could not drop is still
+    # outside the window and must not count as a good standard
+    levels["used"] = used & ~outside(recovery)
+    problem = _recovery_problem(conc, recovery, outside(recovery), recovery_window,
+                                min_recovering)
+    if problem:
+        raise CurveRejected("recovery", problem, levels)
     if exclusion == "none":
         in_range = _longest_run(~outside(recovery) & (conc > 0), conc)
-        if not in_range.any():
-            raise ValueError(f"no standard level back-calculates within the recovery window "
-                             f"{recovery_window[0]:g}-{recovery_window[1]:g}%")
     else:
-        in_range = used & (conc > 0)
+        in_range = levels["used"].to_numpy() & (conc > 0)
     levels["in_range"] = in_range
     lloq = float(levels.loc[in_range, "concentration"].min())
     uloq = float(levels.loc[in_range, "concentration"].max())
     samples = _samples(wells, curve, lloq, uloq, max_cv_pct, below_rule)
     return Quantified(curve, levels, samples, lloq, uloq)
+
+
+def curve_shape_problem(concentration: np.ndarray, response: np.ndarray, *,
+                        min_span: float = 0.3, min_tau: float = 0.7
+                        ) -> tuple[CurveCheck, str] | None:
+    """Why a set of standard levels cannot carry a standard curve, before any fit.
+
+    *Flat*: the levels' mean responses span less than ``min_span`` of the largest |mean|
+    (raw OD or MFI: a dead assay reads the same at every level). *Non-monotonic*: the means
+    do not rise or fall with concentration, |Kendall tau| < ``min_tau`` (a logistic curve
+    is monotonic; one mis-pipetted level costs little tau and is left to the recovery
+    check, a hook or swapped standard positions cost a lot).
+
+    Parameters
+    ----------
+    concentration
+        Standard levels (a zero standard included).
+    response
+        Mean response of each level, raw (not blank-corrected).
+    min_span, min_tau
+        Thresholds; 0 turns a check off.
+
+    Returns
+    -------
+    tuple or None
+        ``(check, message)`` with check "flat" or "non_monotonic", or None when the
+        standards pass.
+
+    Examples
+    --------
+    >>> conc = np.array([1000.0, 500.0, 250.0, 125.0, 62.5])
+    >>> curve_shape_problem(conc, np.array([2.1, 1.4, 0.8, 0.4, 0.2])) is None
+    True
+    >>> curve_shape_problem(conc, np.array([0.08, 0.08, 0.09, 0.08, 0.08]))[0]
+    'flat'
+    >>> curve_shape_problem(conc, np.array([0.2, 1.9, 0.4, 2.1, 0.8]))[0]
+    'non_monotonic'
+    """
+    finite = np.isfinite(concentration) & np.isfinite(response)
+    conc, y = concentration[finite], response[finite]
+    order = np.argsort(conc)
+    conc, y = conc[order], y[order]
+    reads = ", ".join(f"{c:g}: {v:.4g}" for c, v in zip(conc, y, strict=True))
+    scale = float(np.abs(y).max()) if y.size else 0.0
+    span = float(np.ptp(y)) if y.size else 0.0
+    if min_span > 0 and (scale == 0 or span < min_span * scale):
+        share = 100 * span / scale if scale else 0.0
+        return "flat", (f"flat standard curve: the {y.size} standard levels read {y.min():.4g} "
+                        f"to {y.max():.4g} (span {share:.0f}% of the highest, at least "
+                        f"{100 * min_span:.0f}% needed; by concentration {reads}): the assay "
+                        "gave no signal (reagent, incubation or reading failed)")
+    tau = stats.kendalltau(conc, y).statistic if y.size > 1 else np.nan
+    if min_tau > 0 and not abs(tau) >= min_tau:
+        return "non_monotonic", (
+            f"non-monotonic standard curve: the standards' responses do not rise or fall "
+            f"with concentration (Kendall tau {tau:.2f}, at least {min_tau:g} needed; by "
+            f"concentration {reads}): check the standards' wells and concentrations in the "
+            "layout, or a hook effect")
+    return None
+
+
+def _recovery_problem(conc: np.ndarray, recovery: np.ndarray, outside: np.ndarray,
+                      window: tuple[float, float], min_recovering: float) -> str:
+    """Message when too few standard levels above zero recover within the window, or ''."""
+    positive = conc > 0
+    good = int((positive & ~outside).sum())
+    if good and good >= min_recovering * positive.sum():
+        return ""
+    bad = np.flatnonzero(positive & outside)
+    listed = ", ".join(f"{conc[i]:g} at {recovery[i]:.0f}%" if np.isfinite(recovery[i])
+                       else f"{conc[i]:g} beyond the curve's asymptotes" for i in bad[:8])
+    return (f"the standard curve does not fit its standards: {good} of {int(positive.sum())} "
+            f"levels back-calculate within the recovery window {window[0]:g}-{window[1]:g}% "
+            f"(at least {100 * min_recovering:.0f}% needed; outside: {listed}"
+            f"{' ...' if bad.size > 8 else ''}): check the standards' dilution series")
 
 
 def _longest_run(ok: np.ndarray, conc: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from blood.elisa.curve import LogisticCurve, fit_logistic
-from blood.elisa.quantify import quantify
+from blood.elisa.quantify import CurveRejected, curve_shape_problem, quantify
 
 STANDARDS = 5000.0 / 2.5 ** np.arange(7)  # 5000 .. 20.5 pg/mL, 2.5-fold series
 TRUE_4PL = LogisticCurve(a=0.06, b=1.0, c=1000.0, d=3.2, g=1.0, model="4pl", rss=0.0)
@@ -140,9 +140,10 @@ def test_fit_of_all_standards_sets_the_working_range_by_recovery():
     bad = STANDARDS[1]  # a gross outlier at the second-highest level
     result = quantify(_plate(seed=8, bad_level=bad), exclusion="none")
     levels = result.standards.set_index("concentration").sort_index()
-    assert levels["used"].all()
+    assert levels["in_fit"].all()
     inside = levels["recovery_pct"].between(70, 130)
     assert not inside[bad]
+    assert levels["used"].equals(inside)  # 'used' honours the recovery window
     # the run below the outlier is longer than the single top level above it
     run = levels.index[levels["in_range"]]
     assert result.uloq == run.max() < bad and result.lloq == run.min() == STANDARDS.min()
@@ -166,3 +167,57 @@ def test_weight_floor_keeps_a_standard_at_background_from_dominating():
     top = STANDARDS[:4]
     np.testing.assert_allclose(result.curve.concentration(TRUE_5PL.response(top)
                                                           - TRUE_5PL.a), top, rtol=0.02)
+
+
+def _levels_plate(responses: np.ndarray, concentrations: np.ndarray) -> pd.DataFrame:
+    """Duplicate standard wells with exactly these responses (synthetic)."""
+    conc = np.repeat(concentrations, 2)
+    return pd.DataFrame({"well": [f"S{i}" for i in range(conc.size)], "kind": "standard",
+                         "sample_id": "", "concentration": conc, "dilution": 1.0,
+                         "value": np.repeat(responses, 2)})
+
+
+def test_used_honours_the_recovery_window_where_leave_one_out_stops():
+    """Two bad levels of five: leave-one-out may drop only one (a 4PL needs four), so the
+    other stays in the fit; it must not be marked used, nor set the ULOQ."""
+    conc = 4000.0 / 2 ** np.arange(5)
+    y = TRUE_4PL.response(conc)
+    y[0] *= 0.7
+    y[3] *= 1.3
+    result = quantify(_levels_plate(y, conc))
+    levels = result.standards.set_index("concentration")
+    inside = levels["recovery_pct"].between(70, 130)
+    assert (levels["in_fit"] & ~inside).any()  # the case of the issue: fitted, 600 % off
+    assert levels["used"].equals(levels["in_fit"] & inside)
+    assert result.uloq == levels.index[levels["used"]].max() < 4000
+
+
+def test_flat_and_non_monotonic_standards_are_refused_before_any_concentration():
+    flat = np.full(STANDARDS.size, 0.08)
+    with pytest.raises(CurveRejected, match="flat standard curve") as error:
+        quantify(_levels_plate(flat, STANDARDS))
+    assert error.value.check == "flat"
+    zigzag = np.array([0.3, 2.5, 0.5, 2.2, 0.6, 1.5, 0.1])
+    with pytest.raises(CurveRejected, match="non-monotonic.*Kendall tau") as error:
+        quantify(_levels_plate(zigzag, STANDARDS))
+    assert error.value.check == "non_monotonic"
+    # the checks can be turned off (and then a fit is attempted)
+    assert curve_shape_problem(STANDARDS, flat, min_span=0, min_tau=0) is None
+
+
+def test_most_standards_outside_the_window_refuse_the_curve():
+    pairs = np.array([2.5, 2.5, 1.2, 1.2, 0.1, 0.1, 0.1])  # every other dilution skipped
+    with pytest.raises(CurveRejected, match=r"[0-3] of 7 levels .* 70-130%") as error:
+        quantify(_levels_plate(pairs, STANDARDS))
+    assert error.value.check == "recovery"
+    assert "recovery_pct" in error.value.standards.columns  # kept for the lab to look at
+    for exclusion in ("leave_one_out", "none"):
+        with pytest.raises(CurveRejected):
+            quantify(_levels_plate(pairs, STANDARDS), exclusion=exclusion)
+
+
+def test_one_mispipetted_standard_is_not_a_failed_curve():
+    """A gross outlier at one level is the recovery rule's job, not a failed curve."""
+    for bad in STANDARDS[1:4]:
+        result = quantify(_plate(seed=8, bad_level=bad))
+        assert not result.standards.set_index("concentration").loc[bad, "used"]
