@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.reports import write_block  # noqa: E402
+from hcccore.atomic import write_text  # noqa: E402
 from pathology.annotations import (  # noqa: E402
     AnnotatedImage,
     load_crchistophenotypes,
@@ -75,7 +76,6 @@ from pathology.evaluation import (  # noqa: E402
     score_instances,
 )
 from pathology.nuclei import resolve_model_path  # noqa: E402
-from pathology.store import atomic_write_text  # noqa: E402
 
 BRIGHTFIELD_MODELS = ("models/he_nuclei", "models/he_nuclei_fast", "models/bf_nuclei")
 FLUORESCENCE_MODEL = "models/fluo_nuclei"
@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         result["seconds"] = round(time.perf_counter() - started, 1)
         result["measured"] = report["date"]
         report["models"][key] = result
-        atomic_write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
+        write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
         print(f"{model}: done in {result['seconds']} s", flush=True)
     report.setdefault("fluorescence", previous.get("fluorescence", {}))
     if args.fluorescence:
@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             report["fluorescence"][Path(FLUORESCENCE_MODEL).name] = {
                 "dsb2018_fluo": dsb2018_fluo(root, FLUORESCENCE_MODEL, Path(tmp)),
                 "measured": report["date"]}
-        atomic_write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
+        write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
     print(table(report))
     if not args.no_readme:
         update_readme(report)

@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pathology.store import atomic_write_text
+from hcccore.atomic import write_text
 
 README = Path(__file__).resolve().parent / "README.md"
 
@@ -42,7 +42,7 @@ def write_block(name: str, *, heading: str, date: str, body: str,
         text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
-    atomic_write_text(readme, text)
+    write_text(readme, text)
 
 
 def save_report(report: dict, out: Path, *, started: float) -> dict:
@@ -57,5 +57,5 @@ def save_report(report: dict, out: Path, *, started: float) -> dict:
                    "seconds": round(time.perf_counter() - started, 1),
                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}})
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(report, indent=2, default=float) + "\n")
+    write_text(out, json.dumps(report, indent=2, default=float) + "\n")
     return report

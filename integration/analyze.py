@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from lifelines.statistics import multivariate_logrank_test
 
+from hcccore.spreadsheet import spreadsheet_text
 from integration.changes import change_table
 from integration.clinical import read_clinical
 from integration.config import AnalysisConfig
@@ -42,7 +43,6 @@ from integration.survival import (
     multivariable_cox,
     univariate_cox,
 )
-from pathology.qc.review_log import spreadsheet_text
 
 ANALYSIS_DIR = "analysis"
 REPORT_FILE = "report.html"

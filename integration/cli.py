@@ -114,7 +114,7 @@ def slides_run(
             for s in samples if s.modality in SLIDE_MODALITIES]
     if not jobs:
         _fail(f"{manifest}: no slide rows (modality {', '.join(SLIDE_MODALITIES)})")
-    from pathology.lock import RunLockedError
+    from hcccore.lock import RunLockedError
     from pathology.registration.serial import BlockMember, plan_serial_pairs
 
     serial, notes = plan_serial_pairs(

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from hcccore.spreadsheet import spreadsheet_safe
 from integration.table import FeatureTable
-from pathology.qc.review_log import spreadsheet_safe
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask; files get the usual mode
@@ -49,7 +49,7 @@ def write_csv(frame: pd.DataFrame, path: Path, *, free_text: bool = False) -> Pa
 
     ``free_text``: the table holds text people typed (reviewers' comments): its text cells
     are written so that no spreadsheet runs them as formulas
-    (:func:`pathology.qc.review_log.spreadsheet_safe`).
+    (:func:`hcccore.spreadsheet.spreadsheet_safe`).
     """
     if free_text:
         frame = frame.map(spreadsheet_safe)

@@ -294,8 +294,8 @@ def _arm_configs(study: StudySection, *, slides: bool, blood: bool, rnaseq: bool
 
 def _run_slide_arm(samples: list[Sample], study: StudySection, config, *, force: bool,
                    show_progress: bool) -> dict[str, str]:
+    from hcccore.lock import RunFolderError, RunLockedError
     from pathology.batch import run_slides
-    from pathology.lock import RunFolderError, RunLockedError
     from pathology.pipeline import SlideJob
     from pathology.registration.serial import BlockMember, plan_serial_pairs
 

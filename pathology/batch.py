@@ -8,8 +8,6 @@ the models and their SHA-256, the inputs and the timings.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import platform
@@ -21,6 +19,10 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from hcccore.atomic import write_text
+from hcccore.batch_report import BatchRow as ReportRow
+from hcccore.batch_report import read_report, write_report
+from hcccore.lock import RunLock
 from pathology import layout
 from pathology.config import PathologyConfig
 from pathology.distributed import (
@@ -35,7 +37,6 @@ from pathology.distributed import (
 )
 from pathology.features import write_run_features
 from pathology.layout import RunFolder, SlideFolder
-from pathology.lock import RunLock
 from pathology.nuclei import ModelError, file_sha256, resolve_model_path
 from pathology.pipeline import (
     FEATURES_FILE,
@@ -47,16 +48,12 @@ from pathology.pipeline import (
     process_tiles,
 )
 from pathology.progress import BatchProgress
-from pathology.qc.review_log import spreadsheet_safe, spreadsheet_text
 from pathology.qc.summary import write_qc_summary
 from pathology.registration.serial import SerialPair, finish_serial_sections
 from pathology.slide import SlideError
-from pathology.store import atomic_write_text
 
 log = logging.getLogger("hccbio.pathology")
 
-REPORT_FILE = layout.BATCH_REPORT
-REPORT_COLUMNS = ("sample_id", "status", "reason", "seconds")
 RUN_FILE = layout.RUN_JSON
 PACKAGES = ("hccbio", "stardist", "tensorflow", "tensorflow-cpu", "numpy", "scikit-image",
             "openslide-python", "openslide-bin", "tiffslide", "tifffile", "zarr", "pyarrow",
@@ -64,37 +61,11 @@ PACKAGES = ("hccbio", "stardist", "tensorflow", "tensorflow-cpu", "numpy", "scik
 
 
 @dataclass(frozen=True)
-class BatchRow:
-    """One line of the batch report."""
+class BatchRow(ReportRow):
+    """One line of the batch report (:class:`hcccore.batch_report.BatchRow`), with the nuclei
+    a done slide gave (logged, not written to the report)."""
 
-    sample_id: str
-    status: str  # done | skipped | failed
-    reason: str
-    seconds: float
-    cells: int | None = None  # nuclei found (done slides; not in the report, in the log)
-
-
-def read_report(out: Path) -> dict[str, BatchRow]:
-    """Rows of an existing ``batch_report.csv`` (empty if none), keyed by sample id."""
-    path = Path(out) / REPORT_FILE
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as handle:
-        return {r["sample_id"]: BatchRow(r["sample_id"], r["status"],
-                                         spreadsheet_text(r["reason"] or ""),
-                                         float(r["seconds"] or 0))
-                for r in csv.DictReader(handle)}
-
-
-def write_report(out: Path, rows: dict[str, BatchRow]) -> None:
-    """Rewrite ``batch_report.csv`` atomically (rows of other arms are kept)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(REPORT_COLUMNS)
-    for row in rows.values():
-        writer.writerow([row.sample_id, row.status, spreadsheet_safe(row.reason),
-                         f"{row.seconds:.2f}"])
-    atomic_write_text(Path(out) / REPORT_FILE, buffer.getvalue())
+    cells: int | None = None
 
 
 def _versions() -> dict[str, str]:
@@ -436,7 +407,7 @@ def _write_run_json(out: Path, jobs: list[SlideJob], config: PathologyConfig,
     }
     kept = _save_run_record(out, record["pathology"])
     record["pathology"]["record"] = kept.relative_to(out).as_posix()
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def _save_run_record(out: Path, run: dict) -> Path:
@@ -449,5 +420,5 @@ def _save_run_record(out: Path, run: dict) -> Path:
     while target.exists():
         n += 1
         target = folder / f"{stem}_pathology_{n}.json"
-    atomic_write_text(target, json.dumps(run, indent=2) + "\n")
+    write_text(target, json.dumps(run, indent=2) + "\n")
     return target

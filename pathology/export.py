@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from hcccore.atomic import write_bytes
 from pathology import layout
 from pathology.layout import RunFolder, SlideFolder
-from pathology.store import atomic_write_bytes
 
 ANNDATA_FILE = layout.ANNDATA
 SPATIAL_KEY = "spatial"
@@ -114,7 +114,7 @@ def export_anndata(out: Path, sample_id: str) -> Path:
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         adata.write_h5ad(tmp)
-        atomic_write_bytes(target, tmp.read_bytes())
+        write_bytes(target, tmp.read_bytes())
     finally:
         tmp.unlink(missing_ok=True)
     return target

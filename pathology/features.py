@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
 
+from hcccore.atomic import write_parquet, write_text
 from pathology import layout
 from pathology.config import PathologyConfig
 from pathology.layout import RunFolder, SlideFolder
@@ -62,7 +63,6 @@ from pathology.spatial import (
     nearest_distances,
     ripley_k,
 )
-from pathology.store import atomic_write_parquet, atomic_write_text
 
 CELLS_FILE = layout.CELLS
 FEATURES_FILE = layout.FEATURES
@@ -626,7 +626,7 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
                                                               cells["y_um"].to_numpy()),
                                              has_tumour=regions.has_tumour).astype(str))
     classes.insert(3, "artefact", clean.on_artefact)
-    atomic_write_parquet(folder / CLASSES_FILE, _to_arrow(classes))
+    write_parquet(_to_arrow(classes), folder / CLASSES_FILE)
 
     record.update({
         "sample_id": sample_id, "modality": modality, "stain": stain,
@@ -653,7 +653,7 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
                      "densities are per mm^2 of the raw tissue mask")},
         "features_config_sha256": _config_digest(config),
     })
-    atomic_write_text(features_path, json.dumps(_jsonable(record), indent=2) + "\n")
+    write_text(features_path, json.dumps(_jsonable(record), indent=2) + "\n")
     return {"sample_id": sample_id, "modality": modality, "stain": stain,
             **{f.name: f.value for f in items}}
 
@@ -843,7 +843,7 @@ def write_run_features(out: Path, *, sample_ids: Iterable[str] | None = None) ->
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     target = out / RUN_FEATURES_FILE
-    atomic_write_text(target, buffer.getvalue())
+    write_text(target, buffer.getvalue())
     base = [{"name": "sample_id", "label": "Sample identifier (manifest)", "unit": "",
              "modality": "", "method": "manifest", "config_keys": "", "source": "manifest"},
             {"name": "modality", "label": "Slide modality", "unit": "category",
@@ -855,7 +855,7 @@ def write_run_features(out: Path, *, sample_ids: Iterable[str] | None = None) ->
     writer.writeheader()
     for entry in base + list(dictionary.values()):
         writer.writerow(entry)
-    atomic_write_text(out / DICTIONARY_FILE, buffer.getvalue())
+    write_text(out / DICTIONARY_FILE, buffer.getvalue())
     return target
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hcccore.atomic import write_text
 from pathology import layout
 from pathology.cells import measure_tile
 from pathology.config import PathologyConfig
@@ -36,7 +37,7 @@ from pathology.nuclei import (
 )
 from pathology.nucleus_classes import PatchClassifier, is_patch_model, load_patch_classifier
 from pathology.slide import Slide, SlideError
-from pathology.store import SlideStore, atomic_write_parquet, atomic_write_text
+from pathology.store import SlideStore
 from pathology.tiles import Tile, tile_grid
 from pathology.tissue import detect_tissue, explain_no_tissue
 from pathology.wholecell import WholeCellPlan, plan_whole_cells
@@ -559,7 +560,7 @@ def finalize_slide(plan: SlidePlan, out: Path, config: PathologyConfig, models: 
                        if plan.whole_cell else None),
         "identity": plan.identity, "n_tiles": len(plan.tiles), "seconds": round(seconds, 2),
     }
-    atomic_write_text(folder / FEATURES_FILE, json.dumps(features, indent=2) + "\n")
+    write_text(folder / FEATURES_FILE, json.dumps(features, indent=2) + "\n")
     note = str(store.group.attrs.get("reset_reason", "") or "")
     log.info("slide=%s step=segmentation cells=%d tiles=%d computed=%d seconds=%.1f",
              job.sample_id, n_cells, len(plan.tiles), tiles_computed, seconds)
@@ -642,4 +643,4 @@ def read_cells(folder: Path) -> pa.Table:
 
 __all__ = ["SlideJob", "SlidePlan", "SlideResult", "ModelCache", "prepare_slide",
            "process_tiles", "finalize_slide", "process_slide", "consolidate_cells", "read_cells",
-           "atomic_write_parquet"]
+           ]

@@ -9,54 +9,19 @@ cleared before use, and the reason is returned to the caller.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import zarr
 
+from hcccore.atomic import write_parquet
 from pathology.layout import SlideFolder
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read the process umask; files get the usual mode
 
 TISSUE_MASK = "tissue_mask"
 TILE_DONE = "tile_done"
 PARTS_DIR = "cell_parts"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_parquet(path: Path, table: pa.Table) -> None:
-    """Write a Parquet file atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class SlideStore:
@@ -134,7 +99,7 @@ class SlideStore:
 
     def save_tile(self, tile_index: int, table: pa.Table) -> None:
         """Write the tile's cells, then mark it done (in that order, for crash safety)."""
-        atomic_write_parquet(self.part_path(tile_index), table)
+        write_parquet(table, self.part_path(tile_index))
         self.group[TILE_DONE][tile_index] = 1
 
     def set_attr(self, key: str, value) -> None:

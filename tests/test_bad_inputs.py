@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from hcccore.spreadsheet import spreadsheet_safe, spreadsheet_text
 from integration.cli import app as cli_app
 from integration.manifest import ManifestError, read_manifest
 from pathology import layout
 from pathology.config import ConfigError, load_config
 from pathology.layout import RunFolder
-from pathology.qc.review_log import spreadsheet_safe, spreadsheet_text
 
 HEADER = "patient_id,timepoint,sample_id,modality,stain,path,mpp\n"
 SVS = ("slides", "pathml-testdata", "small_HE.svs")  # a real Aperio file
@@ -389,7 +389,7 @@ def test_out_on_a_file_exits_2_with_one_line(tmp_path, where):
 
 def test_the_run_lock_refuses_a_file_as_folder(tmp_path):
     """The same through the Python API: a ValueError naming the folder, not OSError."""
-    from pathology.lock import RunFolderError, RunLock
+    from hcccore.lock import RunFolderError, RunLock
 
     blocker = tmp_path / "taken"
     blocker.write_text("x")

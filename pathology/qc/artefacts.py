@@ -72,15 +72,15 @@ def save_artefact_mask(folder: Path, codes: np.ndarray, *, mpp: float, qc_config
     """Write ``qc/artefact_mask.png`` and ``qc/artefacts.json`` (grid size, hash) atomically."""
     from PIL import Image
 
-    from pathology.store import atomic_write_bytes, atomic_write_text
+    from hcccore.atomic import write_bytes, write_text
 
     target = Path(folder) / "qc"
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(codes, dtype=np.uint8)).save(buffer, format="PNG")
-    atomic_write_bytes(target / ARTEFACT_MASK_FILE, buffer.getvalue())
+    write_bytes(target / ARTEFACT_MASK_FILE, buffer.getvalue())
     meta = {"file": ARTEFACT_MASK_FILE, "mpp": float(mpp), "shape": list(codes.shape),
             "codes": names or ARTEFACT_CODES, "qc_config_sha256": qc_config_sha256}
-    atomic_write_text(target / ARTEFACT_META_FILE, json.dumps(meta, indent=2) + "\n")
+    write_text(target / ARTEFACT_META_FILE, json.dumps(meta, indent=2) + "\n")
 
 
 def load_artefact_mask(folder: Path) -> ArtefactMask | None:

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hcccore.spreadsheet import spreadsheet_safe
 from pathology.layout import SAMPLE_ID_RE, valid_sample_id  # noqa: F401 - re-exported
 from pathology.qc.review_log import (
     DECISIONS,
@@ -28,7 +29,6 @@ from pathology.qc.review_log import (
     read_log,
     read_review,
     review_path,
-    spreadsheet_safe,
 )
 
 REVIEW_FILE = review_path(".").name

@@ -168,11 +168,11 @@ def save_png(path: Path, array: np.ndarray) -> None:
 
     from PIL import Image
 
-    from pathology.store import atomic_write_bytes
+    from hcccore.atomic import write_bytes
 
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", optimize=False)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def _save_figure(figure, path: Path) -> None:
@@ -180,12 +180,12 @@ def _save_figure(figure, path: Path) -> None:
 
     import matplotlib.pyplot as plt
 
-    from pathology.store import atomic_write_bytes
+    from hcccore.atomic import write_bytes
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def _figure(image: np.ndarray, title: str):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hcccore.spreadsheet import spreadsheet_text
 from pathology import layout
 
 REVIEW_FILE = Path(layout.QC_DIR) / layout.REVIEW_LOG
@@ -26,42 +27,6 @@ REJECTED = "rejected"
 DECISIONS = (APPROVED, REJECTED)
 NOT_REVIEWED = "not_reviewed"
 REVIEW_STATES = (*DECISIONS, NOT_REVIEWED)
-
-
-# A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _formula_like(text: str) -> bool:
-    return text.startswith(FORMULA_PREFIXES) or (
-        text.startswith("'") and _formula_like(text[1:]))
-
-
-def spreadsheet_safe(value):
-    """A CSV cell that no spreadsheet runs as a formula: text starting with ``= + - @``, a tab
-    or a carriage return gets a leading ``'`` (OWASP's advice); other values pass unchanged.
-
-    Every run table a person may open in a spreadsheet (``review.csv``, ``qc_summary.csv``,
-    ``batch_report.csv``, the study tables) is written through this;
-    :func:`spreadsheet_text` undoes it exactly, so what is read back is what was typed.
-
-    Examples
-    --------
-    >>> spreadsheet_safe("=HYPERLINK(1)"), spreadsheet_safe("fold"), spreadsheet_safe(-1.5)
-    ("'=HYPERLINK(1)", 'fold', -1.5)
-    >>> all(spreadsheet_text(spreadsheet_safe(t)) == t for t in ("-x", "'-x", "''@", "a"))
-    True
-    """
-    if isinstance(value, str) and _formula_like(value):
-        return "'" + value
-    return value
-
-
-def spreadsheet_text(value: str) -> str:
-    """The text :func:`spreadsheet_safe` was given (its ``'`` removed)."""
-    if value.startswith("'") and _formula_like(value[1:]):
-        return value[1:]
-    return value
 
 
 class ReviewError(ValueError):

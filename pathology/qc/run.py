@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hcccore.atomic import write_text
 from pathology import layout
 from pathology.config import PathologyConfig
 from pathology.layout import RunFolder, SlideFolder
@@ -31,7 +32,6 @@ from pathology.qc.metrics import SlideQc, slide_qc
 from pathology.qc.shapes import REGION_CODES, mask_polygons, region_raster
 from pathology.registration.serial import registration_checks
 from pathology.slide import Slide, SlideError
-from pathology.store import atomic_write_text
 
 log = logging.getLogger("hccbio.pathology")
 
@@ -325,7 +325,7 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
         "qc_config_sha256": qc_digest(config),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write_text(target / QC_FILE, json.dumps(result, indent=2) + "\n")
+    write_text(target / QC_FILE, json.dumps(result, indent=2) + "\n")
     log.info("slide=%s qc=%s flags=%s", sample_id, result["status"],
              ",".join(result["flags"]) or "-")
     return result

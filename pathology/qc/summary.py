@@ -15,11 +15,12 @@ import json
 from pathlib import Path
 from urllib.parse import quote
 
+from hcccore.atomic import write_text
+from hcccore.spreadsheet import spreadsheet_safe
 from pathology.layout import RunFolder
 from pathology.qc.decisions import latest_decisions, valid_sample_id
-from pathology.qc.review_log import NOT_REVIEWED, spreadsheet_safe
+from pathology.qc.review_log import NOT_REVIEWED
 from pathology.qc.run import QC_DIR, QC_FILE
-from pathology.store import atomic_write_text
 
 SUMMARY_FILE = "qc_summary.csv"
 INDEX_FILE = "index.html"
@@ -90,7 +91,7 @@ def write_qc_summary(out: Path) -> Path:
     for row in rows:
         writer.writerow({k: ("" if v is None else spreadsheet_safe(v)) for k, v in row.items()})
     target = out / QC_DIR / SUMMARY_FILE
-    atomic_write_text(target, buffer.getvalue())
+    write_text(target, buffer.getvalue())
     write_index_html(out, records, rows)
     return target
 
@@ -158,5 +159,5 @@ def write_index_html(out: Path, records: dict[str, dict], rows: list[dict]) -> P
             + "</section>")
     parts.append("</body></html>\n")
     target = Path(out) / QC_DIR / INDEX_FILE
-    atomic_write_text(target, "".join(parts))
+    write_text(target, "".join(parts))
     return target

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hcccore.atomic import write_text
 from pathology.config import PathologyConfig
 from pathology.registration.align import Alignment, align
 from pathology.registration.images import (
@@ -29,7 +30,6 @@ from pathology.registration.images import (
 )
 from pathology.registration.quality import Check, evaluate
 from pathology.registration.transform import Transform, TransformError
-from pathology.store import atomic_write_text
 
 REGISTRATION_FILE = "registration.json"
 FORMAT = "hccbio.registration/1"
@@ -192,7 +192,7 @@ def register_images(moving: str | Path | ImageSource, fixed: str | Path | ImageS
 def write_registration(path: Path, registration: Registration, **extra) -> dict:
     """Write ``registration.json`` atomically; returns its content."""
     record = registration.to_json(**extra)
-    atomic_write_text(Path(path), json.dumps(record, indent=2) + "\n")
+    write_text(Path(path), json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -304,5 +304,5 @@ def map_points_csv(registration: str | Path, points: str | Path, out: str | Path
     mapped = record.transform.map_level0(xy) if len(xy) else xy
     result = table.copy()
     result["x"], result["y"] = mapped[:, 0], mapped[:, 1]
-    atomic_write_text(Path(out), result.to_csv(index=False))
+    write_text(Path(out), result.to_csv(index=False))
     return len(result)

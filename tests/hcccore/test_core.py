@@ -113,17 +113,6 @@ def test_run_lock_names_the_lock_file_and_holder_and_is_released(tmp_path):
         pass
 
 
-def test_run_lock_excludes_the_slide_arms_lock(tmp_path):
-    """Until pathology switches to the core, both locks guard the same file."""
-    from pathology.lock import RunLock as SlideLock
-    from pathology.lock import RunLockedError as SlideLocked
-
-    with SlideLock(tmp_path), pytest.raises(RunLockedError, match="another hccbio run"):
-        RunLock(tmp_path).__enter__()
-    with RunLock(tmp_path), pytest.raises(SlideLocked, match="another hccbio run"):
-        SlideLock(tmp_path).__enter__()
-
-
 def test_run_table_is_every_finished_sample(tmp_path):
     arm = tmp_path / "arm"
     write_sample_features(arm / "a", sample_id="a", values={"x": 1.0, "k": 3},

@@ -14,10 +14,10 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from hcccore.lock import RunLock, RunLockedError
 from pathology.batch import run_slides
 from pathology.config import BatchSection, PathologyConfig, TilingSection
 from pathology.distributed import parse_scheduler
-from pathology.lock import RunLock, RunLockedError
 from pathology.pipeline import SlideJob
 
 
