@@ -73,7 +73,7 @@ def write_report(path: Path, results: dict) -> None:
 def _real_region(size: int) -> np.ndarray:
     """A ``size`` x ``size`` region of CMU-1-Small-Region at 0.5 um/px, centred on the same
     tissue whatever its size (2048: the region read from (100, 600), as always)."""
-    from pathology.slide import Slide
+    from pathology.io.slide import Slide
 
     x, y = max(0, 1124 - size // 2), max(0, 1624 - size // 2)
     with Slide(_shared_data() / "slides" / "pathml-testdata" / "small_HE.svs") as slide:
@@ -86,6 +86,7 @@ def bench_segmentation(work: Path, region_path: Path, tile_size: int,
                        predict_instances_big: bool = True) -> dict:
     """Pipeline vs raw network forward pass vs stardist's predict_instances_big (optional),
     with the network run by ``backend`` (``segmentation.backend``)."""
+    from pathology.io.slide import Slide
     from pathology.nuclei import forward_pass, network_input
     from pathology.pipeline import (
         ModelCache,
@@ -94,7 +95,6 @@ def bench_segmentation(work: Path, region_path: Path, tile_size: int,
         process_tiles,
         tiles_per_forward,
     )
-    from pathology.slide import Slide
 
     config = _config(tile_size, brightfield_model, backend, per_forward)
     models = ModelCache(config)
@@ -186,7 +186,7 @@ def _stage_seconds(model, plan, boxes: list[np.ndarray]) -> dict:
 def bench_tissue(slide_path: Path) -> dict:
     """Tissue detection throughput over a whole (large) slide."""
     from pathology.config import TissueSection
-    from pathology.slide import Slide
+    from pathology.io.slide import Slide
     from pathology.tissue import detect_tissue
 
     started = time.perf_counter()
@@ -208,8 +208,8 @@ def bench_end_to_end(slide_path: Path, work: Path, backend: str = "auto",
     and model start-up included."""
     from pathology.batch import run_slides
     from pathology.config import PathologyConfig, SegmentationSection
+    from pathology.io.slide import Slide
     from pathology.pipeline import SlideJob
-    from pathology.slide import Slide
 
     with Slide(slide_path) as slide:
         height, width = slide.working_shape(0.5)

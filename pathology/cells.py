@@ -6,8 +6,6 @@ the parts of all tiles together hold each nucleus once.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pyarrow as pa
 from scipy import ndimage as ndi
@@ -16,6 +14,7 @@ from skimage.color import hed_from_rgb
 from skimage.measure import grid_points_in_poly
 from skimage.segmentation import expand_labels
 
+from pathology.io.metadata import safe_channel_name
 from pathology.nuclei import TileNuclei
 from pathology.tiles import Tile
 from pathology.wholecell import WholeCellPlan, grow_cells, star_polygons
@@ -56,17 +55,6 @@ def stain_densities(rgb: np.ndarray, *, background: float = 255.0,
     od = optical_density(rgb[..., :3], background=background)
     matrix = hed_from_rgb if unmixing is None else unmixing
     return (od @ np.asarray(matrix, dtype=np.float32)).astype(np.float32)
-
-
-def safe_channel_name(name: str) -> str:
-    """Lowercase ASCII column fragment for a channel name.
-
-    Examples
-    --------
-    >>> safe_channel_name("CD8 (Opal 520)")
-    'cd8_opal_520'
-    """
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "channel"
 
 
 def intensity_image(image: np.ndarray, *, kind: str, channels: tuple[str, ...],

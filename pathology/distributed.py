@@ -186,11 +186,11 @@ def post_process_slide(job: SlideJob, out: Path, config: PathologyConfig, *,
         ``hccbio slides features OUT`` and ``hccbio slides qc OUT`` redo these steps alone).
     """
     from pathology.features import CLASSES_FILE, compute_slide_features
+    from pathology.io.slide import SlideError
     from pathology.nuclei import file_sha256
     from pathology.panels import PanelError
     from pathology.qc.artefacts import load_artefact_mask
     from pathology.qc.run import QcError, measure_slide_qc, qc_digest, run_slide_qc
-    from pathology.slide import SlideError
 
     folder = RunFolder(out).slide(job.sample_id).root
     classes = folder / CLASSES_FILE

@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pathology.cells import safe_channel_name
+from pathology.io.metadata import safe_channel_name
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from skimage.filters import threshold_otsu
 
-from pathology.cells import safe_channel_name
 from pathology.config import PhenotypesSection
+from pathology.io.metadata import safe_channel_name
 from pathology.panels import Marker, Panel, PanelError, Threshold
 from pathology.pigment import pigment_mask
 

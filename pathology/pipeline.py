@@ -25,6 +25,7 @@ from hcccore.atomic import write_text
 from pathology import layout
 from pathology.cells import measure_tile
 from pathology.config import PathologyConfig
+from pathology.io.slide import Slide, SlideError
 from pathology.layout import RunFolder
 from pathology.nuclei import (
     NucleusModel,
@@ -36,7 +37,6 @@ from pathology.nuclei import (
     predict_tiles,
 )
 from pathology.nucleus_classes import PatchClassifier, is_patch_model, load_patch_classifier
-from pathology.slide import Slide, SlideError
 from pathology.store import SlideStore
 from pathology.tiles import Tile, tile_grid
 from pathology.tissue import detect_tissue, explain_no_tissue
@@ -133,7 +133,7 @@ def file_signature(path: Path) -> dict:
     A folder of channel TIFFs is identified by each file's name, size and modification time;
     a channel-name sidecar (``<file>.channels.txt``) is part of its image's identity.
     """
-    from pathology.stacks import TIFF_SUFFIXES, sidecar_path
+    from pathology.io.metadata import TIFF_SUFFIXES, sidecar_path
 
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file()

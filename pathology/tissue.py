@@ -79,7 +79,7 @@ def detect_tissue(overview: np.ndarray, *, kind: Kind, mpp: float, config: Tissu
     ----------
     overview
         ``(H, W, C)`` image of the whole slide at ``mpp`` um/px (see
-        :meth:`pathology.slide.Slide.read_overview`).
+        :meth:`pathology.io.slide.Slide.read_overview`).
     kind
         ``"brightfield"`` (RGB, tissue absorbs light) or ``"fluorescence"`` (tissue emits).
     mpp

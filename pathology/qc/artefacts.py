@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 from skimage.color import rgb2hsv
 
 from pathology.config import QcSection
-from pathology.slide import Slide
+from pathology.io.slide import Slide
 
 ARTEFACTS = ("focus", "pen", "dark", "bright")
 ARTEFACT_CODES = {"focus": 1, "pen": 2, "dark": 4, "bright": 8}

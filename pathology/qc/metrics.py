@@ -1,6 +1,6 @@
 """QC metrics of one slide: tissue and artefact areas, focus, stain distributions, nuclei.
 
-:func:`slide_qc` works on an open :class:`~pathology.slide.Slide`, its tissue mask and
+:func:`slide_qc` works on an open :class:`~pathology.io.slide.Slide`, its tissue mask and
 (optionally) its cells table; it reads nothing else and writes nothing. Artefact areas are
 removed from the tissue before nuclei densities are computed, and the removed area is
 reported.
@@ -15,6 +15,7 @@ import pandas as pd
 
 from pathology.cells import stain_densities
 from pathology.config import QcSection
+from pathology.io.slide import Slide
 from pathology.qc.artefacts import (
     ARTEFACT_CODES,
     ARTEFACTS,
@@ -27,7 +28,6 @@ from pathology.qc.artefacts import (
     resize_mask,
 )
 from pathology.qc.flags import Flag, evaluate_flags
-from pathology.slide import Slide
 
 PERCENTILES = (5, 25, 50, 75, 95)
 

@@ -386,7 +386,7 @@ def write_crops(slide, centres: list[tuple[float, float]], cell_batches, folder:
     Parameters
     ----------
     slide
-        The open :class:`~pathology.slide.Slide`.
+        The open :class:`~pathology.io.slide.Slide`.
     centres
         Crop centres in um (see :func:`crop_centres`).
     cell_batches

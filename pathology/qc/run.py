@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from hcccore.atomic import write_text
 from pathology import layout
 from pathology.config import PathologyConfig
+from pathology.io.slide import Slide, SlideError
 from pathology.layout import RunFolder, SlideFolder
 from pathology.qc import geojson, overlays
 from pathology.qc.artefacts import ARTEFACT_MASK_FILE, ARTEFACTS, save_artefact_mask
@@ -31,7 +32,6 @@ from pathology.qc.decisions import valid_sample_id
 from pathology.qc.metrics import SlideQc, slide_qc
 from pathology.qc.shapes import REGION_CODES, mask_polygons, region_raster
 from pathology.registration.serial import registration_checks
-from pathology.slide import Slide, SlideError
 
 log = logging.getLogger("hccbio.pathology")
 
@@ -230,7 +230,7 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
     ------
     QcError
         Invalid sample id, or no tissue mask (the slide was not run).
-    pathology.slide.SlideError
+    pathology.io.slide.SlideError
         The slide cannot be opened or read.
     """
     folder, mask, mask_mpp, record = _finished_slide(out, sample_id)
@@ -362,7 +362,7 @@ def run_qc(out: Path, *, config: PathologyConfig) -> dict[str, str]:
         Sample id -> ``pass``, ``flagged`` or ``failed: <reason>``.
     """
     from pathology.features import compute_slide_features, write_run_features
-    from pathology.slide import SlideError
+    from pathology.io.slide import SlideError
 
     statuses = {}
     for sample_id, (path, mpp, modality) in slide_sources(out).items():

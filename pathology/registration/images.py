@@ -1,6 +1,6 @@
 """Low-resolution, stain-independent views of the images to register.
 
-A slide is read through :class:`pathology.slide.Slide` at a coarse pixel size (its pyramid
+A slide is read through :class:`pathology.io.slide.Slide` at a coarse pixel size (its pyramid
 level nearest that size, chunk by chunk: a full-resolution slide is never loaded); a plain RGB
 image (PNG, JPEG, or a TIFF without a pixel size) is read whole and downsampled. Each view holds
 a *signal* that does not depend on the stain (mean optical density for brightfield, whatever the
@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from pathology.config import TissueSection
-from pathology.slide import PixelSizeError, Slide, SlideError
+from pathology.io.slide import PixelSizeError, Slide, SlideError
 from pathology.tissue import brightfield_od_and_saturation, detect_tissue
 
 Kind = Literal["brightfield", "fluorescence"]
@@ -52,7 +52,7 @@ class ImageSource:
     kind
         ``brightfield`` (8-bit RGB) or ``fluorescence``.
     reader
-        ``slide`` (:class:`~pathology.slide.Slide`) or ``plain`` (read whole).
+        ``slide`` (:class:`~pathology.io.slide.Slide`) or ``plain`` (read whole).
     nuclear
         Fluorescence: index of the nuclear channel (``None``: brightest channel per pixel).
     """
@@ -125,7 +125,7 @@ def open_source(path: str | Path, *, mpp: float | None = None,
     Parameters
     ----------
     path
-        A whole-slide image (anything :class:`~pathology.slide.Slide` opens) or a plain RGB
+        A whole-slide image (anything :class:`~pathology.io.slide.Slide` opens) or a plain RGB
         image (PNG, JPEG ...; a TIFF without a pixel size is read as one).
     mpp
         Level-0 pixel size (um/px) to use (for a slide, checked against its metadata as the
@@ -133,7 +133,7 @@ def open_source(path: str | Path, *, mpp: float | None = None,
     kind
         Force ``brightfield`` or ``fluorescence``; default: 8-bit RGB is brightfield.
     backend, mpp_range, mpp_tolerance
-        As in :class:`~pathology.slide.Slide`.
+        As in :class:`~pathology.io.slide.Slide`.
     nuclear_channels
         Fluorescence: channel names tried for nuclei (``slide.nuclear_channels``).
 

@@ -3,7 +3,7 @@
 Slides that OpenSlide opens are tiled by OpenSlide's own
 :class:`openslide.deepzoom.DeepZoomGenerator`. Anything else (tiffslide-only files such as
 multichannel QPTIFF / OME-TIFF) goes through :class:`SlideDeepZoom`, which lays out the same
-Deep Zoom pyramid (same levels, tile grid and overlaps) over :class:`pathology.slide.Slide`
+Deep Zoom pyramid (same levels, tile grid and overlaps) over :class:`pathology.io.slide.Slide`
 and renders channels as a colour composite. The composite's colours and per-channel display
 maximum default to the panel's colours (from QC) and the slide's 99.5th percentiles; a tile
 request may override both (:class:`ChannelDisplay`, the viewer's channel toggles and contrast
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pathology.io.slide import Slide
 from pathology.qc.overlays import (
     OKABE_ITO,
     channel_scales,
@@ -30,7 +31,6 @@ from pathology.qc.overlays import (
     hex_color,
     tint_from_hex,
 )
-from pathology.slide import Slide
 
 TILE_SIZE = 254
 OVERLAP = 1
@@ -90,7 +90,7 @@ class ChannelDisplay:
 
 
 class SlideDeepZoom:
-    """The Deep Zoom pyramid of a :class:`~pathology.slide.Slide` (``limit_bounds=False``).
+    """The Deep Zoom pyramid of a :class:`~pathology.io.slide.Slide` (``limit_bounds=False``).
 
     Parameters
     ----------

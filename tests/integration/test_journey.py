@@ -33,7 +33,7 @@ def _pen_slide(shared_data: Path, folder: Path) -> tuple[Path, float]:
     drawn across the tissue (ink transmits per channel). Returns the file and the stroke's area
     on tissue (mm^2)."""
     from integration.demo import write_pyramidal_tiff
-    from pathology.slide import Slide
+    from pathology.io.slide import Slide
 
     with Slide(shared_data / "slides" / "pathml-testdata" / "small_HE.svs") as slide:
         image = slide.read_region_at(600, 900, 1024, 1024, mpp=0.5).astype(np.float32)

@@ -55,7 +55,7 @@ def he_image() -> np.ndarray:
 @pytest.fixture(scope="module")
 def he_region(shared_data) -> np.ndarray:
     """A real H&E region (small_HE.svs, pathml's test data) at 0.5 um/px, 768 x 768."""
-    from pathology.slide import Slide
+    from pathology.io.slide import Slide
 
     with Slide(shared_data / "slides" / "pathml-testdata" / "small_HE.svs") as slide:
         return slide.read_region_at(900, 1000, 768, 768, mpp=0.5)  # epidermis and dermis

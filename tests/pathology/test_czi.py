@@ -1,4 +1,4 @@
-"""Zeiss CZI through pathology.slide.Slide (pylibCZIrw): real pixels written by Zeiss's own
+"""Zeiss CZI through pathology.io.slide.Slide (pylibCZIrw): real pixels written by Zeiss's own
 library, read back exactly, with the file's pixel size and channel names."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pathology.slide import Slide, SlideError
+from pathology.io.slide import Slide, SlideError
 
 czi = pytest.importorskip("pylibCZIrw.czi")
 

@@ -23,7 +23,7 @@ import tifffile
 import yaml
 
 from pathology.config import PathologyConfig, TissueSection
-from pathology.slide import Slide, SlideError
+from pathology.io.slide import Slide, SlideError
 
 PROJECT = Path(__file__).resolve().parents[2]
 IMC_CHANNELS = ("H3", "CD99", "PIN", "CD8a", "CDH")

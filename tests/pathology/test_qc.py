@@ -20,13 +20,13 @@ from skimage.draw import disk
 from integration.demo import write_pyramidal_tiff
 from pathology.config import PathologyConfig, QcSection, TissueSection
 from pathology.features import compute_slide_features
+from pathology.io.slide import Slide
 from pathology.pipeline import SlideJob, process_slide
 from pathology.qc.artefacts import resize_mask
 from pathology.qc.decisions import append_decision, rejected_samples
 from pathology.qc.metrics import slide_qc
 from pathology.qc.run import QcError, run_qc, run_slide_qc
 from pathology.qc.summary import SUMMARY_COLUMNS, write_qc_summary
-from pathology.slide import Slide
 from pathology.tissue import detect_tissue
 
 MASK_MPP = 8.0

@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from integration.cli import app as cli_app
 from pathology.features import compute_slide_features
+from pathology.io.slide import Slide
 from pathology.pipeline import SlideJob, process_slide
 from pathology.qc.run import run_slide_qc
 from pathology.qc.summary import write_qc_summary
 from pathology.review.deepzoom import SlideDeepZoom, TileSource
 from pathology.review.server import BindError, check_bind
-from pathology.slide import Slide
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from shapely.geometry import Polygon
 from integration.demo import write_pyramidal_tiff
 from pathology.batch import read_report, run_slides
 from pathology.config import PathologyConfig, TilingSection
+from pathology.io.slide import Slide
 from pathology.pipeline import ModelCache, SlideJob, process_slide, read_cells
-from pathology.slide import Slide
 
 
 def _polygons(cells: pd.DataFrame) -> list[Polygon]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathology.slide import PixelSizeError, Slide, SlideError
+from pathology.io.slide import PixelSizeError, Slide, SlideError
 
 # file: (backend, level-0 (width, height), level count, mpp, mpp source prefix)
 OPENS = {

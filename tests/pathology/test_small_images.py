@@ -8,8 +8,8 @@ import pytest
 
 from integration.demo import write_pyramidal_tiff
 from pathology.config import TissueSection
+from pathology.io.slide import SlideError
 from pathology.pipeline import SlideJob, process_slide
-from pathology.slide import SlideError
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pathology.config import TissueSection
-from pathology.slide import Slide
+from pathology.io.slide import Slide
 from pathology.tiles import tile_grid
 from pathology.tissue import brightfield_od_and_saturation, detect_tissue
 

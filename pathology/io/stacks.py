@@ -11,91 +11,33 @@ Labs export multiplex immunofluorescence, imaging mass cytometry (IMC) and MIBI 
 :class:`TiffStack` reads them through tifffile's Zarr view, channel by channel, so a region
 read decodes only the strips or tiles it touches (a whole page only when the file stores a
 page as one strip). It offers the part of tiffslide's interface that
-:class:`pathology.slide.Slide` uses (``dimensions``, ``level_dimensions``,
+:class:`pathology.io.slide.Slide` uses (``dimensions``, ``level_dimensions``,
 ``level_downsamples``, ``read_region``, ``close``) plus the channel names and pixel-size
 evidence found in the files.
 
 Channel names come, in this order, from the file's metadata (OME ``Channel Name``, QPTIFF
 ``<Name>``, ImageJ slice labels, TIFF ``PageName``), from a sidecar ``<file>.channels.txt``
 (one name per line, in file order), or from the panel's ``channels`` list
-(:func:`pathology.slide.Slide`'s ``channel_names``); folders take them from the file stems.
+(:func:`pathology.io.slide.Slide`'s ``channel_names``); folders take them from the file stems.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-TIFF_SUFFIXES = (".tif", ".tiff")
+from pathology.io.metadata import (
+    TIFF_SUFFIXES,
+    ChannelNames,
+    StackError,
+    metadata_channel_names,
+    ome_metadata,
+    tiff_resolution_mpp,
+)
+
 CHANNEL_AXES = "CIQ"  # tifffile's channel, generic image and generic (unknown) axes
-SIDECAR_SUFFIX = ".channels.txt"
-
-
-class StackError(ValueError):
-    """A stack or folder cannot be read as channels; the message names the file."""
-
-
-@dataclass(frozen=True)
-class ChannelNames:
-    """Names of an image's channels, in file order, and where they came from."""
-
-    names: tuple[str, ...]
-    source: str  # e.g. "ome", "qptiff", "imagej:Labels", "tiff:PageName", "sidecar:<path>"
-
-
-def sidecar_path(path: Path) -> Path:
-    """The channel-name sidecar of an image file: ``<file>.channels.txt``.
-
-    Examples
-    --------
-    >>> sidecar_path(Path("/data/G01_imc.tiff")).name
-    'G01_imc.tiff.channels.txt'
-    """
-    return path.with_name(path.name + SIDECAR_SUFFIX)
-
-
-def read_sidecar(path: Path, n_channels: int) -> ChannelNames | None:
-    """Channel names from ``<file>.channels.txt`` (one per line; blank lines and ``#``
-    comments ignored), or None when there is no sidecar.
-
-    Raises
-    ------
-    StackError
-        The sidecar lists a different number of names than the image has channels.
-    """
-    sidecar = sidecar_path(path)
-    if not sidecar.is_file():
-        return None
-    names = tuple(line.split("#", 1)[0].strip() for line in sidecar.read_text().splitlines())
-    names = tuple(n for n in names if n)
-    if len(names) != n_channels:
-        raise StackError(f"{sidecar}: lists {len(names)} channel name(s) but {path} has "
-                         f"{n_channels} channel(s); write one name per line, in file order")
-    return ChannelNames(names, f"sidecar:{sidecar.name}")
-
-
-def metadata_channel_names(tif, n_channels: int, pages: list) -> ChannelNames | None:
-    """Channel names a TIFF carries itself: ImageJ slice labels, then ``PageName`` tags.
-
-    (OME and QPTIFF names are read by :mod:`pathology.slide`.) ``pages`` are the first page of
-    each channel, in order. None when the file names no channel, or not all of them.
-    """
-    imagej = tif.imagej_metadata or {}
-    labels = imagej.get("Labels")
-    if isinstance(labels, (list, tuple)) and len(labels) == n_channels and all(
-            str(label).strip() for label in labels):
-        return ChannelNames(tuple(str(label).strip() for label in labels), "imagej:Labels")
-    names = []
-    for page in pages:
-        page = page.aspage() if hasattr(page, "aspage") else page  # TiffFrame: no tags
-        tag = page.tags.get("PageName") if page is not None else None
-        names.append(str(tag.value).strip() if tag is not None else "")
-    if len(names) == n_channels and all(names):
-        return ChannelNames(tuple(names), "tiff:PageName")
-    return None
 
 
 def stack_kind(tif) -> str | None:
@@ -303,17 +245,15 @@ class TiffStack:
 
 def _file_evidence(tif) -> list[tuple[str, float, float, bool]]:
     """Pixel-size statements of one TIFF: OME, resolution tags (weak), ImageJ calibration."""
-    from pathology.slide import _ome_metadata, _tiff_resolution_mpp
-
     evidence: list[tuple[str, float, float, bool]] = []
     if tif.is_ome and tif.ome_metadata:
-        size, _ = _ome_metadata(tif.ome_metadata)
+        size, _ = ome_metadata(tif.ome_metadata)
         if size:
             evidence.append(("ome:PhysicalSizeX", size[0], size[1], True))
     page = tif.series[0].pages[0]
     if page is None:
         return evidence
-    resolution = _tiff_resolution_mpp(page)
+    resolution = tiff_resolution_mpp(page)
     if resolution:
         evidence.append(("tiff:XResolution", *resolution, False))
     imagej = tif.imagej_metadata or {}

@@ -2,9 +2,9 @@
 
 `pylibCZIrw <https://github.com/ZEISS/pylibczirw>`_ wraps libCZI, the reference
 implementation of the format. :class:`CziImage` offers the part of tiffslide's interface that
-:class:`pathology.slide.Slide` uses (``dimensions``, ``level_dimensions``,
+:class:`pathology.io.slide.Slide` uses (``dimensions``, ``level_dimensions``,
 ``level_downsamples``, ``read_region``, ``close``) plus the channel names and pixel size the
-file states, like :class:`pathology.stacks.TiffStack`.
+file states, like :class:`pathology.io.stacks.TiffStack`.
 
 - The image is the bounding rectangle of all scenes (an Axioscan slide's tissue regions);
   outside the scanned scenes it is white (brightfield) or 0 (fluorescence).
@@ -25,6 +25,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from pathology.io.metadata import ChannelNames
 
 CZI_SUFFIX = ".czi"
 LEVEL_FACTOR = 4
@@ -63,10 +65,10 @@ class CziImage:
     Attributes
     ----------
     channels
-        :class:`pathology.stacks.ChannelNames` (R, G, B for brightfield; the file's channel
+        :class:`pathology.io.metadata.ChannelNames` (R, G, B for brightfield; the file's channel
         names for fluorescence; None when the file names none).
     n_channels, dtype, evidence
-        As :class:`pathology.stacks.TiffStack`.
+        As :class:`pathology.io.stacks.TiffStack`.
 
     Raises
     ------
@@ -76,8 +78,6 @@ class CziImage:
     """
 
     def __init__(self, path: str | Path) -> None:
-        from pathology.stacks import ChannelNames
-
         self.path = Path(path)
         self.properties: dict[str, str | None] = {"czi.vendor": "zeiss"}
         try:

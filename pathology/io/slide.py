@@ -2,9 +2,9 @@
 
 OpenSlide (openslide-python + openslide-bin) reads brightfield slides (Aperio SVS, Hamamatsu
 NDPI, generic pyramidal TIFF, DICOM...); tiffslide reads what OpenSlide cannot open
-(multichannel fluorescence such as Vectra QPTIFF, OME-TIFF); :class:`pathology.stacks.TiffStack`
+(multichannel fluorescence such as Vectra QPTIFF, OME-TIFF); :class:`pathology.io.stacks.TiffStack`
 (tifffile) reads multiplex channel stacks (``IYX`` / ``QYX`` multi-page TIFF, one series per
-channel) and folders of single-channel TIFFs; :class:`pathology.czi.CziImage` (Zeiss's
+channel) and folders of single-channel TIFFs; :class:`pathology.io.czi.CziImage` (Zeiss's
 pylibCZIrw) reads Zeiss CZI, brightfield and fluorescence. Label and macro images are never
 read: only the pyramid levels of the main image are touched.
 
@@ -22,7 +22,6 @@ in, so an implausible tag value is ignored (and recorded) when another source ex
 from __future__ import annotations
 
 import math
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,15 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from pathology.io.metadata import (
+    StackError,
+    metadata_channel_names,
+    ome_metadata,
+    read_sidecar,
+    safe_channel_name,
+    tiff_resolution_mpp,
+)
 
 Backend = Literal["openslide", "tiffslide", "tifffile", "pylibczirw"]
 
@@ -148,51 +156,10 @@ def _resolve_pixel_size(path: Path, evidence: list[PixelSizeEvidence], *,
     return PixelSize(chosen.mpp_x, chosen.mpp_y, chosen.source, tuple(evidence), tuple(notes))
 
 
-def _tiff_resolution_mpp(page) -> tuple[float, float] | None:
-    """Pixel size from TIFF XResolution/YResolution/ResolutionUnit, or None."""
-    tags = page.tags
-    if "XResolution" not in tags or "YResolution" not in tags:
-        return None
-    unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 2
-    per_unit_um = {2: 25400.0, 3: 10000.0}.get(int(unit))
-    if per_unit_um is None:
-        return None
-
-    def value(tag) -> float:
-        num, den = tag.value
-        return num / den if den else 0.0
-
-    x_res, y_res = value(tags["XResolution"]), value(tags["YResolution"])
-    if x_res <= 0 or y_res <= 0:
-        return None
-    return per_unit_um / x_res, per_unit_um / y_res
-
-
-def _ome_metadata(ome_xml: str) -> tuple[tuple[float, float] | None, list[str]]:
-    """Physical pixel size (converted to um) and channel names from OME-XML."""
-    root = ET.fromstring(ome_xml)
-    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
-    if pixels is None:
-        return None, []
-    to_um = {"um": 1.0, "µm": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
-    size = None
-    if "PhysicalSizeX" in pixels.attrib:
-        x = float(pixels.attrib["PhysicalSizeX"]) * to_um.get(
-            pixels.attrib.get("PhysicalSizeXUnit", "µm"), 1.0)
-        y = float(pixels.attrib.get("PhysicalSizeY", pixels.attrib["PhysicalSizeX"])) * to_um.get(
-            pixels.attrib.get("PhysicalSizeYUnit", "µm"), 1.0)
-        size = (x, y)
-    names = [ch.attrib.get("Name", f"ch{i}")
-             for i, ch in enumerate(el for el in pixels if el.tag.endswith("Channel"))]
-    return size, names
-
-
 def _tiff_facts(path: Path) -> tuple[list[PixelSizeEvidence], list[str], int, str]:
     """Pixel-size evidence, channel names (empty when the file names none), sample count and
     the names' source, of the first series (tifffile)."""
     import tifffile
-
-    from pathology.stacks import metadata_channel_names
 
     evidence: list[PixelSizeEvidence] = []
     names: list[str] = []
@@ -203,7 +170,7 @@ def _tiff_facts(path: Path) -> tuple[list[PixelSizeEvidence], list[str], int, st
         n_channels = series.shape[axes.index("C")] if "C" in axes else (
             series.shape[axes.index("S")] if "S" in axes else 1)
         if tif.is_ome and tif.ome_metadata:
-            size, names = _ome_metadata(tif.ome_metadata)
+            size, names = ome_metadata(tif.ome_metadata)
             source = "ome"
             if size:
                 evidence.append(PixelSizeEvidence("ome:PhysicalSizeX", size[0], size[1], True))
@@ -219,7 +186,7 @@ def _tiff_facts(path: Path) -> tuple[list[PixelSizeEvidence], list[str], int, st
             if found is not None:
                 names, source = list(found.names), found.source
         page0 = series.pages[0]
-        resolution = _tiff_resolution_mpp(page0) if page0 is not None else None
+        resolution = tiff_resolution_mpp(page0) if page0 is not None else None
         if resolution:
             evidence.append(PixelSizeEvidence("tiff:XResolution", *resolution, False))
     if "C" not in axes and "S" in axes and n_channels in (3, 4) and not names:
@@ -325,8 +292,8 @@ class Slide:
 
     # -- opening ---------------------------------------------------------------------------
     def _open(self, backend: str):
-        from pathology.czi import CziError, CziImage, is_czi
-        from pathology.stacks import StackError, TiffStack, is_stack
+        from pathology.io.czi import CziError, CziImage, is_czi
+        from pathology.io.stacks import StackError, TiffStack, is_stack
 
         errors = []
         if backend != "openslide" and is_czi(self.path) and self.path.is_file():
@@ -415,9 +382,6 @@ class Slide:
 
     def _name_channels(self, given: Sequence[str] | None, given_source: str) -> None:
         """Channel names: the file's, else the sidecar's, else ``given``, else ch0, ch1..."""
-        from pathology.cells import safe_channel_name
-        from pathology.stacks import StackError, read_sidecar
-
         n = self._n_channels
         if len(self._channels) != n:
             try:
