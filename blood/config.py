@@ -41,12 +41,9 @@ class BeadsConfig(_Section):
 
 
 class FlowQcConfig(_Section):
-    """Acquisition QC thresholds: flags, and a failure for a (nearly) empty file."""
+    """Acquisition QC thresholds (flags only)."""
 
     min_events: int = Field(5000, ge=0, description="Flag files with fewer events.")
-    fail_below_events: int = Field(100, ge=0, description="A file with fewer events fails "
-                                   "(check flow_events in qc.json; the sample gets no "
-                                   "features): an empty or aborted acquisition. 0 = never.")
     time_bins: int = Field(20, ge=3, description="Equal-duration bins for the event rate.")
     max_rate_cv: float = Field(0.3, gt=0, description="Flag an event-rate CV above this.")
     max_rate_drift: float = Field(0.3, gt=0, description="Flag a relative change of event "
@@ -106,27 +103,34 @@ class MarkerSet(_Section):
     negative: list[str] = Field(default_factory=list, description="Genes the type lacks "
                                 "(e.g. HLA-DR for MDSC-like cells); their score above background "
                                 "is subtracted.")
+    within: str | None = Field(None, description="Key of the lineage this type is a subset "
+                               "of (e.g. treg within cd4_t): clusters are labelled with "
+                               "lineages only, and a cell of that lineage takes the subset "
+                               "when its own subset score beats its lineage score.")
 
 
+# Lineage markers: specific to their lineage in PBMCs and not interferon-stimulated, so that
+# an IFN response (ISG15, IFI6, IFIT1-3, MX1, OAS1 ...) never decides a lineage; genes shared
+# across lineages (CST3 and HLA-DQA1 are high in monocytes and B cells, LDHB and CCR7 in B
+# cells, LST1 in all monocytes) or interferon-induced (CD74) are left out.
 DEFAULT_MARKERS: dict[str, dict[str, object]] = {
     "cd8_t": {"label": "CD8+ T cells", "positive": ["CD8A", "CD8B", "CD3D", "CD3E"]},
     "cd4_t": {"label": "CD4+ T cells (conventional)",
-              "positive": ["CD3D", "CD3E", "CD4", "IL7R", "LDHB", "CCR7"],
-              "negative": ["CD8A", "CD8B"]},
+              "positive": ["CD3D", "CD3E", "CD4", "IL7R"], "negative": ["CD8A", "CD8B"]},
     "treg": {"label": "Regulatory T cells",
-             "positive": ["FOXP3", "IL2RA", "CTLA4", "IKZF2", "TIGIT"]},
+             "positive": ["FOXP3", "IL2RA", "CTLA4", "IKZF2", "TIGIT"], "within": "cd4_t"},
     "nk": {"label": "NK cells", "positive": ["NKG7", "GNLY", "KLRD1", "KLRF1", "NCAM1", "PRF1"],
            "negative": ["CD3D", "CD3E"]},
     "b": {"label": "B cells", "positive": ["MS4A1", "CD79A", "CD79B", "CD19", "BANK1"]},
     "cmono": {"label": "Classical monocytes (CD14+)",
-              "positive": ["CD14", "LYZ", "S100A8", "S100A9", "FCN1", "CSF3R"]},
+              "positive": ["CD14", "LYZ", "S100A8", "S100A9", "FCN1"]},
     "ncmono": {"label": "Non-classical monocytes (CD16+)",
-               "positive": ["FCGR3A", "MS4A7", "LST1", "CDKN1C", "RHOC"]},
-    "dc": {"label": "Dendritic cells",
-           "positive": ["FCER1A", "CST3", "CLEC10A", "CD1C", "HLA-DQA1", "LILRA4", "IL3RA"]},
+               "positive": ["FCGR3A", "MS4A7", "CDKN1C"]},
+    "dc": {"label": "Dendritic cells (cDC and pDC)",
+           "positive": ["FCER1A", "CLEC10A", "CD1C", "LILRA4", "IL3RA"]},
     "mdsc": {"label": "MDSC-like (monocytic, HLA-DR low)",
              "positive": ["S100A8", "S100A9", "S100A12", "VCAN", "CD14", "ARG1"],
-             "negative": ["HLA-DRA", "HLA-DRB1", "HLA-DPA1", "CD74"]},
+             "negative": ["HLA-DRA", "HLA-DRB1", "HLA-DPA1"], "within": "cmono"},
 }
 
 DEFAULT_SIGNATURES: dict[str, dict[str, object]] = {
@@ -163,6 +167,20 @@ class ScrnaQcConfig(_Section):
     min_cells: int = Field(50, ge=1, description="A sample with fewer QC-passing cells fails.")
 
 
+class ScrnaClusteringConfig(_Section):
+    """Leiden clustering of each sample's QC-passing cells (the units that get a label)."""
+
+    n_top_genes: int = Field(2000, ge=10, description="Highly variable genes (scanpy "
+                             "'seurat' flavour; all genes when the data have fewer).")
+    n_pcs: int = Field(30, ge=2, description="Principal components for the neighbour graph "
+                       "(fewer when the sample has fewer cells or genes).")
+    n_neighbors: int = Field(15, ge=2, description="Neighbours per cell in the kNN graph.")
+    resolution: float = Field(1.0, gt=0, description="Leiden resolution (higher: more, "
+                              "smaller clusters).")
+    umap: bool = Field(True, description="Compute a UMAP of each sample and write "
+                       "scrna_umap.png coloured by cell type.")
+
+
 class ScrnaConfig(_Section):
     """Single-cell RNA-seq: reading, QC, normalisation, annotation, fractions, signatures."""
 
@@ -175,8 +193,14 @@ class ScrnaConfig(_Section):
         default_factory=lambda: {k: MarkerSet.model_validate(v)
                                  for k, v in DEFAULT_MARKERS.items()},
         description="Cell type -> marker genes for scanpy.tl.score_genes annotation.")
-    min_score: float = Field(0.0, description="Cells whose best marker score is not above "
-                             "this are 'unassigned'.")
+    clustering: ScrnaClusteringConfig = Field(default_factory=ScrnaClusteringConfig,
+                                              description="Clusters labelled by the markers.")
+    min_score: float = Field(0.0, description="A cluster (or a cell of a mixed cluster) whose "
+                             "best mean marker score is not above this is 'unassigned'.")
+    min_purity: float = Field(0.6, ge=0, le=1, description="A cluster in which fewer than "
+                              "this share of cells have the cluster's label as their own "
+                              "best-scoring lineage is mixed: its cells are labelled one by "
+                              "one (0 = never).")
     celltypist_model: Path | None = Field(None, description="CellTypist model (.pkl); when "
                                           "set, CellTypist annotates instead of the markers.")
     celltypist_labels: dict[str, str] = Field(default_factory=dict, description="CellTypist "
@@ -185,10 +209,21 @@ class ScrnaConfig(_Section):
         default_factory=lambda: {k: Signature.model_validate(v)
                                  for k, v in DEFAULT_SIGNATURES.items()},
         description="Signature name -> genes, scored per sample on the pseudobulk.")
-    seed: int = Field(0, description="Random seed (score_genes control genes, scrublet).")
+    seed: int = Field(0, description="Random seed (score_genes control genes, scrublet, PCA, "
+                      "neighbours, Leiden, UMAP).")
 
     _markers = field_validator("markers")(_check_keys)
     _signatures = field_validator("signatures")(_check_keys)
+
+    @field_validator("markers")
+    @classmethod
+    def _subsets(cls, value: dict[str, MarkerSet]) -> dict[str, MarkerSet]:
+        for name, marker in value.items():
+            parent = value.get(marker.within) if marker.within is not None else None
+            if marker.within is not None and (parent is None or parent.within is not None):
+                raise ValueError(f"{name}.within = {marker.within!r} must name another "
+                                 "marker type that is a lineage (has no 'within' itself)")
+        return value
 
 
 # ---------------------------------------------------------------- ELISA / multiplex

@@ -1,4 +1,10 @@
-"""PBMC cell-type annotation: marker-gene scores (default, offline) or a CellTypist model."""
+"""PBMC cell-type annotation: marker genes per cluster (default, offline) or a CellTypist model.
+
+Markers label clusters, as the field does: each sample's cells are clustered
+(:mod:`blood.scrna.cluster`), every cluster takes the lineage of its highest mean marker score,
+and per-cell scores only split a cluster whose cells mostly disagree with its label and
+assign subsets (``within``, e.g. Treg in CD4 T) inside their lineage.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,15 @@ import pandas as pd
 
 from blood.config import MarkerSet, ScrnaConfig
 from blood.errors import BloodInputError, ConfigError
+from blood.scrna.cluster import CLUSTER, UMAP_COLUMNS, cluster_cells
 
 CELL_TYPE = "cell_type"
 UNASSIGNED = "unassigned"
 OTHER = "other"
 CELLTYPIST_FOLDER = "CELLTYPIST_FOLDER"  # environment variable celltypist reads
+GROUP = "group"
+CLUSTER_COLUMNS = ("cluster", "label", "score", "n_cells", "purity", "labelled_by",
+                   "cell_types")
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,17 @@ class Annotation:
         genes present); such a type gets no cell and an empty fraction.
     model_sha256
         SHA-256 of the CellTypist model file ('' for markers).
+    clusters
+        Cluster id per cell (index = obs names), unique within the cell's group.
+    cluster_table
+        One row per cluster: ``group`` (the sample clustered) and :data:`CLUSTER_COLUMNS`:
+        the cluster's label (markers: best mean lineage score; CellTypist: its most frequent
+        cell label), that mean score, cells, purity (markers: see :func:`label_clusters`;
+        CellTypist: share of the most frequent label), ``labelled_by`` ("cluster", or
+        "cells" for a mixed cluster and for CellTypist) and the cell types its cells got.
+    umap
+        UMAP coordinates per cell (columns ``umap_1, umap_2``; each group its own); no rows
+        when not computed.
     """
 
     labels: pd.Series
@@ -47,6 +68,11 @@ class Annotation:
     missing_genes: dict[str, list[str]]
     not_measurable: dict[str, str] = field(default_factory=dict)
     model_sha256: str = ""
+    clusters: pd.Series = field(default_factory=lambda: pd.Series(dtype=str, name=CLUSTER))
+    cluster_table: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=[GROUP, *CLUSTER_COLUMNS]))
+    umap: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(UMAP_COLUMNS), dtype=float))
 
 
 def unmeasurable_types(markers: dict[str, MarkerSet], genes: pd.Index | list[str]
@@ -64,6 +90,22 @@ def unmeasurable_types(markers: dict[str, MarkerSet], genes: pd.Index | list[str
     return {name: f"none of its positive marker genes ({', '.join(marker.positive)}) are in "
                   "the data"
             for name, marker in markers.items() if not present.intersection(marker.positive)}
+
+
+def _missing_genes(markers: dict[str, MarkerSet], genes: pd.Index) -> dict[str, list[str]]:
+    present = set(genes)
+    return {name: [g for g in [*m.positive, *m.negative] if g not in present]
+            for name, m in markers.items()}
+
+
+def _measurable_or_fail(markers: dict[str, MarkerSet], genes: pd.Index) -> dict[str, str]:
+    """The unmeasurable types; raises when no type at all can be measured."""
+    skipped = unmeasurable_types(markers, genes)
+    if len(skipped) == len(markers):
+        wanted = sorted({g for m in markers.values() for g in m.positive})
+        raise BloodInputError(f"no cell type can be measured: none of the positive marker "
+                              f"genes {wanted} are in the data (are var_names gene symbols?)")
+    return skipped
 
 
 def marker_scores(adata: ad.AnnData, markers: dict[str, MarkerSet], *, seed: int = 0
@@ -90,13 +132,8 @@ def marker_scores(adata: ad.AnnData, markers: dict[str, MarkerSet], *, seed: int
     import scanpy as sc
 
     genes = set(adata.var_names)
-    missing = {name: [g for g in [*m.positive, *m.negative] if g not in genes]
-               for name, m in markers.items()}
-    skipped = unmeasurable_types(markers, adata.var_names)
-    if len(skipped) == len(markers):
-        wanted = sorted({g for m in markers.values() for g in m.positive})
-        raise BloodInputError(f"no cell type can be measured: none of the positive marker "
-                              f"genes {wanted} are in the data (are var_names gene symbols?)")
+    missing = _missing_genes(markers, adata.var_names)
+    skipped = _measurable_or_fail(markers, adata.var_names)
     work = ad.AnnData(X=adata.X, obs=pd.DataFrame(index=adata.obs_names), var=adata.var[[]])
     scores: dict[str, np.ndarray] = {}
     ctrl = max(10, min(50, adata.n_vars // 10))
@@ -118,34 +155,187 @@ def marker_scores(adata: ad.AnnData, markers: dict[str, MarkerSet], *, seed: int
     return pd.DataFrame(scores, index=adata.obs_names), missing
 
 
-def annotate(adata: ad.AnnData, *, config: ScrnaConfig) -> Annotation:
-    """Annotate cells by marker scores, or by CellTypist when a model is configured.
+def label_clusters(scores: pd.DataFrame, clusters: pd.Series, *,
+                   markers: dict[str, MarkerSet], min_score: float = 0.0,
+                   min_purity: float = 0.6) -> tuple[pd.Series, pd.DataFrame]:
+    """Label clusters by their mean marker scores; split mixed clusters; assign subsets.
 
-    Markers: each cell takes the measurable type of its highest score; cells whose best
-    score is not above ``config.min_score`` are 'unassigned'; types none of whose positive
-    markers are in the data are reported in ``not_measurable`` and get no cells.
-    CellTypist: its predicted labels mapped through ``config.celltypist_labels`` (unmapped
-    labels become 'other').
+    Lineages are the scored types without ``within`` (or whose lineage is not scored). A
+    cluster takes the lineage of its highest mean score, or 'unassigned' if that is not above
+    ``min_score``. A cell has an opinion when any of its lineage scores is above
+    ``min_score``. The purity of a labelled cluster is the share of the cells with an opinion
+    whose own best lineage is the cluster's; that of an unassigned cluster is the share of
+    cells without an opinion. Below ``min_purity`` the cluster is mixed: each of its cells
+    with an opinion takes its own best lineage, the others keep the cluster's label. Then a
+    cell of a lineage takes a subset of it (e.g. treg within cd4_t) whose score beats both
+    the lineage's score and ``min_score``.
+
+    Parameters
+    ----------
+    scores
+        Cells x scored types (:func:`marker_scores`).
+    clusters
+        Cluster id per cell, same index.
+    markers
+        The marker sets (for ``within``).
+    min_score, min_purity
+        As in :class:`blood.config.ScrnaConfig`.
+
+    Returns
+    -------
+    labels
+        Cell type per cell.
+    table
+        One row per cluster, columns :data:`CLUSTER_COLUMNS`.
+
+    Examples
+    --------
+    >>> from blood.config import MarkerSet
+    >>> markers = {"b": MarkerSet(positive=["MS4A1"]), "t": MarkerSet(positive=["CD3E"])}
+    >>> scores = pd.DataFrame({"b": [1.2, 0.9, -0.1, -0.3, 0.9, 0.8],
+    ...                        "t": [0.1, 0.2, -0.2, 0.8, 0.0, 0.7]})
+    >>> labels, table = label_clusters(scores, pd.Series(["0", "0", "0", "1", "1", "1"]),
+    ...                                markers=markers)
+    >>> labels.tolist()  # cell 2 has no opinion and follows cluster 0; cluster 1 is mixed
+    ['b', 'b', 'b', 't', 'b', 'b']
+    >>> table[["cluster", "label", "n_cells", "purity", "labelled_by"]].round(2)
+    ... # doctest: +NORMALIZE_WHITESPACE
+      cluster label  n_cells  purity labelled_by
+    0       0     b        3    1.00     cluster
+    1       1     t        3    0.33       cells
+    """
+    scored = set(scores.columns)
+    lineages = [t for t in scores.columns
+                if markers[t].within is None or markers[t].within not in scored]
+    own = scores[lineages]
+    cell_best = pd.Series(np.asarray(lineages, dtype=object)[own.to_numpy().argmax(axis=1)],
+                          index=scores.index)
+    # a cell with no lineage score above min_score (its markers not detected) has no opinion:
+    # it follows its cluster, which is the point of labelling clusters rather than cells
+    opinion = own.max(axis=1).to_numpy() > min_score
+    labels = pd.Series(UNASSIGNED, index=scores.index, dtype=object, name=CELL_TYPE)
+    rows = []
+    for cluster in sorted(set(clusters), key=_cluster_order):
+        cells = (clusters == cluster).to_numpy()
+        means = own[cells].mean()
+        label = str(means.idxmax()) if means.max() > min_score else UNASSIGNED
+        voters = cells & opinion
+        if label == UNASSIGNED:  # its cells agree when they have no opinion either
+            purity = float(1 - voters.sum() / cells.sum())
+        else:
+            purity = float((cell_best[voters] == label).mean()) if voters.any() else 1.0
+        mixed = purity < min_purity
+        labels[cells] = label
+        if mixed:
+            labels[voters] = cell_best[voters]
+        rows.append({"cluster": cluster, "label": label, "score": float(means.max()),
+                     "n_cells": int(cells.sum()), "purity": purity,
+                     "labelled_by": "cells" if mixed else "cluster"})
+    subsets = [t for t in scores.columns if t not in lineages]
+    for lineage in sorted({markers[t].within for t in subsets}):
+        own_subsets = scores[[t for t in subsets if markers[t].within == lineage]]
+        best, value = own_subsets.idxmax(axis=1), own_subsets.max(axis=1)
+        wins = ((labels == lineage) & (value > scores[lineage]) & (value > min_score)).to_numpy()
+        labels[wins] = best[wins]
+    table = pd.DataFrame(rows, columns=list(CLUSTER_COLUMNS[:-1]))
+    table["cell_types"] = [_composition(labels[(clusters == c).to_numpy()])
+                           for c in table["cluster"]]
+    return labels, table
+
+
+def annotate(adata: ad.AnnData, *, config: ScrnaConfig, groups: pd.Series | None = None
+             ) -> Annotation:
+    """Cluster each group of cells and annotate them (markers per cluster, or CellTypist).
+
+    Each group (a sample) is clustered on its own (:func:`blood.scrna.cluster.cluster_cells`)
+    and, with markers, scored and labelled on its own (:func:`label_clusters`), so a sample's
+    cell types do not depend on the other samples of its file (nor on how they were
+    stimulated). With ``config.celltypist_model`` set, CellTypist labels every cell (its
+    labels mapped through ``config.celltypist_labels``, unmapped ones 'other') and the
+    clusters are only reported. Types none of whose positive markers are in the data are in
+    ``not_measurable`` and get no cells.
 
     Parameters
     ----------
     adata
-        Cells x genes, log-normalised ``X``, gene symbols as ``var_names``.
+        QC-passing cells x genes, log-normalised ``X``, gene symbols as ``var_names``.
     config
         scRNA config.
+    groups
+        Group (sample) of each cell; None: all cells are one group ('').
 
     Returns
     -------
     Annotation
+
+    Raises
+    ------
+    BloodInputError
+        Markers: no cell type has any of its positive marker genes in the data.
     """
+    groups = pd.Series("" if groups is None else groups.astype(str).to_numpy(),
+                       index=adata.obs_names)
+    celltypist = None
     if config.celltypist_model is not None:
-        return _celltypist(adata, config.celltypist_model, config.celltypist_labels)
-    scores, missing = marker_scores(adata, config.markers, seed=config.seed)
-    best = scores.to_numpy().argmax(axis=1)
-    labels = np.asarray(scores.columns)[best].astype(object)
-    labels[scores.to_numpy().max(axis=1) <= config.min_score] = UNASSIGNED
-    return Annotation(pd.Series(labels, index=adata.obs_names, name=CELL_TYPE), scores,
-                      "markers", missing, unmeasurable_types(config.markers, adata.var_names))
+        celltypist = _celltypist(adata, config.celltypist_model, config.celltypist_labels)
+    else:
+        _measurable_or_fail(config.markers, adata.var_names)  # fail before clustering
+    labels, scores, clusters, umaps, tables = [], [], [], [], []
+    for group in sorted(set(groups)):
+        cells = adata[(groups == group).to_numpy()]
+        clustering = cluster_cells(cells, config=config.clustering, seed=config.seed)
+        if celltypist is None:
+            group_scores, _ = marker_scores(cells, config.markers, seed=config.seed)
+            group_labels, table = label_clusters(
+                group_scores, clustering.labels, markers=config.markers,
+                min_score=config.min_score, min_purity=config.min_purity)
+            scores.append(group_scores)
+        else:
+            group_labels = celltypist.labels[cells.obs_names]
+            table = _majority_table(group_labels, clustering.labels)
+        labels.append(group_labels)
+        clusters.append(clustering.labels)
+        umaps.extend([clustering.umap] if len(clustering.umap) else [])
+        tables.append(table.assign(**{GROUP: group})[[GROUP, *CLUSTER_COLUMNS]])
+    found = {"clusters": _joined(clusters, adata.obs_names).astype(str).rename(CLUSTER),
+             "cluster_table": (pd.concat(tables, ignore_index=True) if tables
+                               else pd.DataFrame(columns=[GROUP, *CLUSTER_COLUMNS])),
+             "umap": (pd.concat(umaps) if umaps
+                      else pd.DataFrame(columns=list(UMAP_COLUMNS), dtype=float))}
+    if celltypist is not None:
+        return Annotation(celltypist.labels, celltypist.scores, celltypist.method, {},
+                          model_sha256=celltypist.model_sha256, **found)
+    return Annotation(_joined(labels, adata.obs_names).rename(CELL_TYPE),
+                      pd.concat(scores).loc[adata.obs_names] if scores else pd.DataFrame(),
+                      "markers", _missing_genes(config.markers, adata.var_names),
+                      unmeasurable_types(config.markers, adata.var_names), **found)
+
+
+def _joined(parts: list[pd.Series], index: pd.Index) -> pd.Series:
+    """Per-group series put back in the cells' order."""
+    return (pd.concat(parts) if parts else pd.Series(dtype=object)).reindex(index)
+
+
+def _cluster_order(cluster: str) -> tuple[int, str]:
+    return (int(cluster), "") if cluster.isdigit() else (1 << 30, cluster)
+
+
+def _composition(labels: pd.Series) -> str:
+    """'cd4_t 30; treg 2': cell types of a cluster's cells, most frequent first."""
+    counts = labels.value_counts()
+    return "; ".join(f"{name} {count}" for name, count in counts.items())
+
+
+def _majority_table(labels: pd.Series, clusters: pd.Series) -> pd.DataFrame:
+    """Cluster rows for per-cell labels (CellTypist): each cluster's most frequent label."""
+    rows = []
+    for cluster in sorted(set(clusters), key=_cluster_order):
+        cells = labels[(clusters == cluster).to_numpy()]
+        counts = cells.value_counts()
+        rows.append({"cluster": cluster, "label": str(counts.index[0]), "score": np.nan,
+                     "n_cells": int(len(cells)), "purity": float(counts.iloc[0] / len(cells)),
+                     "labelled_by": "cells", "cell_types": _composition(cells)})
+    return pd.DataFrame(rows, columns=list(CLUSTER_COLUMNS))
 
 
 def celltypist_models_folder() -> Path:

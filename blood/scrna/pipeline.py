@@ -1,7 +1,8 @@
-"""scRNA-seq of one file -> per-sample cell types, fractions, signatures and features.
+"""scRNA-seq of one file -> per-sample clusters, cell types, fractions, signatures, features.
 
-A file is prepared once (read, detect the kind of values, QC, normalise, annotate) and then
-split into samples by ``scrna.sample_column``; several manifest rows may share one file.
+A file is prepared once (read, detect the kind of values, QC, normalise, then cluster and
+annotate each sample's QC-passing cells on their own) and then split into samples by
+``scrna.sample_column``; several manifest rows may share one file.
 """
 
 from __future__ import annotations
@@ -10,19 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 
 from blood.config import ScrnaConfig
 from blood.errors import BloodInputError
 from blood.features import FeatureInfo
 from blood.outputs import write_csv, write_json
-from blood.scrna.annotate import CELL_TYPE, Annotation, annotate
+from blood.scrna.annotate import CELL_TYPE, CLUSTER_COLUMNS, GROUP, Annotation, annotate
+from blood.scrna.cluster import CLUSTER, UMAP_COLUMNS
 from blood.scrna.fractions import cell_type_fractions, pseudobulk_scores
 from blood.scrna.normalise import log_normalise
+from blood.scrna.plots import plot_umap
 from blood.scrna.qc import QcSummary, cell_qc
 from blood.scrna.read import DataKind, expression, read_scrna
 
 QC_FILE = "scrna_qc.json"
 CELLS_FILE = "scrna_cells.csv"
+CLUSTERS_FILE = "scrna_clusters.csv"
+UMAP_FILE = "scrna_umap.png"
 FRACTIONS_FILE = "cell_types.csv"
 SIGNATURES_FILE = "signatures.csv"
 N_CELLS = "scrna_n_cells"
@@ -37,13 +43,15 @@ class PreparedScrna:
     path
         Input file.
     adata
-        Log-normalised cells x genes; obs holds QC metrics and ``cell_type``.
+        Log-normalised cells x genes; obs holds QC metrics and, for QC-passing cells,
+        ``cluster``, ``umap_1``, ``umap_2`` and ``cell_type`` ('' and NaN for the others).
     kind, source
         Kind of the input values ("raw_counts" | "log_normalised") and where they came from.
     qc
         QC summary over the whole file.
     annotation
-        Cell types of all cells.
+        Clusters and cell types of the QC-passing cells, each sample clustered and labelled
+        on its own (its ``group`` in the cluster table).
     """
 
     path: Path
@@ -71,7 +79,8 @@ def prepare_scrna(path: str | Path, *, config: ScrnaConfig) -> PreparedScrna:
     Raises
     ------
     BloodInputError
-        Unreadable file, unusable values or no marker genes, naming the file.
+        Unreadable file, unusable values, no cell passing QC or no marker genes, naming the
+        file.
     """
     path = Path(path)
     data = expression(read_scrna(path), path=path)
@@ -82,11 +91,24 @@ def prepare_scrna(path: str | Path, *, config: ScrnaConfig) -> PreparedScrna:
     qc = cell_qc(adata, kind=data.kind, config=config.qc, batch_key=batch_key,
                  seed=config.seed)
     adata = log_normalise(adata, kind=data.kind, target_sum=config.target_sum)
+    passed = np.flatnonzero(adata.obs["qc_pass"].to_numpy(dtype=bool))
+    if passed.size == 0:
+        raise BloodInputError(f"{path}: no cell passes QC (cells failing each filter: "
+                              f"{qc.removed}; thresholds scrna.qc)")
+    cells = adata[passed].copy()
+    cells.obs_names_make_unique()  # results are put back by position
     try:
-        annotation = annotate(adata, config=config)
+        annotation = annotate(cells, config=config, groups=(
+            cells.obs[batch_key] if batch_key is not None else None))
     except BloodInputError as error:
         raise BloodInputError(f"{path}: {error}") from error
-    adata.obs[CELL_TYPE] = annotation.labels.to_numpy()
+    umap = annotation.umap.reindex(cells.obs_names)  # all NaN when not computed
+    for column, values in ((CLUSTER, annotation.clusters), (CELL_TYPE, annotation.labels)):
+        adata.obs[column] = ""  # cells failing QC are neither clustered nor typed
+        adata.obs.iloc[passed, adata.obs.columns.get_loc(column)] = values.to_numpy()
+    for column in UMAP_COLUMNS:
+        adata.obs[column] = np.nan
+        adata.obs.iloc[passed, adata.obs.columns.get_loc(column)] = umap[column].to_numpy()
     return PreparedScrna(path, adata, data.kind, data.source, qc, annotation)
 
 
@@ -115,9 +137,11 @@ def sample_features(prepared: PreparedScrna, sample_id: str, out_dir: str | Path
                     config: ScrnaConfig) -> dict[str, float]:
     """Write one sample's outputs and return its features.
 
-    Writes ``scrna_qc.json`` (data kind, QC, annotation method), ``scrna_cells.csv`` (one
-    row per cell: QC metrics, pass flag, cell type), ``cell_types.csv`` and
-    ``signatures.csv`` under ``out_dir``.
+    Writes ``scrna_qc.json`` (data kind, QC, annotation method, clustering),
+    ``scrna_cells.csv`` (one row per cell: QC metrics, pass flag, cluster, UMAP, cell type),
+    ``scrna_clusters.csv`` (one row per cluster: label, mean score, cells, purity, how it
+    was labelled, its cells' types), ``scrna_umap.png`` (when ``clustering.umap``),
+    ``cell_types.csv`` and ``signatures.csv`` under ``out_dir``.
 
     Returns
     -------
@@ -142,6 +166,10 @@ def sample_features(prepared: PreparedScrna, sample_id: str, out_dir: str | Path
     fractions = cell_type_fractions(passed.obs[CELL_TYPE], types,
                                     not_measurable=not_measurable)
     signatures = pseudobulk_scores(passed, passed.obs[CELL_TYPE], config.signatures)
+    column = config.sample_column
+    groups = set(passed.obs[column].astype(str)) if column in passed.obs else {""}
+    table = prepared.annotation.cluster_table
+    clusters = table[table[GROUP].isin(groups)][list(CLUSTER_COLUMNS)]
     fails = cells.obs["qc_fail"].astype(str).str.split(";").explode()
     qc = {"file": str(prepared.path), "sample_id": sample_id, "data_kind": prepared.kind,
           "values_from": prepared.source, "n_cells_in": int(cells.n_obs),
@@ -151,12 +179,22 @@ def sample_features(prepared: PreparedScrna, sample_id: str, out_dir: str | Path
           "marker_genes_missing": prepared.annotation.missing_genes,
           "not_measurable": not_measurable,
           "celltypist_model_sha256": prepared.annotation.model_sha256,
+          "clustering": {**config.clustering.model_dump(), "seed": config.seed,
+                         "min_purity": config.min_purity, "n_clusters": int(len(clusters)),
+                         "n_clusters_labelled_by_cells": int(
+                             (clusters["labelled_by"] == "cells").sum()),
+                         "per": "sample" if column in passed.obs else "file"},
           "normalisation": (f"normalize_total(target_sum={config.target_sum:g}) + log1p"
                             if prepared.kind == "raw_counts" else "none (input log-normalised)")}
     write_json(qc, out_dir / QC_FILE)
     columns = [c for c in ("n_genes", "total_counts", "pct_mt", "doublet_score", "qc_pass",
-                           "qc_fail", CELL_TYPE) if c in cells.obs]
+                           "qc_fail", CLUSTER, *UMAP_COLUMNS, CELL_TYPE) if c in cells.obs]
     write_csv(cells.obs[columns].rename_axis("barcode").reset_index(), out_dir / CELLS_FILE)
+    write_csv(clusters, out_dir / CLUSTERS_FILE)
+    umap = passed.obs[list(UMAP_COLUMNS)]
+    if config.clustering.umap and umap.notna().all(axis=None):
+        plot_umap(umap, passed.obs[CELL_TYPE], passed.obs[CLUSTER], out_dir / UMAP_FILE,
+                  title=sample_id)
     write_csv(fractions, out_dir / FRACTIONS_FILE)
     write_csv(signatures, out_dir / SIGNATURES_FILE)
     values: dict[str, float] = {N_CELLS: float(passed.n_obs)}
@@ -191,8 +229,11 @@ def feature_infos(config: ScrnaConfig, *, source: str = "blood.scrna",
     method = ("CellTypist model " + config.celltypist_model.name + " (celltypist.annotate, "
               "best match; labels mapped by scrna.celltypist_labels, others 'other')"
               if config.celltypist_model is not None else
-              "argmax of scanpy.tl.score_genes marker scores (positive - negative markers); "
-              "empty when none of the type's positive marker genes are in the data")
+              "Leiden clusters of each sample (scanpy: HVGs, PCA, kNN graph) labelled by their "
+              "mean scanpy.tl.score_genes marker score (positive - negative markers); a mixed "
+              "cluster (purity < scrna.min_purity) cell by cell; subsets ('within') per cell "
+              "inside their lineage; empty when none of the type's positive marker genes are "
+              "in the data")
     infos = {N_CELLS: FeatureInfo(N_CELLS, "Cells passing scRNA-seq QC", "cells", "scrna",
                                   "cells passing gene, count, MT and doublet filters "
                                   "(data kind per sample in scrna_qc.json)", "scrna.qc", source)}
@@ -207,7 +248,8 @@ def feature_infos(config: ScrnaConfig, *, source: str = "blood.scrna",
         note = f"; NOT MEASURABLE (empty) in {'; '.join(reasons)}" if reasons else ""
         infos[name] = FeatureInfo(name, f"{label}, fraction of QC-passing cells",
                                   "fraction (0-1)", "scrna", method + note,
-                                  f"scrna.markers.{key}; scrna.min_score; scrna.celltypist_model",
+                                  f"scrna.markers.{key}; scrna.clustering; scrna.min_score; "
+                                  "scrna.min_purity; scrna.celltypist_model",
                                   source)
     for key, signature in config.signatures.items():
         name = f"scrna_{key}_score"

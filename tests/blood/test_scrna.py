@@ -2,7 +2,9 @@
 
 pbmc68k_reduced stores scaled values in X and log-normalised values in .raw; its
 ``bulk_labels`` come from correlation with sorted populations, so they are a noisy truth.
-The synthetic counts are the point where known cell-type fractions must be recovered.
+The synthetic counts are the point where known cell-type fractions must be recovered. An
+interferon response is added synthetically to pbmc68k cells (no labelled stimulated PBMC
+data ships with the dependencies) to check that it does not move the lineage fractions.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import pytest
 import scipy.sparse as sp
 
 from blood.batch import BloodJob, run_blood
-from blood.config import BloodConfig, ScrnaConfig
-from blood.errors import BloodInputError
-from blood.scrna.annotate import annotate
+from blood.config import BloodConfig, ScrnaConfig, load_config
+from blood.errors import BloodInputError, ConfigError
+from blood.scrna.annotate import CLUSTER_COLUMNS, annotate
 from blood.scrna.read import classify_values, expression, read_scrna
 
 # our types -> pbmc68k bulk-label lineages (CD4 and CD8 subsets pooled: the sorted
@@ -48,17 +50,176 @@ def test_pbmc68k_values_detected_as_log_normalised_from_raw(pbmc68k):
 
 def test_pbmc68k_marker_annotation_agrees_with_bulk_labels(pbmc68k):
     data = expression(pbmc68k)
-    labels = annotate(data.adata, config=ScrnaConfig()).labels
+    annotation = annotate(data.adata, config=ScrnaConfig())
+    labels = annotation.labels
     truth = pbmc68k.obs["bulk_labels"].astype(str).map(_bulk_lineage)
     agreement = float((labels.map(TO_BULK) == truth).mean())
     chance = float(truth.value_counts(normalize=True).max())  # majority-class rate
     message = f"agreement {agreement:.3f} vs majority-class rate {chance:.3f}"
     print(message)
     assert agreement >= 0.7 and agreement >= 2 * chance, message
-    # every lineage is mostly recovered, not just the big ones
-    per_lineage = (labels.map(TO_BULK) == truth).groupby(truth).mean()
-    assert per_lineage[["CD14+ Monocyte", "CD19+ B", "CD56+ NK", "CD4 T"]].min() >= 0.75, \
+    # every lineage is mostly recovered, not just the big ones; CD4 and CD8 T are pooled
+    # here: they share clusters in these 765 genes, whose cells are then split one by one
+    # (their fractions are checked in test_pbmc68k_lineage_fractions_*)
+    t_cells = {"CD4 T": "T", "CD8 T": "T"}
+    pooled = (labels.map(TO_BULK).replace(t_cells) == truth.replace(t_cells))
+    per_lineage = pooled.groupby(truth.replace(t_cells)).mean()
+    assert per_lineage[["CD14+ Monocyte", "CD19+ B", "CD56+ NK", "T"]].min() >= 0.75, \
         per_lineage.to_dict()
+    table = annotation.cluster_table
+    clusters = annotation.clusters
+    assert list(table.columns) == ["group", *CLUSTER_COLUMNS] and table["group"].eq("").all()
+    assert table["n_cells"].sum() == data.adata.n_obs
+    assert sorted(table["cluster"]) == sorted(set(clusters)) and len(table) >= 5
+    for row in table.itertuples():  # a cluster labelled as a whole holds its label only
+        found = set(labels[(clusters == row.cluster).to_numpy()])
+        subsets = {k for k, m in ScrnaConfig().markers.items() if m.within == row.label}
+        assert row.labelled_by == "cells" or found <= {row.label, *subsets}, row
+    assert annotation.umap.shape == (data.adata.n_obs, 2)
+    again = annotate(data.adata, config=ScrnaConfig())  # seeded: the same clusters and labels
+    pd.testing.assert_series_equal(again.labels, labels)
+    pd.testing.assert_frame_equal(again.umap, annotation.umap)
+
+
+# Interferon-stimulated genes: the classic IFN-response genes (Schoggins et al., Nature 2011),
+# up in IFN-beta-stimulated PBMCs (Kang et al., Nat Biotechnol 2018). Only ISGs of this list
+# already measured in pbmc68k (IFITM1, IFITM3, OAS1, ISG20, IRF7, LY6E, BST2, SP110) are raised
+# in place; the others are added as genes.
+ISGS = ["ISG15", "IFI6", "IFI27", "IFI44L", "IFIT1", "IFIT2", "IFIT3", "MX1", "MX2", "OAS1",
+        "OAS2", "OAS3", "OASL", "RSAD2", "ISG20", "IRF7", "STAT1", "LY6E", "XAF1", "HERC5",
+        "EPSTI1", "BST2", "IFITM1", "IFITM3", "CXCL10", "CCL8", "SAMD9L", "IFI35", "PLSCR1",
+        "TNFSF10", "GBP1", "SP110", "PSMB9", "TAP1", "LGALS3BP", "CMPK2", "USP18"]
+TARGET = 0.05  # issue 26: every lineage's fraction within 5 points, stimulated samples too
+# pbmc68k lineages (bulk labels pooled) and our types pooled the same way: monocytes and
+# dendritic cells as one myeloid lineage, because its Dendritic / CD14+ Monocyte boundary is
+# not the textbook one (docs/blood.md); Treg counted as CD4 T
+TO_LINEAGE = {"cd8_t": "cd8_t", "cd4_t": "cd4_t", "treg": "cd4_t", "nk": "nk", "b": "b",
+              "cmono": "myeloid", "ncmono": "myeloid", "mdsc": "myeloid", "dc": "myeloid"}
+BULK_TO_LINEAGE = {"CD4 T": "cd4_t", "CD8 T": "cd8_t", "CD56+ NK": "nk", "CD19+ B": "b",
+                   "CD14+ Monocyte": "myeloid", "Dendritic": "myeloid", "CD34+": "cd34"}
+
+
+def test_default_markers_are_lineage_genes_without_interferon_stimulated_genes(tmp_path):
+    markers = ScrnaConfig().markers
+    genes = {g for m in markers.values() for g in [*m.positive, *m.negative]}
+    assert not genes & set(ISGS), genes & set(ISGS)
+    assert not genes & {"CST3", "HLA-DQA1", "LDHB", "CCR7", "CD74"}  # shared across lineages
+    assert {k: m.within for k, m in markers.items() if m.within} == {"treg": "cd4_t",
+                                                                     "mdsc": "cmono"}
+    assert load_config().scrna.markers == markers  # configs/blood.yaml shows the defaults
+    with pytest.raises(ValueError, match="within"):
+        ScrnaConfig(markers={"treg": {"positive": ["FOXP3"], "within": "cd4_t"}})
+    path = tmp_path / "blood.yaml"  # a subset of a subset
+    path.write_text("scrna:\n  markers:\n    a: {positive: [X], within: b}\n"
+                    "    b: {positive: [Y], within: c}\n    c: {positive: [Z]}\n")
+    with pytest.raises(ConfigError, match="a.within = 'b'"):
+        load_config(path)
+
+
+def interferon_response(adata: ad.AnnData, stimulated: np.ndarray, lineages: np.ndarray, *,
+                        seed: int) -> ad.AnnData:
+    """SYNTHETIC interferon response: ISG expression raised in the ``stimulated`` cells.
+
+    Log-normalised ``adata`` gets every gene of :data:`ISGS` (absent ones added, with a low
+    baseline in 10% of all cells); in stimulated cells each ISG rises by log1p units drawn
+    per cell and gene (80% of ISGs respond), three units in myeloid cells, two in B cells and
+    1.5 in lymphocytes on average, as monocytes respond most in IFN-beta-stimulated PBMCs.
+    """
+    rng = np.random.default_rng(seed)
+    new = [g for g in ISGS if g not in adata.var_names]
+    x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X, dtype=float)
+    baseline = (rng.random((adata.n_obs, len(new))) < 0.1) * rng.uniform(0.3, 1.0, (
+        adata.n_obs, len(new)))
+    x = np.hstack([x, baseline]).astype(np.float32)
+    genes = [*adata.var_names, *new]
+    columns = [genes.index(g) for g in ISGS]
+    strength = np.array([{"myeloid": 3.0, "b": 2.0}.get(lin, 1.5) for lin in lineages])
+    rise = (strength * rng.uniform(0.5, 1.5, adata.n_obs))[:, None] * (
+        rng.random((adata.n_obs, len(columns))) < 0.8) * rng.uniform(0.6, 1.4, (
+            adata.n_obs, len(columns)))
+    x[np.ix_(stimulated, columns)] += rise[stimulated].astype(np.float32)
+    return ad.AnnData(X=sp.csr_matrix(x), obs=adata.obs.copy(), var=pd.DataFrame(index=genes))
+
+
+def _lineage_errors(cells: pd.DataFrame, truth: pd.Series) -> pd.Series:
+    """Found minus labelled lineage fraction (any label on one side only is an error)."""
+    passed = cells[cells["qc_pass"]]
+    found = passed["cell_type"].map(lambda t: TO_LINEAGE.get(t, t)).value_counts(
+        normalize=True)
+    labelled = truth[passed["barcode"]].value_counts(normalize=True)
+    types = found.index.union(labelled.index)
+    return found.reindex(types, fill_value=0.0) - labelled.reindex(types, fill_value=0.0)
+
+
+def test_pbmc68k_lineage_fractions_with_synthetic_interferon_response(pbmc68k, tmp_path):
+    """Lineage fractions of labelled PBMC halves, stimulated (SYNTHETIC ISGs) and not.
+
+    pbmc68k is split in two halves by lineage (seeded). Four samples in one file, as
+    ``hccbio blood run`` gets them: CTRL_A, CTRL_B (as measured) and STIM_A (every cell of
+    half A stimulated), STIM_B (a random half of B's cells stimulated). Every sample's worst
+    lineage fraction error against the labels must be within the target, and stimulation
+    must not move any reported fraction by more than that.
+    """
+    cells = expression(pbmc68k).adata
+    lineages = cells.obs["bulk_labels"].astype(str).map(_bulk_lineage).map(BULK_TO_LINEAGE)
+    rng = np.random.default_rng(0)
+    half = np.zeros(cells.n_obs, dtype=bool)
+    for name in sorted(set(lineages)):
+        members = rng.permutation(np.flatnonzero(lineages == name))
+        half[members[: len(members) // 2]] = True
+    samples, truth = [], {}
+    for name, mask in (("A", half), ("B", ~half)):
+        part, lin = cells[mask], lineages[mask].to_numpy()
+        stimulated = (np.ones(part.n_obs, dtype=bool) if name == "A"
+                      else np.random.default_rng(2).random(part.n_obs) < 0.5)
+        for kind, chosen in (("CTRL", np.zeros(part.n_obs, dtype=bool)), ("STIM", stimulated)):
+            sample = interferon_response(part, chosen, lin, seed=1)
+            sample.obs_names = [f"{kind}_{name}_{c}" for c in part.obs_names]
+            sample.obs["sample"] = f"{kind}_{name}"
+            truth.update(zip(sample.obs_names, lin, strict=True))
+            samples.append(sample)
+    joined = ad.concat(samples)
+    path = tmp_path / "pbmc68k_ifn.h5ad"
+    joined.write_h5ad(path)
+    alone = tmp_path / "ctrl_a_alone.h5ad"  # the same cells in a file of their own
+    samples[0].obs = samples[0].obs.drop(columns="sample")
+    samples[0].write_h5ad(alone)
+    names = ["CTRL_A", "STIM_A", "CTRL_B", "STIM_B"]
+    config = BloodConfig(scrna=ScrnaConfig(qc={"min_genes": 100}))  # 765 genes
+    out = tmp_path / "run"
+    result = run_blood([*(BloodJob(n, "scrna", "", path) for n in names),
+                        BloodJob("CTRL_A_ALONE", "scrna", "", alone)], out, config=config)
+    assert result.failed == []
+    truth = pd.Series(truth)
+    tables = {n: pd.read_csv(out / "blood" / n / "scrna_cells.csv") for n in names}
+    errors = {n: _lineage_errors(tables[n], truth) for n in names}
+    worst = {n: round(float(e.abs().max()), 3) for n, e in errors.items()}
+    print(worst, {n: e.round(3).to_dict() for n, e in errors.items()})
+    assert max(worst.values()) <= TARGET, errors
+    fractions = {n: pd.read_csv(out / "blood" / n / "cell_types.csv").set_index("cell_type")[
+        "fraction"] for n in names}
+    moved = {x: float((fractions[f"STIM_{x}"] - fractions[f"CTRL_{x}"]).abs().max())
+             for x in "AB"}
+    print("largest move of a reported fraction by stimulation", moved)
+    assert max(moved.values()) <= TARGET, moved
+    features = result.features.set_index("sample_id")
+    assert (features.loc[["STIM_A", "STIM_B"], "scrna_ifn_score"].min()
+            > features.loc[["CTRL_A", "CTRL_B"], "scrna_ifn_score"].max() + 1)  # it took
+    # a sample's clusters and labels do not depend on the other samples of its file
+    alone_cells = pd.read_csv(out / "blood" / "CTRL_A_ALONE" / "scrna_cells.csv")
+    pd.testing.assert_frame_equal(alone_cells, tables["CTRL_A"])
+    clusters = pd.read_csv(out / "blood" / "CTRL_A" / "scrna_clusters.csv")
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "blood" / "CTRL_A_ALONE" / "scrna_clusters.csv"), clusters)
+    # outputs: clusters table, per-cell cluster and UMAP, QC plot, clustering in the QC json
+    assert list(clusters.columns) == list(CLUSTER_COLUMNS)
+    table = tables["CTRL_A"]
+    assert clusters["n_cells"].sum() == table["qc_pass"].sum()
+    assert set(table["cluster"].astype(str)) == set(clusters["cluster"].astype(str))
+    assert table[["umap_1", "umap_2"]].notna().all(axis=None)
+    assert (out / "blood" / "STIM_B" / "scrna_umap.png").stat().st_size > 10_000
+    qc = json.loads((out / "blood" / "STIM_A" / "scrna_qc.json").read_text())
+    assert qc["clustering"]["per"] == "sample" and qc["clustering"]["n_clusters"] >= 5
 
 
 # ------------------------------------------------------------------ synthetic raw counts
