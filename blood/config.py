@@ -41,9 +41,12 @@ class BeadsConfig(_Section):
 
 
 class FlowQcConfig(_Section):
-    """Acquisition QC thresholds (flags only)."""
+    """Acquisition QC thresholds: flags, and a failure for a (nearly) empty file."""
 
     min_events: int = Field(5000, ge=0, description="Flag files with fewer events.")
+    fail_below_events: int = Field(100, ge=0, description="A file with fewer events fails "
+                                   "(check flow_events in qc.json; the sample gets no "
+                                   "features): an empty or aborted acquisition. 0 = never.")
     time_bins: int = Field(20, ge=3, description="Equal-duration bins for the event rate.")
     max_rate_cv: float = Field(0.3, gt=0, description="Flag an event-rate CV above this.")
     max_rate_drift: float = Field(0.3, gt=0, description="Flag a relative change of event "

@@ -135,10 +135,10 @@ def run_analysis(features: str | Path, clinical: str | Path, out: str | Path, *,
         timings[step] = round(now - since, 3)
         return now
 
-    wide, dictionary = read_features(features)
+    feature_file = read_features(features)
     table = derive_scores(read_clinical(clinical), config=config.scores)
-    data = build_analysis_data(wide, table, dictionary=dictionary)
-    notes = list(data.notes)
+    data = build_analysis_data(feature_file.wide, table, dictionary=feature_file.dictionary)
+    notes = [*feature_file.notes, *data.notes]
     design, design_notes = design_covariates(data, config.cox.covariates)
     notes.extend(design_notes)
     tick = lap("inputs", started)

@@ -429,6 +429,7 @@ def integrate_cmd(
     out: Path = typer.Option(..., "--out", help="Run folder holding the arms' *_features.csv."),
 ) -> None:
     """Merge the arms' feature tables into features.csv/.parquet/.dta and data_dictionary.csv."""
+    from hcccore.batch_report import BatchReportError
     from hcccore.lock import RunFolderError, RunLockedError
     from integration.arms import FeatureTableError
     from integration.integrate import run_integration
@@ -438,8 +439,10 @@ def integrate_cmd(
     try:
         table = run_integration(manifest, out)
     except (ManifestError, FeatureTableError, ReviewError, RunLockedError,
-            RunFolderError) as error:
+            RunFolderError, BatchReportError) as error:
         _fail(str(error))
+    for note in table.notes:
+        typer.echo(f"note: {note}")
     counts = table.counts
     typer.echo(f"{counts['samples_used']} of {counts['manifest_samples']} samples used "
                f"({counts['samples_rejected_qc']} rejected at QC review, "
@@ -466,6 +469,8 @@ def analyze_cmd(
         result = run_analysis(features, clinical, out, config=load_analysis_config(config))
     except (ConfigError, ClinicalError, AnalysisInputError) as error:
         _fail(str(error))
+    for note in result.notes:
+        typer.echo(f"note: {note}")
     typer.echo(f"{len(result.data.variables)} variables, {len(result.data.clinical.data)} "
                f"patients; tables: {out / 'analysis'}, report: {out / REPORT_FILE}")
 

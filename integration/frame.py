@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from integration.clinical import ClinicalTable
+from integration.csvrows import cell_message, read_records, typed_column
 from integration.dictionary import DELTA_PREFIX
+from integration.manifest import TIMEPOINTS
 from integration.scores import ON_TREATMENT_CLINICAL
 from pathology.features import BOOKKEEPING_SUFFIXES
 
@@ -96,34 +98,126 @@ class AnalysisData:
         raise KeyError(key)
 
 
-def read_features(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+@dataclass(frozen=True)
+class FeatureFile:
+    """The merged feature table as read for the analysis.
+
+    Attributes
+    ----------
+    path
+        ``features.csv`` (or ``.parquet``).
+    wide
+        One row per patient x time point; feature columns float, or str for categories.
+    dictionary
+        ``data_dictionary.csv`` beside it.
+    notes
+        What was read otherwise than written (time points spelled otherwise).
+    """
+
+    path: Path
+    wide: pd.DataFrame
+    dictionary: pd.DataFrame
+    notes: tuple[str, ...] = ()
+
+
+def read_features(path: str | Path) -> FeatureFile:
     """Read ``features.csv`` (or ``.parquet``) and the ``data_dictionary.csv`` beside it.
+
+    Time points are read case- and space-insensitively (``Baseline`` is ``baseline``, with a
+    note). Every feature column must be numbers or, when the dictionary's unit is
+    ``category`` or it holds no number at all, text.
+
+    Parameters
+    ----------
+    path
+        The merged table written by ``hccbio integrate``.
 
     Returns
     -------
-    tuple of pandas.DataFrame
-        The wide table and the dictionary (empty when there is none).
+    FeatureFile
 
     Raises
     ------
     AnalysisInputError
-        Missing file or ``patient_id``/``timepoint`` column.
+        Missing file, ``patient_id``/``timepoint`` column or dictionary; a row with another
+        number of fields than the header (a truncated table); a time point that is none of
+        baseline, on_treatment, progression; a text cell in a numeric column or an
+        ``inf``; a dictionary without a row for a column. The message names the file, the
+        line (parquet: the row) and the column.
     """
     path = Path(path)
     if not path.is_file():
         raise AnalysisInputError(f"{path}: feature table not found")
+    dictionary_path = path.with_name("data_dictionary.csv")
+    if not dictionary_path.is_file():
+        raise AnalysisInputError(f"{path}: no data_dictionary.csv beside it; the dictionary "
+                                 "says which columns are categories (e.g. elisa_*_cens) and "
+                                 "must not be analysed as numbers: write both with "
+                                 "'hccbio integrate'")
+    fix = f"; {path.name} is truncated or damaged: write it again with 'hccbio integrate'"
+    header, records = read_records(dictionary_path, error=AnalysisInputError,
+                                   what="dictionary", fix=fix)
+    if "name" not in header or "unit" not in header:
+        raise AnalysisInputError(f"{dictionary_path}, line 1: columns 'name' and 'unit' "
+                                 "are needed")
+    dictionary = pd.DataFrame([f for _, f in records], columns=header, dtype=str)
+    units = dict(zip(dictionary["name"], dictionary["unit"], strict=True))
     if path.suffix == ".parquet":
         wide = pd.read_parquet(path)
+        rows = [f"row {i + 1}" for i in range(len(wide))]
     else:
-        wide = pd.read_csv(path, dtype={"patient_id": str, "timepoint": str})
+        header, records = read_records(path, error=AnalysisInputError, what="feature table",
+                                       fix=fix)
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            raise AnalysisInputError(f"{path}, line 1, column '{repeated[0]}': appears twice")
+        wide = pd.DataFrame([f for _, f in records], columns=header, dtype=str)
+        rows = [f"line {line}" for line, _ in records]
     for column in ("patient_id", "timepoint"):
         if column not in wide.columns:
             raise AnalysisInputError(f"{path}: column '{column}' missing; give the merged "
                                      "features.csv written by the integration step")
-    dictionary_path = path.with_name("data_dictionary.csv")
-    dictionary = (pd.read_csv(dictionary_path, dtype=str, keep_default_na=False)
-                  if dictionary_path.is_file() else pd.DataFrame(columns=["name"]))
-    return wide, dictionary
+    absent = [c for c in wide.columns if c not in units]
+    if absent:
+        raise AnalysisInputError(f"{dictionary_path}: no row for column(s) "
+                                 f"{', '.join(absent[:8])}{' ...' if len(absent) > 8 else ''}"
+                                 f" of {path.name}; the dictionary is truncated or belongs to "
+                                 "another table: write both again with 'hccbio integrate'")
+    for column in wide.columns:
+        if column in NON_FEATURE_COLUMNS:
+            continue
+        values, problem = typed_column(wide[column], category=units[column] == "category")
+        if problem is not None:
+            raise AnalysisInputError(f"{path}, {rows[problem.position]}, column '{column}': "
+                                     f"{cell_message(problem, units[column])}; leave the "
+                                     "cell empty for a missing value")
+        wide[column] = values
+    patients = wide["patient_id"].astype(object).where(wide["patient_id"].notna(), "")
+    wide["patient_id"] = patients.astype(str).str.strip()
+    empty = np.flatnonzero((wide["patient_id"] == "").to_numpy())
+    if empty.size:
+        raise AnalysisInputError(f"{path}, {rows[empty[0]]}, column 'patient_id': empty")
+    wide["timepoint"], notes = _timepoints(wide["timepoint"], rows, path)
+    return FeatureFile(path, wide, dictionary, tuple(notes))
+
+
+def _timepoints(values: pd.Series, rows: list[str], path: Path
+                ) -> tuple[pd.Series, list[str]]:
+    """Time points read case- and space-insensitively; an unknown one is refused."""
+    written = values.astype(object).where(values.notna(), "").astype(str)
+    read = written.str.strip().str.lower().str.replace(r"[\s-]+", "_", regex=True)
+    for i, (text, value) in enumerate(zip(written, read, strict=True)):
+        if value not in TIMEPOINTS:
+            raise AnalysisInputError(f"{path}, {rows[i]}, column 'timepoint': '{text}' is "
+                                     f"not a time point; use one of {', '.join(TIMEPOINTS)}")
+    changed = np.flatnonzero((written != read).to_numpy())
+    notes = []
+    if changed.size:
+        i = changed[0]
+        notes.append(f"{path}, column 'timepoint': {changed.size} value(s) written otherwise "
+                     f"were read as their time point (e.g. {rows[i]}: '{written.iloc[i]}' "
+                     f"as '{read.iloc[i]}')")
+    return read, notes
 
 
 def build_analysis_data(wide: pd.DataFrame, clinical: ClinicalTable, *,
@@ -220,6 +314,10 @@ def build_analysis_data(wide: pd.DataFrame, clinical: ClinicalTable, *,
                                       modality))
             if kind == "baseline":
                 blocks.setdefault(modality or "other", []).append(key)
+    if not any(v.modality != "clinical" for v in variables):
+        notes.append("no feature of the feature table is tested: it has no baseline or "
+                     "on-treatment row with a numeric feature of a clinical-table patient "
+                     "(only clinical scores are analysed)")
     x = pd.DataFrame(columns, index=patients) if columns else pd.DataFrame(index=patients)
     x = x.astype(float).replace([np.inf, -np.inf], np.nan)
     return AnalysisData(clinical, x, variables, blocks, notes)

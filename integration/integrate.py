@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hcccore.batch_report import read_report
 from hcccore.lock import RunLock
-from integration.arms import read_arm_features
+from integration.arms import check_finished_samples, read_arm_features
 from integration.exports import write_feature_table
 from integration.manifest import read_manifest
 from integration.review import REVIEW_FILE, read_review
@@ -31,12 +32,18 @@ def run_integration(manifest: str | Path, out: str | Path) -> FeatureTable:
     ------
     hcccore.lock.RunLockedError
         Another run holds ``out`` (it is read and written under the run lock).
+    integration.arms.FeatureTableError
+        An arm table that is truncated, lacks its dictionary, holds text or non-finite
+        numbers in a numeric column, or lacks a sample ``batch_report.csv`` lists as finished.
+    hcccore.batch_report.BatchReportError
+        A broken ``batch_report.csv``.
     """
     out = Path(out)
     samples = read_manifest(manifest)
     with RunLock(out):
         arms = read_arm_features(out)
+        check_finished_samples(samples, arms, out)
         review = read_review(out / REVIEW_FILE)
-        table = build_feature_table(samples, arms, review=review)
+        table = build_feature_table(samples, arms, review=review, batch=read_report(out))
         write_feature_table(table, out)
     return table

@@ -8,11 +8,12 @@ patient and timepoint) are serial sections, registered onto the block's referenc
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from integration.csvrows import read_records
 
 REQUIRED_COLUMNS = ("patient_id", "timepoint", "sample_id", "modality", "stain", "path")
 TIMEPOINTS = ("baseline", "on_treatment", "progression")
@@ -112,36 +113,14 @@ def read_manifest(path: str | Path, *, check_files: bool = False) -> list[Sample
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """The header and every non-blank row with the line it starts on.
+    """The header and every non-blank row (as a dict) with the line it starts on.
 
-    Blank lines and rows whose fields are all empty (spreadsheets export them as ``,,,,``)
-    are skipped; a quoted field may span lines, and the row is named by its first line.
+    Rows may be shorter than the header (optional trailing columns), never longer.
     """
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header: list[str] | None = None
-            rows: list[tuple[int, dict[str, str]]] = []
-            end = 0  # the last line of the previous record
-            for fields in reader:
-                start, end = end + 1, reader.line_num
-                if not any(f.strip() for f in fields):
-                    continue
-                if header is None:
-                    header = [f.strip() for f in fields]
-                    continue
-                if len(fields) > len(header):
-                    raise ManifestError(
-                        f"{path}, line {start}: {len(fields)} fields but the header has "
-                        f"{len(header)}; quote values that contain a comma")
-                rows.append((start, dict(zip(header, fields, strict=False))))
-    except UnicodeDecodeError as error:
-        raise ManifestError(f"{path}: not UTF-8 text (byte {error.start}); save the manifest "
-                            "as CSV UTF-8") from None
-    except csv.Error as error:
-        raise ManifestError(f"{path}, line {reader.line_num}: {error}; check the quotes "
-                            "on that line") from None
-    return header or [], rows
+    header, records = read_records(path, error=ManifestError, what="manifest",
+                                   allow_short=True)
+    return header, [(line, dict(zip(header, fields, strict=False)))
+                    for line, fields in records]
 
 
 def _parse_mpp(text: str, where: str) -> float | None:

@@ -166,6 +166,7 @@ def run_study(path: str | Path, *, force: bool = False, show_progress: bool = Fa
         runs), or an error that concerns the run as a whole (locked run folder, merged table,
         analysis inputs); the message names the file and the key.
     """
+    from hcccore.batch_report import BatchReportError
     from hcccore.lock import RunFolderError, RunLockedError
     from hcccore.sample_features import SampleFeaturesError
     from integration.analyze import REPORT_FILE, run_analysis
@@ -227,7 +228,7 @@ def run_study(path: str | Path, *, force: bool = False, show_progress: bool = Fa
         started = time.perf_counter()
         run_analysis(out / "features.csv", study.clinical, out, config=analysis_config)
     except (ManifestError, FeatureTableError, ReviewError, ClinicalError,
-            AnalysisInputError, RunLockedError, RunFolderError) as error:
+            AnalysisInputError, RunLockedError, RunFolderError, BatchReportError) as error:
         raise StudyError(str(error)) from None
     summary["seconds"]["analysis"] = round(time.perf_counter() - started, 2)
     summary.update({

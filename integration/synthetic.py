@@ -131,6 +131,12 @@ def synthetic_study(folder: str | Path, *, n_patients: int = 60, seed: int = 0) 
          "cells.parquet")], columns=["name", "label", "unit", "modality", "method",
                                      "config_keys", "source"]),
               folder / "pathology_features_dictionary.csv")
+    write_csv(pd.DataFrame([
+        ("flow_cd8_pct", "CD8+ T cells, % of CD3+", "%", "flow", SYNTHETIC_NOTE, "", "gates"),
+        ("flow_treg_pct", "Regulatory T cells, % of CD4+", "%", "flow", SYNTHETIC_NOTE, "",
+         "gates")], columns=["name", "label", "unit", "modality", "method", "config_keys",
+                             "source"]),
+              folder / "blood_features_dictionary.csv")
     (folder / "qc").mkdir(exist_ok=True)
     write_csv(pd.DataFrame([
         (f"{patients[0]}_baseline_he", APPROVED, "demo", "2026-01-01T10:00", ""),

@@ -10,11 +10,13 @@ value (empty on baseline rows). The long form has one row per patient x time poi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from hcccore.batch_report import BatchRow
 from integration.arms import ArmFeatures, FeatureTableError
 from integration.dictionary import build_dictionary, delta_name
 from integration.manifest import SLIDE_MODALITIES, TIMEPOINTS, Sample
@@ -61,7 +63,8 @@ class FeatureTable:
 
 
 def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
-                        review: dict[str, Decision] | None = None) -> FeatureTable:
+                        review: dict[str, Decision] | None = None,
+                        batch: Mapping[str, BatchRow] | None = None) -> FeatureTable:
     """Merge per-sample features into the study table.
 
     Parameters
@@ -72,6 +75,9 @@ def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
         Per-sample features of every arm.
     review
         Standing QC review decisions (``sample_id -> Decision``); rejected samples are excluded.
+    batch
+        The run's ``batch_report.csv`` rows: a sample without features that its arm failed
+        is excluded with the arm's reason (e.g. a flow file with too few events).
 
     Returns
     -------
@@ -98,7 +104,11 @@ def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
     used: list[Sample] = []
     for sample in samples:
         decision = review.get(sample.sample_id)
-        if sample.sample_id not in arms.values.index:
+        row = (batch or {}).get(sample.sample_id)
+        if sample.sample_id not in arms.values.index and row is not None and \
+                row.status == "failed":
+            reason = f"failed in its arm: {row.reason}"
+        elif sample.sample_id not in arms.values.index:
             reason = "no features (not processed, failed, or modality without an arm yet)"
         elif decision is not None and decision.decision == REJECTED:
             reason = decision.reason()

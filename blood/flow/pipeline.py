@@ -78,12 +78,24 @@ def analyse_fcs(fcs_path: str | Path, gates_path: str | Path, out_dir: str | Pat
     Raises
     ------
     BloodInputError
-        Unreadable FCS or gates, channels named by the gates that the file lacks, bad beads.
+        Unreadable FCS or gates, channels named by the gates that the file lacks, bad beads,
+        or a failed acquisition QC check (too few events: ``qc.json`` is written first).
     """
     fcs_path, out_dir = Path(fcs_path), Path(out_dir)
     fcs = read_fcs(fcs_path)
     gating = load_gating(gates_path, fcs_path=fcs_path, wsp_sample=wsp_sample)
     check_gate_channels(gating, fcs.channels, fcs_path)
+    quality = acquisition_qc(fcs.sample, **(qc or FlowQcConfig()).model_dump())
+    record = {"file": str(fcs_path), "gates": str(gating.path), "gates_format": gating.source,
+              "gates_sample": gating.sample, "fcs_version": fcs.version,
+              "channels": fcs.channels, "quirks": list(fcs.quirks), **quality.as_dict()}
+    if quality.failures:
+        # qc.json says why; no populations.csv (an earlier run's goes), so no percentage
+        # of nothing is ever read
+        write_json(record, out_dir / QC_FILE)
+        (out_dir / POPULATIONS_FILE).unlink(missing_ok=True)
+        raise BloodInputError(f"{fcs_path}: acquisition QC failed: "
+                              f"{'; '.join(quality.failures)} (see {out_dir / QC_FILE})")
     try:
         results = gating.strategy.gate_sample(fcs.sample)
     except (LookupError, ValueError) as error:
@@ -93,13 +105,8 @@ def analyse_fcs(fcs_path: str | Path, gates_path: str | Path, out_dir: str | Pat
     table = population_table(results, total_events=fcs.event_count)
     if beads is not None:
         table = add_absolute_counts(table, beads, source=str(fcs_path))
-    quality = acquisition_qc(fcs.sample, **(qc or FlowQcConfig()).model_dump())
     files = [write_csv(table, out_dir / POPULATIONS_FILE)]
-    files.append(write_json({"file": str(fcs_path), "gates": str(gating.path),
-                             "gates_format": gating.source, "gates_sample": gating.sample,
-                             "fcs_version": fcs.version,
-                             "channels": fcs.channels, "quirks": list(fcs.quirks),
-                             **quality.as_dict()}, out_dir / QC_FILE))
+    files.append(write_json(record, out_dir / QC_FILE))
     if plots:
         files.extend(plot_gates(fcs.sample, gating.strategy, results, out_dir / PLOTS_DIR))
     return FlowResult(table, quality, fcs.quirks, tuple(files))

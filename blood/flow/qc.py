@@ -1,4 +1,9 @@
-"""Acquisition QC: event count, flow-rate drift over time and margin (saturated) events."""
+"""Acquisition QC: event count, flow-rate drift over time and margin (saturated) events.
+
+Most checks only flag. The ``flow_events`` check fails a file with fewer events than
+``flow.qc.fail_below_events``: an empty or aborted acquisition has no population to take a
+percentage of (0 or 1 event gives 0 % or 100 %), so it must not reach the feature table.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,11 @@ class AcquisitionQc:
         Fraction of events at the top of the range ($PnR) of any scatter or fluorescence
         channel.
     flags
-        Human-readable QC failures (empty = pass).
+        Human-readable QC flags (empty = pass); the sample is still used.
+    failures
+        Human-readable QC failures: the sample gives no features.
+    checks
+        Check name -> "pass", "flag" or "fail" (``flow_events``: the event count).
     """
 
     events: int
@@ -34,18 +43,26 @@ class AcquisitionQc:
     rate_drift: float
     margin_fraction: float
     flags: tuple[str, ...] = field(default=())
+    failures: tuple[str, ...] = field(default=())
+    checks: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        """Overall QC: fail (any failure), flag (any flag) or pass."""
+        return "fail" if self.failures else "flag" if self.flags else "pass"
 
     def as_dict(self) -> dict[str, object]:
-        """Plain dict for JSON."""
+        """Plain dict for JSON (with ``status``)."""
         data = asdict(self)
-        data["flags"] = list(self.flags)
+        data["flags"], data["failures"] = list(self.flags), list(self.failures)
+        data["status"] = self.status
         return data
 
 
-def acquisition_qc(sample: Sample, *, min_events: int = 5000, time_bins: int = 20,
-                   max_rate_cv: float = 0.3, max_rate_drift: float = 0.3,
+def acquisition_qc(sample: Sample, *, min_events: int = 5000, fail_below_events: int = 100,
+                   time_bins: int = 20, max_rate_cv: float = 0.3, max_rate_drift: float = 0.3,
                    max_margin_fraction: float = 0.05) -> AcquisitionQc:
-    """Measure acquisition quality (flags only; the sample is still gated).
+    """Measure acquisition quality: flags, and a failure for a (nearly) empty file.
 
     Parameters
     ----------
@@ -53,6 +70,8 @@ def acquisition_qc(sample: Sample, *, min_events: int = 5000, time_bins: int = 2
         FlowKit sample.
     min_events
         Fewer events are flagged.
+    fail_below_events
+        Fewer events fail the ``flow_events`` check (0 = never).
     time_bins
         Equal-duration bins of the time channel for the rate.
     max_rate_cv, max_rate_drift
@@ -66,9 +85,14 @@ def acquisition_qc(sample: Sample, *, min_events: int = 5000, time_bins: int = 2
     """
     raw = sample.get_events(source="raw")
     flags: list[str] = []
+    failures: list[str] = []
     events = int(raw.shape[0])
-    if events < min_events:
+    if events < fail_below_events:
+        failures.append(f"{events} events < {fail_below_events} (flow.qc.fail_below_events): "
+                        "an empty or aborted acquisition has no population to measure")
+    elif events < min_events:
         flags.append(f"{events} events < {min_events}")
+    checks = {"flow_events": "fail" if failures else "flag" if flags else "pass"}
     rate_cv = rate_drift = float("nan")
     if sample.time_index is not None and events > time_bins:
         time = raw[:, sample.time_index]
@@ -100,4 +124,5 @@ def acquisition_qc(sample: Sample, *, min_events: int = 5000, time_bins: int = 2
         margin_fraction = float(at_margin.any(axis=1).mean())
         if margin_fraction > max_margin_fraction:
             flags.append(f"margin events {margin_fraction:.1%} > {max_margin_fraction:.0%}")
-    return AcquisitionQc(events, rate_cv, rate_drift, margin_fraction, tuple(flags))
+    return AcquisitionQc(events, rate_cv, rate_drift, margin_fraction, tuple(flags),
+                         tuple(failures), checks)

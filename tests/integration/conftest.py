@@ -34,6 +34,10 @@ def rossi_study(tmp_path_factory, rossi):
     features = rossi[list(ROSSI_FEATURES)].astype(float)
     features.insert(0, "sample_id", ids + "_he")
     features.to_csv(folder / "pathology_features.csv", index=False)
+    pd.DataFrame({"name": list(ROSSI_FEATURES), "label": list(ROSSI_FEATURES), "unit": "",
+                  "modality": "he", "method": "lifelines rossi data set", "config_keys": "",
+                  "source": "load_rossi"}).to_csv(folder / "pathology_features_dictionary.csv",
+                                                  index=False)
     clinical = pd.DataFrame({"patient_id": ids, "os_time": rossi["week"],
                              "os_event": rossi["arrest"], "pfs_time": rossi["week"],
                              "pfs_event": rossi["arrest"], "best_response": "NE",

@@ -32,7 +32,8 @@ MOFA = MofaConfig(factors=4, resamples=10, k_max=3, iterations=500)
 def synthetic_data(tmp_path_factory):
     paths = synthetic_study(tmp_path_factory.mktemp("mofa"), n_patients=60, seed=2)
     run_integration(paths["manifest"], paths["out"])
-    wide, dictionary = read_features(paths["out"] / "features.csv")
+    features = read_features(paths["out"] / "features.csv")
+    wide, dictionary = features.wide, features.dictionary
     clinical = derive_scores(read_clinical(paths["clinical"]))
     return build_analysis_data(wide, clinical, dictionary=dictionary)
 

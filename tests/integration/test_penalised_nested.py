@@ -23,7 +23,8 @@ CONFIG = ElasticNetConfig(bootstrap=30, n_alphas=12, folds=5)
 
 @pytest.fixture(scope="module")
 def rossi_data(rossi_study):
-    wide, dictionary = read_features(rossi_study / "features.csv")
+    features = read_features(rossi_study / "features.csv")
+    wide, dictionary = features.wide, features.dictionary
     clinical = derive_scores(read_clinical(rossi_study / "clinical.csv"))
     return build_analysis_data(wide, clinical, dictionary=dictionary)
 

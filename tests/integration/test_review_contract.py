@@ -31,6 +31,10 @@ def _run_folder(tmp_path):
         "sample_id,modality,stain,he_lym_density\np1_he,he,HE,100\np2_he,he,HE,200\n"
         "p3_he,he,HE,300\n")
     (tmp_path / "blood_features.csv").write_text("sample_id,flow_cd8_pct\np1_flow,20\n")
+    for arm, name, unit in (("pathology", "he_lym_density", "cells/mm^2"),
+                            ("blood", "flow_cd8_pct", "%")):
+        (tmp_path / f"{arm}_features_dictionary.csv").write_text(
+            f"name,label,unit,modality,method,config_keys,source\n{name},{name},{unit},,,,\n")
     for sample in ("p1_he", "p2_he", "p3_he"):
         folder = tmp_path / "slides" / sample
         folder.mkdir(parents=True)

@@ -27,7 +27,8 @@ ROSSI_FEATURES = ("prio", "wexp", "mar", "paro", "race")  # as laid out in conft
 
 @pytest.fixture(scope="module")
 def rossi_data(rossi_study):
-    wide, dictionary = read_features(rossi_study / "features.csv")
+    features = read_features(rossi_study / "features.csv")
+    wide, dictionary = features.wide, features.dictionary
     clinical = derive_scores(read_clinical(rossi_study / "clinical.csv"))
     return build_analysis_data(wide, clinical, dictionary=dictionary)
 
@@ -35,7 +36,8 @@ def rossi_data(rossi_study):
 def test_qc_bookkeeping_columns_are_not_candidate_biomarkers(rossi_study):
     """Areas before QC / under artefacts, excluded cells and automatic thresholds stay in
     features.csv for provenance, but the analysis does not test them."""
-    wide, dictionary = read_features(rossi_study / "features.csv")
+    features = read_features(rossi_study / "features.csv")
+    wide, dictionary = features.wide, features.dictionary
     wide = wide.assign(he_tumour_raw_mm2=wide["prio"], he_n_cells_excl=wide["prio"],
                        d_he_tumour_excl_mm2=wide["prio"], ihc_ki67_pct_auto=wide["prio"])
     clinical = derive_scores(read_clinical(rossi_study / "clinical.csv"))

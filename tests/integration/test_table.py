@@ -38,6 +38,9 @@ def run(tmp_path):
         "he_immune_class,Immune phenotype,category,he,rule,spatial,cells.parquet (he HE)\n")
     (tmp_path / "blood_features.csv").write_text(
         "sample_id,flow_cd8_pct\np1_flow_0,20\np1_flow_1,26.5\np2_flow_0,31\n")
+    (tmp_path / "blood_features_dictionary.csv").write_text(
+        "name,label,unit,modality,method,config_keys,source\n"
+        "flow_cd8_pct,CD8+ T cells (% of CD3+),%,flow,gates,flow.features,blood.flow\n")
     (tmp_path / "qc").mkdir()
     (tmp_path / "qc" / "review.csv").write_text(
         "sample_id,decision,reviewer,time,comment\n"
