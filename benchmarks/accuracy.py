@@ -66,7 +66,6 @@ from pathology.annotations import (  # noqa: E402
     load_monuseg,
     shared_data_folder,
 )
-from pathology.backends import int8_paths  # noqa: E402
 from pathology.evaluation import (  # noqa: E402
     annotated_tile_config,
     detection_scores,
@@ -75,7 +74,8 @@ from pathology.evaluation import (  # noqa: E402
     run_pipeline,
     score_instances,
 )
-from pathology.nuclei import resolve_model_path  # noqa: E402
+from pathology.segmentation.backends import int8_paths  # noqa: E402
+from pathology.segmentation.nuclei import resolve_model_path  # noqa: E402
 
 BRIGHTFIELD_MODELS = ("models/he_nuclei", "models/he_nuclei_fast", "models/bf_nuclei")
 FLUORESCENCE_MODEL = "models/fluo_nuclei"
@@ -186,7 +186,7 @@ def crc(root: Path, model: str, work: Path, precision: str = "float32"
         ) -> tuple[dict, dict]:
     """Centroid coverage on all CRCHistoPhenotypes images, and lymphocyte calls on the
     classifier's held-out images."""
-    from pathology.lymphocytes import load_lymphocyte_model
+    from pathology.cells.lymphocytes import load_lymphocyte_model
 
     items = load_crchistophenotypes(root / "nuclei" / "crchistophenotypes")
     results = run_pipeline(items, work, modality="he",
@@ -241,9 +241,10 @@ STAIN_CHECK = ((0.8, 1.2), (1.8, 1.3), (2.5, 1.0))
 
 def crc_stain(root: Path, model: str, work: Path, precision: str = "float32") -> dict:
     """The lymphocyte call on the classifier's held-out CRCHistoPhenotypes images re-rendered
-    at other stain strengths (:func:`pathology.stains.rescale_stains`), per strength."""
+    at other stain strengths (:func:`pathology.segmentation.stains.rescale_stains`), per
+    strength."""
     from pathology.annotations import stain_shift_key
-    from pathology.lymphocytes import load_lymphocyte_model
+    from pathology.cells.lymphocytes import load_lymphocyte_model
 
     classifier = load_lymphocyte_model("models/lymphocyte_classifier")
     held_out = set(classifier.meta.get("test_images", ()))
@@ -269,7 +270,7 @@ def speed(model_spec: str, root: Path, repeats: int = 3, precision: str = "float
     """Network + non-maximum suppression on one 1024 px tile of real H&E at 0.5 um/px."""
     from skimage.transform import rescale
 
-    from pathology.nuclei import (
+    from pathology.segmentation.nuclei import (
         instances_from_prediction,
         load_model,
         normalization_range,

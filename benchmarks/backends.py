@@ -53,7 +53,7 @@ TARGETS = {"network_speedup": ">= 1.5", "nuclei_per_s_speedup": ">= 1.3",
 
 def available_backends() -> list[str]:
     """The backends this environment can run (OpenVINO only when it is installed)."""
-    from pathology.backends import openvino_available
+    from pathology.segmentation.backends import openvino_available
 
     return [b for b in BACKENDS if b != "openvino" or openvino_available()]
 
@@ -68,7 +68,7 @@ def _machine() -> dict:
             machine[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
-    from pathology.nuclei import gpu_available
+    from pathology.segmentation.nuclei import gpu_available
 
     machine["tensorflow_sees_gpu"] = gpu_available()
     try:

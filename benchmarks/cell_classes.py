@@ -9,8 +9,8 @@ approach trained or tuned on (the splits of ``models/train_cell_classes.py``):
 
 - ``patch_cnn``: the pipeline's own lymphocyte call with the network (the shipped default);
 - ``features_two_organs``: the logistic regression on shape and stain columns
-  (:func:`pathology.lymphocytes.lymphocyte_features`) refitted here on the same training images
-  of both organs, its threshold chosen on the same tune images;
+  (:func:`pathology.cells.lymphocytes.lymphocyte_features`) refitted here on the same
+  training images of both organs, its threshold chosen on the same tune images;
 - ``features_colon``: the previous default, the logistic model trained on colon only
   (``models/lymphocyte_classifier``).
 
@@ -44,7 +44,7 @@ from pathology.evaluation import (  # noqa: E402
     match_centroids,
     run_pipeline,
 )
-from pathology.nucleus_classes import CELL_CLASSES  # noqa: E402
+from pathology.cells.nucleus_classes import CELL_CLASSES  # noqa: E402
 
 MATCH_UM = 4.0
 RESULT = ROOT / "benchmarks" / "results" / "cell_classes.json"
@@ -87,7 +87,7 @@ def features_model(train: pd.DataFrame, tune: dict[str, pd.DataFrame]):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from pathology.lymphocytes import lymphocyte_features
+    from pathology.cells.lymphocytes import lymphocyte_features
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=0))
     model.fit(lymphocyte_features(train).to_numpy(), train["truth"].to_numpy().astype(str))
@@ -108,7 +108,7 @@ def features_model(train: pd.DataFrame, tune: dict[str, pd.DataFrame]):
 
 def measure(data: Path, model: str, work: Path) -> dict:
     """Run the pipeline over every image and score the three approaches per organ."""
-    from pathology.lymphocytes import load_lymphocyte_model
+    from pathology.cells.lymphocytes import load_lymphocyte_model
 
     sets = split_images(data)
     config = annotated_tile_config("models/he_nuclei")

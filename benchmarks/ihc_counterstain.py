@@ -1,7 +1,8 @@
 """IHC nuclei against counterstain strength: where the negative count stops being reliable.
 
 The DeepLIIF Ki67 test tiles with manual masks are re-rendered with their hematoxylin optical
-density scaled (``HEMATOXYLIN_FACTORS``, :func:`pathology.stains.rescale_stains`; DAB kept), each
+density scaled (``HEMATOXYLIN_FACTORS``, :func:`pathology.segmentation.stains.rescale_stains`; DAB
+kept), each
 rendering goes through ``hccbio slides run`` (Ki67 panel, the IHC default model), and per
 tile and strength this reports DAB-negative and DAB-positive recall (IoU 0.5), the Ki67 index
 error, and the counterstain contrast that QC measures on every IHC slide
@@ -33,7 +34,7 @@ from pathology.annotations import load_deepliif, shared_data_folder  # noqa: E40
 from pathology.config import SegmentationSection  # noqa: E402
 from pathology.evaluation import annotated_tile_config, run_pipeline, score_instances  # noqa: E402
 from pathology.qc.metrics import counterstain_metrics  # noqa: E402
-from pathology.stains import rescale_stains  # noqa: E402
+from pathology.segmentation.stains import rescale_stains  # noqa: E402
 
 HEMATOXYLIN_FACTORS = (1.0, 0.7, 0.5, 0.35, 0.2)
 RECALL_DROP = 0.10

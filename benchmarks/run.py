@@ -87,7 +87,6 @@ def bench_segmentation(work: Path, region_path: Path, tile_size: int,
     """Pipeline vs raw network forward pass vs stardist's predict_instances_big (optional),
     with the network run by ``backend`` (``segmentation.backend``)."""
     from pathology.io.slide import Slide
-    from pathology.nuclei import forward_pass, network_input
     from pathology.pipeline import (
         ModelCache,
         SlideJob,
@@ -95,6 +94,7 @@ def bench_segmentation(work: Path, region_path: Path, tile_size: int,
         process_tiles,
         tiles_per_forward,
     )
+    from pathology.segmentation.nuclei import forward_pass, network_input
 
     config = _config(tile_size, brightfield_model, backend, per_forward)
     models = ModelCache(config)
@@ -165,8 +165,8 @@ def bench_segmentation(work: Path, region_path: Path, tile_size: int,
 def _stage_seconds(model, plan, boxes: list[np.ndarray]) -> dict:
     """Where the pipeline's time goes: each stage run alone, one after the other, on the
     same read boxes (the pipeline overlaps reading and the network with the rest)."""
-    from pathology.cells import measure_tile
-    from pathology.nuclei import instances_from_prediction, predict_tiles
+    from pathology.cells.measure import measure_tile
+    from pathology.segmentation.nuclei import instances_from_prediction, predict_tiles
 
     seconds = {"forward_with_input": 0.0, "nms_and_labels": 0.0, "measure": 0.0}
     for tile, box in zip(plan.tiles, boxes, strict=True):
@@ -187,7 +187,7 @@ def bench_tissue(slide_path: Path) -> dict:
     """Tissue detection throughput over a whole (large) slide."""
     from pathology.config import TissueSection
     from pathology.io.slide import Slide
-    from pathology.tissue import detect_tissue
+    from pathology.tissue.detect import detect_tissue
 
     started = time.perf_counter()
     with Slide(slide_path) as slide:

@@ -150,7 +150,7 @@ def slides_models(
     """Which segmentation model each slide modality gets (he, ihc, mif), with its pixel size,
     thresholds, int8 network and model card; exit 1 if one is missing (check before a batch)."""
     from pathology.config import ConfigError, load_config
-    from pathology.nuclei import describe_model
+    from pathology.segmentation.nuclei import describe_model
 
     try:
         cfg = load_config(config)

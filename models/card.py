@@ -187,7 +187,7 @@ def render(folder: Path) -> str:
         "|---|---|---|---|---|",
         f"| this model | {metrics['ap_iou50']:.3f} | {metrics['f1_iou50']:.3f} | "
         f"{metrics['precision']:.3f} | {metrics['recall']:.3f} |",
-        f"| watershed baseline (`pathology.watershed`) | {baseline['ap_iou50']:.3f} | "
+        f"| watershed baseline (`pathology.segmentation.watershed`) | {baseline['ap_iou50']:.3f} | "
         f"{baseline['f1_iou50']:.3f} | | |", "",
         f"{metrics['n_true']} annotated nuclei, {metrics['n_pred']} predicted. "
         "`tests/pathology/test_models.py` recomputes these numbers from the shipped weights. " + (

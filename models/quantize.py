@@ -6,7 +6,7 @@ Usage (from the project root, inside the project's virtual environment)::
 
 The float32 network (OpenVINO's conversion of the Keras weights, as the pipeline runs it) is
 calibrated on 256 px crops of *training* images only, normalised exactly as the pipeline
-normalises tiles (``pathology.nuclei.network_input``):
+normalises tiles (``pathology.segmentation.nuclei.network_input``):
 
 * brightfield models (``he``, ``bf``): the 30 MoNuSeg training-set tiles
   (``nuclei/monuseg-train``, 0.2527 um/px) at 0.5 um/px, and for ``bf`` also the two DeepLIIF
@@ -36,9 +36,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pathology import backends  # noqa: E402
 from pathology.annotations import MONUSEG_MPP, load_deepliif, load_dsb2018  # noqa: E402
-from pathology.nuclei import load_model, network_input, normalization_range  # noqa: E402
+from pathology.segmentation import backends  # noqa: E402
+from pathology.segmentation.nuclei import load_model, network_input, normalization_range  # noqa: E402
 
 CROP = 256
 MAX_CROPS = 300

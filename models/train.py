@@ -27,7 +27,7 @@ Data come from ``$HCCBIO_SHARED_DATA`` (default ``../shared/data``), never from 
 Brightfield input is normalised with a fixed range (uint8 / 255), so a tile gives the same
 prediction wherever it is cut from; fluorescence with 1-99.8 percentiles (per image in training,
 per slide in the pipeline). The normalisation is written to ``hccbio_model.json`` beside the
-weights, where ``pathology.nuclei`` reads it.
+weights, where ``pathology.segmentation.nuclei`` reads it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from pathology.annotations import (  # noqa: E402
     rescale_annotated,
     shared_data_folder,
 )
-from pathology.watershed import segment_nuclei_watershed  # noqa: E402
+from pathology.segmentation.watershed import segment_nuclei_watershed  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from card import render as render_card  # noqa: E402

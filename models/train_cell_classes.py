@@ -2,7 +2,7 @@
 organs: colorectal (CRCHistoPhenotypes) and breast (BRCA-M2C).
 
 Patches of ``PATCH_PX`` pixels at 0.5 um/px are cut around every annotated nucleus point
-(:func:`pathology.nucleus_classes.extract_patches`, the function the pipeline uses on detected
+(:func:`pathology.cells.nucleus_classes.extract_patches`, the function the pipeline uses on detected
 nuclei), from a larger window so that augmentation can zoom and shift: stain strength and hue
 (colour deconvolution, hematoxylin and eosin scaled independently), scale 0.8-1.25, centre
 shifts of a few pixels (a detected centroid is not the annotator's point), blur, brightness,
@@ -41,7 +41,7 @@ from pathology.annotations import (  # noqa: E402
     load_crchistophenotypes,
     shared_data_folder,
 )
-from pathology.nucleus_classes import (  # noqa: E402
+from pathology.cells.nucleus_classes import (  # noqa: E402
     CELL_CLASSES,
     KIND,
     MODEL_FILE,
@@ -75,7 +75,7 @@ def resampled(item: AnnotatedPoints, mpp: float = PATCH_MPP) -> AnnotatedPoints:
 
 def split_images(data: Path) -> dict[str, dict[str, list[AnnotatedPoints]]]:
     """Train / tune / report images per organ (colon classes renamed to
-    :data:`pathology.nucleus_classes.CELL_CLASSES`): the one definition of the splits, used by
+    :data:`pathology.cells.nucleus_classes.CELL_CLASSES`): the one definition of the splits, used by
     this script and by ``benchmarks/cell_classes.py``."""
     crc = [AnnotatedPoints(i.name, i.image, {CRC_TO_CELL[c]: xy for c, xy in i.points.items()},
                            i.mpp, i.source)

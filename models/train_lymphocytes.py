@@ -13,8 +13,8 @@ maximise F0.5 (precision weighs twice recall: TIL densities must not count tumou
 
 Stain batches differ: the 14 images are one colorectal batch, and a slide stained darker or
 paler shifts every optical-density feature. The training images are therefore also rendered
-at other stain strengths (``STAIN_SHIFTS``, :func:`pathology.stains.rescale_stains`: each
-image's hematoxylin and eosin optical densities scaled), segmented again through the pipeline
+at other stain strengths (``STAIN_SHIFTS``, :func:`pathology.segmentation.stains.rescale_stains`:
+each image's hematoxylin and eosin optical densities scaled), segmented again through the pipeline
 and added to the training nuclei; the held-out images are scored at the original and at each
 shifted strength. ``--stain-shifts none`` trains on the original images only.
 
@@ -41,16 +41,16 @@ from pathology.annotations import (  # noqa: E402
     shared_data_folder,
     stain_shift_key,
 )
+from pathology.cells.lymphocytes import (  # noqa: E402
+    MODEL_FILE,
+    LymphocyteClassifier,
+    lymphocyte_features,
+)
 from pathology.config import SegmentationSection  # noqa: E402
 from pathology.evaluation import (  # noqa: E402
     annotated_tile_config,
     match_centroids,
     run_pipeline,
-)
-from pathology.lymphocytes import (  # noqa: E402
-    MODEL_FILE,
-    LymphocyteClassifier,
-    lymphocyte_features,
 )
 
 DEFAULT_SEGMENTATION_MODEL = SegmentationSection().brightfield_model
@@ -233,9 +233,9 @@ def card(model: LymphocyteClassifier) -> str:
     stain_text = (
         "The training images were also re-rendered at "
         + ", ".join(f"hematoxylin x{h:g} / eosin x{e:g}" for h, e in shifts)
-        + " (`pathology.stains.rescale_stains`: colour deconvolution, each stain's optical "
-        "density scaled) and segmented again through the pipeline, so that the call does not "
-        "hinge on this one batch's stain strength; the held-out images are scored at each "
+        + " (`pathology.segmentation.stains.rescale_stains`: colour deconvolution, each stain's "
+        "optical density scaled) and segmented again through the pipeline, so that the call "
+        "does not hinge on this one batch's stain strength; the held-out images are scored at each "
         "strength too (rows \"test, hematoxylin x...\")." if shifts else
         "Trained at this batch's stain strength only.")
     per_class = "\n".join(
@@ -248,7 +248,7 @@ def card(model: LymphocyteClassifier) -> str:
     return f"""# H&E nucleus classifier and lymphocyte call (`models/lymphocyte_classifier`)
 
 Multinomial logistic regression on nuclear morphology and stain features from cells.parquet
-columns (`pathology.lymphocytes.lymphocyte_features`), stored as plain JSON (`model.json`:
+columns (`pathology.cells.lymphocytes.lymphocyte_features`), stored as plain JSON (`model.json`:
 feature names, standardisation, classes, coefficients, lymphocyte threshold). Trained by
 `models/train_lymphocytes.py`.
 

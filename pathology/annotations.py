@@ -221,10 +221,10 @@ class AnnotatedPoints:
         return (xy + 0.5) * self.mpp, classes.astype(object)
 
     def restained(self, hematoxylin: float, eosin: float) -> AnnotatedPoints:
-        """This image re-rendered at another stain strength (:func:`pathology.stains.
+        """This image re-rendered at another stain strength (:func:`pathology.segmentation.stains.
         rescale_stains`), its points unchanged; ``name`` gains the factors (``img1`` ->
         ``img1_h2_e1``) so that copies at several strengths can share one pipeline run."""
-        from pathology.stains import rescale_stains
+        from pathology.segmentation.stains import rescale_stains
 
         image = rescale_stains(self.image, hematoxylin=hematoxylin, eosin=eosin)
         return dataclasses.replace(

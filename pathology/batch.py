@@ -38,7 +38,6 @@ from pathology.distributed import (
 from pathology.features import write_run_features
 from pathology.io.slide import SlideError
 from pathology.layout import RunFolder, SlideFolder
-from pathology.nuclei import ModelError, file_sha256, resolve_model_path
 from pathology.pipeline import (
     FEATURES_FILE,
     ModelCache,
@@ -51,6 +50,7 @@ from pathology.pipeline import (
 from pathology.progress import BatchProgress
 from pathology.qc.summary import write_qc_summary
 from pathology.registration.serial import SerialPair, finish_serial_sections
+from pathology.segmentation.nuclei import ModelError, file_sha256, resolve_model_path
 
 log = logging.getLogger("hccbio.pathology")
 

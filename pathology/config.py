@@ -21,6 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+# The checkout: relative model and panel paths of a config are found here (or from the
+# working directory).
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -141,7 +145,8 @@ class SegmentationSection(_Section):
 
 
 class WholeCellSection(_Section):
-    """Whole-cell outlines of fluorescence slides, grown from the nuclei (pathology/wholecell.py).
+    """Whole-cell outlines of fluorescence slides, grown from the nuclei
+    (pathology/segmentation/wholecell.py).
 
     The cytoplasm / membrane signal is the sum of ``channels``, each divided by its slide-wide
     99th percentile, smoothed by ``smooth_um``; pixels above its per-slide Otsu threshold are

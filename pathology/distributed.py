@@ -117,7 +117,7 @@ def worker_models(config: PathologyConfig) -> ModelCache:
     key = config.segmentation.model_dump_json()
     if key not in _WORKER_MODELS:
         # TensorFlow, when a model needs it, is imported with TF_NUM_INTRAOP_THREADS applied
-        # (pathology.nuclei.import_tensorflow); an OpenVINO worker never imports it.
+        # (pathology.segmentation.nuclei.import_tensorflow); an OpenVINO worker never imports it.
         _WORKER_MODELS[key] = ModelCache(config)
     return _WORKER_MODELS[key]
 
@@ -185,12 +185,12 @@ def post_process_slide(job: SlideJob, out: Path, config: PathologyConfig, *,
         Empty when all steps succeeded, else the reasons (the cells are kept either way;
         ``hccbio slides features OUT`` and ``hccbio slides qc OUT`` redo these steps alone).
     """
+    from pathology.cells.panels import PanelError
     from pathology.features import CLASSES_FILE, compute_slide_features
     from pathology.io.slide import SlideError
-    from pathology.nuclei import file_sha256
-    from pathology.panels import PanelError
     from pathology.qc.artefacts import load_artefact_mask
     from pathology.qc.run import QcError, measure_slide_qc, qc_digest, run_slide_qc
+    from pathology.segmentation.nuclei import file_sha256
 
     folder = RunFolder(out).slide(job.sample_id).root
     classes = folder / CLASSES_FILE

@@ -26,12 +26,10 @@ from scipy.spatial import cKDTree
 
 from hcccore.atomic import write_parquet, write_text
 from pathology import layout
-from pathology.config import PathologyConfig
-from pathology.layout import RunFolder, SlideFolder
-from pathology.lymphocytes import BASE_COLUMNS as LYMPHOCYTE_COLUMNS
-from pathology.nucleus_classes import CELL_CLASSES, probability_column
-from pathology.panels import Panel, Phenotype, Threshold, resolve_panel
-from pathology.phenotypes import (
+from pathology.cells.lymphocytes import BASE_COLUMNS as LYMPHOCYTE_COLUMNS
+from pathology.cells.nucleus_classes import CELL_CLASSES, probability_column
+from pathology.cells.panels import Panel, Phenotype, Threshold, resolve_panel
+from pathology.cells.phenotypes import (
     OTHER,
     Phenotyping,
     _background,
@@ -40,19 +38,11 @@ from pathology.phenotypes import (
     marker_column,
     marker_values,
 )
+from pathology.cells.scores import hscore, pdl1_cps, pdl1_tps
+from pathology.config import PathologyConfig
+from pathology.layout import RunFolder, SlideFolder
 from pathology.qc.artefacts import ArtefactMask, load_artefact_mask
-from pathology.regions import (
-    CODES,
-    REGIONS,
-    RegionMap,
-    annotation_masks,
-    automatic_tumour,
-    read_annotation_classes,
-    region_names,
-    regions_from_tumour,
-)
 from pathology.registration.serial import registered_regions, save_region_map
-from pathology.scores import hscore, pdl1_cps, pdl1_tps
 from pathology.spatial import (
     Window,
     fraction_within,
@@ -62,6 +52,16 @@ from pathology.spatial import (
     morisita_horn,
     nearest_distances,
     ripley_k,
+)
+from pathology.tissue.regions import (
+    CODES,
+    REGIONS,
+    RegionMap,
+    annotation_masks,
+    automatic_tumour,
+    read_annotation_classes,
+    region_names,
+    regions_from_tumour,
 )
 
 CELLS_FILE = layout.CELLS
@@ -160,7 +160,7 @@ class CleanTissue:
     on_artefact
         Per cell: whether it lies on an artefact (left out of every count).
     raw_mm2, excluded_mm2, clean_mm2
-        Per region (``tissue`` and each of :data:`~pathology.regions.REGIONS`): the region's
+        Per region (``tissue`` and each of :data:`~pathology.tissue.regions.REGIONS`): the region's
         tissue area, the part of it under artefacts, and the rest (the density denominator).
         NaN for tumour / margin / stroma when no tumour is known.
     window
@@ -186,7 +186,7 @@ def clean_tissue(x_um: np.ndarray, y_um: np.ndarray, regions: RegionMap, window:
 
     Examples
     --------
-    >>> from pathology.regions import regions_from_tumour
+    >>> from pathology.tissue.regions import regions_from_tumour
     >>> tissue = np.ones((4, 4), bool); tumour = np.zeros_like(tissue); tumour[:, :2] = True
     >>> regions = regions_from_tumour(tumour, tissue, mpp=10.0, margin_width_um=1.0,
     ...                               source="test")
@@ -232,7 +232,7 @@ def slide_features(cells: pd.DataFrame, result: Phenotyping, regions: RegionMap,
     cells
         ``x_um``, ``y_um`` per cell (other columns unused here).
     result
-        Marker positivity and phenotypes (:func:`pathology.phenotypes.classify_cells`).
+        Marker positivity and phenotypes (:func:`pathology.cells.phenotypes.classify_cells`).
     regions
         Region map (its grid aligned with ``window``).
     window
@@ -577,7 +577,7 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
 
     Raises
     ------
-    FeatureError, pathology.panels.PanelError
+    FeatureError, pathology.cells.panels.PanelError
         Missing inputs, a panel naming a channel the slide lacks, or an invalid name.
     """
     if modality not in KINDS:

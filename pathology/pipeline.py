@@ -23,11 +23,12 @@ import pyarrow.parquet as pq
 
 from hcccore.atomic import write_text
 from pathology import layout
-from pathology.cells import measure_tile
+from pathology.cells.measure import measure_tile
+from pathology.cells.nucleus_classes import PatchClassifier, is_patch_model, load_patch_classifier
 from pathology.config import PathologyConfig
 from pathology.io.slide import Slide, SlideError
 from pathology.layout import RunFolder
-from pathology.nuclei import (
+from pathology.segmentation.nuclei import (
     NucleusModel,
     Prediction,
     gpu_available,
@@ -36,11 +37,10 @@ from pathology.nuclei import (
     normalization_range,
     predict_tiles,
 )
-from pathology.nucleus_classes import PatchClassifier, is_patch_model, load_patch_classifier
+from pathology.segmentation.tiles import Tile, tile_grid
+from pathology.segmentation.wholecell import WholeCellPlan, plan_whole_cells
 from pathology.store import SlideStore
-from pathology.tiles import Tile, tile_grid
-from pathology.tissue import detect_tissue, explain_no_tissue
-from pathology.wholecell import WholeCellPlan, plan_whole_cells
+from pathology.tissue.detect import detect_tissue, explain_no_tissue
 
 log = logging.getLogger("hccbio.pathology")
 
@@ -50,7 +50,7 @@ FEATURES_FILE = layout.FEATURES
 NORM_SAMPLE_SPACING = 2048  # px at working resolution; fixed so normalisation ignores tiling
 NORM_SAMPLE_SIZE = 256
 # About 10.6 Mpx per forward pass on a GPU (8 read boxes of 1152 px): a few GB of U-Net
-# activations; a batch that does not fit is halved (pathology.nuclei).
+# activations; a batch that does not fit is halved (pathology.segmentation.nuclei).
 GPU_PIXELS_PER_FORWARD = 8 * 1152**2
 
 
@@ -229,7 +229,8 @@ def slide_stain_matrix(slide: Slide, mask: np.ndarray, mask_mpp: float, working_
     """The colour deconvolution of a brightfield slide (``cells.stain_matrix``).
 
     ``skimage_hed``: Ruifrok-Johnston vectors. ``auto``: on IHC slides, hematoxylin and DAB
-    vectors estimated from this slide's tissue (:func:`pathology.stains.estimate_hdab_matrix`
+    vectors estimated from this slide's tissue
+    (:func:`pathology.segmentation.stains.estimate_hdab_matrix`
     on the normalisation windows; the third row is a residual), falling back to the default
     with the reason when too few pixels are stained; H&E slides keep the default (no DAB).
 
@@ -239,7 +240,7 @@ def slide_stain_matrix(slide: Slide, mask: np.ndarray, mask_mpp: float, working_
         ``method`` (``skimage_hed`` or ``auto``), ``matrix`` (3 x 3 rows: hematoxylin,
         eosin or residual, DAB), ``unmixing`` (its inverse; None for the default), ``note``.
     """
-    from pathology.stains import (
+    from pathology.segmentation.stains import (
         DEFAULT_MATRIX,
         StainError,
         angle_degrees,
@@ -272,7 +273,7 @@ def _panel(job: SlideJob, config: PathologyConfig):
     features step reports that)."""
     if job.modality != "mif":
         return None
-    from pathology.panels import PanelError, resolve_panel
+    from pathology.cells.panels import PanelError, resolve_panel
 
     try:
         return resolve_panel("mif", job.stain, directory=config.phenotypes.panels_dir)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pathology.cells import stain_densities
+from pathology.cells.measure import stain_densities
 from pathology.config import QcSection
 from pathology.io.slide import Slide
 from pathology.qc.artefacts import (

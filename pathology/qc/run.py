@@ -126,7 +126,7 @@ def _composite_colors(slide: Slide, kind: str, stain: str | None, config: Pathol
                       ) -> tuple[list | None, list[tuple[str, tuple]]]:
     """A multiplex slide's false colours from its panel (nuclear channel blue, each marker in
     its colour, other channels hidden) and the legend; (None, []) otherwise."""
-    from pathology.panels import PanelError, resolve_panel
+    from pathology.cells.panels import PanelError, resolve_panel
     from pathology.pipeline import nuclear_channel_index
 
     channels = slide.info.channels

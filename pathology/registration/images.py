@@ -25,7 +25,7 @@ from skimage.filters import threshold_otsu
 
 from pathology.config import TissueSection
 from pathology.io.slide import PixelSizeError, Slide, SlideError
-from pathology.tissue import brightfield_od_and_saturation, detect_tissue
+from pathology.tissue.detect import brightfield_od_and_saturation, detect_tissue
 
 Kind = Literal["brightfield", "fluorescence"]
 Unit = Literal["um", "px"]
@@ -269,7 +269,7 @@ def registration_mask(image: np.ndarray, kind: Kind, *, signal: np.ndarray,
                       ) -> np.ndarray:
     """Tissue mask of an overview for registration.
 
-    :func:`pathology.tissue.detect_tissue` with morphology scaled to the overview (a few
+    :func:`pathology.tissue.detect.detect_tissue` with morphology scaled to the overview (a few
     pixels, so any resolution works) and, for brightfield, a threshold suited to pale stains:
     Otsu on the logarithm of the optical density (glass, a faint IHC counterstain and dense
     tissue lie decades apart), clipped to ``[od_low / 2, od_low * 2]`` of the ``tissue``

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from pathology.config import PathologyConfig
-from pathology.regions import CODES, RegionMap
 from pathology.registration.record import (
     REGISTRATION_FILE,
     RegistrationRecord,
@@ -38,6 +37,7 @@ from pathology.registration.record import (
     register_images,
     write_registration,
 )
+from pathology.tissue.regions import CODES, RegionMap
 
 log = logging.getLogger("hccbio.pathology")
 

@@ -15,20 +15,20 @@ import pytest
 pytest.importorskip("openvino")
 
 from integration.demo import write_pyramidal_tiff  # noqa: E402
-from pathology import backends  # noqa: E402
 from pathology.config import (  # noqa: E402
     PathologyConfig,
     SegmentationSection,
     TilingSection,
 )
 from pathology.evaluation import match_centroids  # noqa: E402
-from pathology.nuclei import (  # noqa: E402
+from pathology.pipeline import ModelCache, SlideJob, process_slide  # noqa: E402
+from pathology.segmentation import backends  # noqa: E402
+from pathology.segmentation.nuclei import (  # noqa: E402
     forward_pass,
     load_model,
     network_input,
     segment_tile,
 )
-from pathology.pipeline import ModelCache, SlideJob, process_slide  # noqa: E402
 
 MATCHED = 0.995  # share of nuclei matched at IoU 0.5, both ways
 COUNT_TOLERANCE = 0.005  # relative difference of the nucleus counts
@@ -192,7 +192,7 @@ def test_auto_falls_back_to_tensorflow_when_conversion_fails(monkeypatch, caplog
 
 
 def test_openvino_requested_without_openvino_is_an_error(monkeypatch):
-    from pathology.nuclei import ModelError
+    from pathology.segmentation.nuclei import ModelError
 
     monkeypatch.setattr(backends, "openvino_available", lambda: False)
     with pytest.raises(ModelError, match="pip install openvino"):
@@ -234,7 +234,7 @@ def test_openvino_worker_never_imports_tensorflow(caches, he_tiff, tmp_path):
 def test_broken_model_folder_is_an_error_on_every_backend(backend, tmp_path):
     """Unreadable config or weights fail at load with the file named, whichever backend runs
     the network (OpenVINO must not fall back to TensorFlow over a broken folder)."""
-    from pathology.nuclei import ModelError
+    from pathology.segmentation.nuclei import ModelError
 
     shipped = Path(__file__).resolve().parents[2] / "models" / "he_nuclei_fast"
     folder = tmp_path / "broken"
@@ -300,7 +300,7 @@ def test_int8_refuses_tensorflow_and_stale_or_missing_networks(tmp_path):
 
     from pydantic import ValidationError
 
-    from pathology.nuclei import ModelError
+    from pathology.segmentation.nuclei import ModelError
 
     with pytest.raises(ValidationError, match="int8 runs on OpenVINO"):
         SegmentationSection(precision="int8", backend="tensorflow")

@@ -193,8 +193,8 @@ def test_automatic_regions_and_spatial_features_on_real_mibi_cells(shared_data, 
 def test_he_slide_features_use_the_lymphocyte_classifier(tmp_path, project_root):
     from stardist.data import test_image_he_2d
 
-    from pathology.cells import measure_labels
-    from pathology.watershed import segment_nuclei_watershed
+    from pathology.cells.measure import measure_labels
+    from pathology.segmentation.watershed import segment_nuclei_watershed
 
     image = test_image_he_2d()[..., :3]
     cells = measure_labels(segment_nuclei_watershed(image, min_distance_px=4, min_area_px=15),

@@ -12,15 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 from skimage.measure import regionprops_table
 
-from pathology.cells import label_measurements
+from pathology.cells.measure import label_measurements
 from pathology.config import BatchSection, PathologyConfig, SegmentationSection, TilingSection
-from pathology.nuclei import (
+from pathology.pipeline import ModelCache, SlideJob, process_slide
+from pathology.segmentation.nuclei import (
     instances_from_prediction,
     network_input,
     predict_tiles,
     segment_tile,
 )
-from pathology.pipeline import ModelCache, SlideJob, process_slide
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_shape_measurements_equal_regionprops_on_stardist_nuclei(he_model, he_im
 def test_batch_that_runs_out_of_memory_is_halved(he_model, he_image, monkeypatch):
     import tensorflow as tf
 
-    import pathology.nuclei as nuclei
+    import pathology.segmentation.nuclei as nuclei
 
     real = nuclei.forward_pass
     sizes = []

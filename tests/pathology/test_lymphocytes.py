@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pathology.annotations import stain_shift_key
-from pathology.lymphocytes import LymphocyteModelError, load_lymphocyte_model
+from pathology.cells.lymphocytes import LymphocyteModelError, load_lymphocyte_model
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pathology.nuclei import load_model
+from pathology.segmentation.nuclei import load_model
 
 MODELS = {"he_nuclei": "he_split", "he_nuclei_fast": "he_split", "fluo_nuclei": "fluo_split"}
 BRIGHTFIELD = ["he_nuclei", "he_nuclei_fast", "bf_nuclei"]

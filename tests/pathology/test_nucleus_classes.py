@@ -1,4 +1,4 @@
-"""H&E nucleus classes from nucleus-centred patches (pathology.nucleus_classes): patches, the
+"""H&E nucleus classes from nucleus-centred patches (pathology.cells.nucleus_classes): patches, the
 model folder, and the per-tile classification inside `hccbio slides run`."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from pathology.nucleus_classes import (
+from pathology.cells.nucleus_classes import (
     CELL_CLASSES,
     MODEL_FILE,
     NETWORK_FILE,
@@ -39,7 +39,7 @@ def _write_network(folder, *, threshold: float = 0.5, kind: str = "patch_cnn",
                    classes=CELL_CLASSES) -> None:
     """A tiny fixed network (synthetic: the point is the plumbing, not accuracy): class
     scores are linear in the patch's mean red, green and blue."""
-    from pathology.nuclei import import_tensorflow
+    from pathology.segmentation.nuclei import import_tensorflow
 
     keras = import_tensorflow().keras
     inputs = keras.Input((64, 64, 3))

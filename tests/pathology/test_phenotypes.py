@@ -8,11 +8,11 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.io import imread
 
-from pathology.cells import intensity_image, measure_labels
+from pathology.cells.measure import intensity_image, measure_labels
+from pathology.cells.panels import PanelError, load_panel, resolve_panel
+from pathology.cells.phenotypes import auto_threshold, call_marker, classify_cells
 from pathology.config import PhenotypesSection
-from pathology.panels import PanelError, load_panel, resolve_panel
-from pathology.phenotypes import auto_threshold, call_marker, classify_cells
-from pathology.watershed import segment_nuclei_watershed
+from pathology.segmentation.watershed import segment_nuclei_watershed
 
 DEEPLIIF_MPP = 0.25  # 40x (SOURCE.txt: nuclei about 25 px across)
 TILE = 512
@@ -214,7 +214,7 @@ def test_panel_rules_must_use_defined_markers(tmp_path):
 
 @pytest.mark.parametrize("method", ["otsu", "gmm"])
 def test_automatic_thresholds_split_two_populations(method):
-    from pathology.panels import Threshold
+    from pathology.cells.panels import Threshold
 
     rng = np.random.default_rng(0)
     values = np.r_[rng.normal(10, 2, 3000), rng.normal(40, 5, 600)]
@@ -227,7 +227,7 @@ def test_automatic_thresholds_split_two_populations(method):
 @pytest.mark.parametrize("name", list(DEEPLIIF))
 def test_per_slide_stain_vectors_are_estimated_and_keep_ki67_right(shared_data, panels_dir,
                                                                    name):
-    from pathology.stains import (
+    from pathology.segmentation.stains import (
         DEFAULT_MATRIX,
         angle_degrees,
         deconvolution_matrix,

@@ -27,7 +27,7 @@ from pathology.qc.decisions import append_decision, rejected_samples
 from pathology.qc.metrics import slide_qc
 from pathology.qc.run import QcError, run_qc, run_slide_qc
 from pathology.qc.summary import SUMMARY_COLUMNS, write_qc_summary
-from pathology.tissue import detect_tissue
+from pathology.tissue.detect import detect_tissue
 
 MASK_MPP = 8.0
 
@@ -269,7 +269,7 @@ def counterstain_runs(shared_data, tmp_path_factory) -> dict:
     from pathology.annotations import load_deepliif
     from pathology.config import SegmentationSection
     from pathology.evaluation import annotated_tile_config, run_pipeline, sample_id_for
-    from pathology.stains import rescale_stains
+    from pathology.segmentation.stains import rescale_stains
 
     tile = next(t for t in load_deepliif(shared_data / "ihc" / "deepliif", "test")
                 if t.name == "22_2")

@@ -7,17 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from pathology.cells import measure_labels, measure_tile, ring_means
+from pathology.cells.measure import measure_labels, measure_tile, ring_means
 from pathology.config import RegionsSection
-from pathology.nuclei import TileNuclei
-from pathology.regions import (
+from pathology.segmentation.nuclei import TileNuclei
+from pathology.segmentation.tiles import Tile
+from pathology.tissue.regions import (
     CODES,
     RegionError,
     automatic_tumour,
     read_annotation_tumour,
     regions_from_tumour,
 )
-from pathology.tiles import Tile
 
 
 def test_margin_is_a_band_of_the_configured_width_centred_on_the_border():

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from integration.cli import app
 from integration.manifest import read_manifest
-from pathology.regions import CODES
 from pathology.registration import read_registration
 from pathology.registration.serial import (
     REGISTERED_ARRAY,
@@ -22,6 +21,7 @@ from pathology.registration.serial import (
     load_region_map,
     plan_serial_pairs,
 )
+from pathology.tissue.regions import CODES
 
 HEADER = "patient_id,timepoint,sample_id,modality,stain,path,mpp,block_id\n"
 

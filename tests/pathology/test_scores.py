@@ -11,7 +11,7 @@ import pytest
 from test_features import MASK_MPP, synthetic_cd8_cells, write_slide
 from test_phenotypes import DEEPLIIF_MPP, TILE, deepliif_tile
 
-from pathology.cells import measure_labels
+from pathology.cells.measure import measure_labels
 from pathology.config import PathologyConfig, PhenotypesSection, RegionsSection
 from pathology.features import compute_slide_features
 

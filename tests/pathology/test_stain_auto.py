@@ -13,7 +13,7 @@ from integration.demo import write_pyramidal_tiff
 from pathology.config import CellsSection
 from pathology.features import compute_slide_features
 from pathology.pipeline import SlideJob, process_slide
-from pathology.stains import DEFAULT_MATRIX, angle_degrees
+from pathology.segmentation.stains import DEFAULT_MATRIX, angle_degrees
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_rescale_stains_scales_each_stain_and_only_it(shared_data):
     """A real CRCHistoPhenotypes H&E image with its hematoxylin doubled and eosin halved: the
     deconvolved densities follow, pixel for pixel; factors of 1 give the image back."""
     from pathology.annotations import load_crchistophenotypes
-    from pathology.cells import stain_densities
-    from pathology.stains import rescale_stains
+    from pathology.cells.measure import stain_densities
+    from pathology.segmentation.stains import rescale_stains
 
     image = load_crchistophenotypes(shared_data / "nuclei" / "crchistophenotypes")[0].image
     assert np.abs(rescale_stains(image).astype(int) - image).max() <= 1
@@ -83,7 +83,7 @@ def test_restained_points_keep_their_annotations(shared_data):
     """The CRC image re-rendered darker, as the lymphocyte training and the stain-shift check
     use it: same points and pixel size, a name of its own, the same pixels as rescale_stains."""
     from pathology.annotations import load_crchistophenotypes, stain_shift_key
-    from pathology.stains import rescale_stains
+    from pathology.segmentation.stains import rescale_stains
 
     item = load_crchistophenotypes(shared_data / "nuclei" / "crchistophenotypes")[0]
     darker = item.restained(2.0, 1.0)

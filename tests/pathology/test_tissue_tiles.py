@@ -7,8 +7,8 @@ import pytest
 
 from pathology.config import TissueSection
 from pathology.io.slide import Slide
-from pathology.tiles import tile_grid
-from pathology.tissue import brightfield_od_and_saturation, detect_tissue
+from pathology.segmentation.tiles import tile_grid
+from pathology.tissue.detect import brightfield_od_and_saturation, detect_tissue
 
 
 def test_brightfield_tissue_mask_on_real_svs(shared_data):

@@ -15,9 +15,9 @@ from skimage.measure import grid_points_in_poly
 from skimage.segmentation import expand_labels
 
 from pathology.io.metadata import safe_channel_name
-from pathology.nuclei import TileNuclei
-from pathology.tiles import Tile
-from pathology.wholecell import WholeCellPlan, grow_cells, star_polygons
+from pathology.segmentation.nuclei import TileNuclei
+from pathology.segmentation.tiles import Tile
+from pathology.segmentation.wholecell import WholeCellPlan, grow_cells, star_polygons
 
 STAIN_NAMES = ("hematoxylin", "eosin", "dab")
 
@@ -45,7 +45,8 @@ def stain_densities(rgb: np.ndarray, *, background: float = 255.0,
     ----------
     unmixing
         Optional ``(3, 3)`` optical-density-to-stain matrix, e.g. from per-slide estimated
-        vectors (:func:`pathology.stains.deconvolution_matrix`); default scikit-image's.
+        vectors (:func:`pathology.segmentation.stains.deconvolution_matrix`); default
+        scikit-image's.
 
     Returns
     -------
@@ -265,7 +266,7 @@ def measure_labels(labels: np.ndarray, image: np.ndarray, *, kind: str, mpp: flo
         Ring width for the ``ring_*`` columns (0 = none).
     cell_labels
         Fluorescence: whole-cell labels with the ids of ``labels`` (e.g. from
-        :func:`pathology.wholecell.grow_cells`); default the nucleus plus its ring.
+        :func:`pathology.segmentation.wholecell.grow_cells`); default the nucleus plus its ring.
 
     Returns
     -------
@@ -366,11 +367,11 @@ def measure_tile(tile: Tile, nuclei: TileNuclei, image: np.ndarray, *, kind: str
         read box, so they stop between neighbours even across the tile border.
     unmixing
         Brightfield: optional per-slide optical-density-to-stain matrix
-        (:mod:`pathology.stains`); default the Ruifrok-Johnston vectors.
+        (:mod:`pathology.segmentation.stains`); default the Ruifrok-Johnston vectors.
     whole_cell
         Fluorescence: how whole cells are grown from the nuclei of the read box
-        (:mod:`pathology.wholecell`); adds ``cell_area_um2``, ``cell_<channel>_mean`` and the
-        cell outline ``cell_poly_x_um`` / ``cell_poly_y_um``.
+        (:mod:`pathology.segmentation.wholecell`); adds ``cell_area_um2``, ``cell_<channel>_mean``
+        and the cell outline ``cell_poly_x_um`` / ``cell_poly_y_um``.
 
     Returns
     -------

@@ -15,10 +15,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pathology.config import PROJECT_ROOT
 from pathology.io.metadata import safe_channel_name
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LONGEST_SUFFIX = "_stroma_density"  # longest per-phenotype feature suffix (pathology.features)
 
 

@@ -2,7 +2,7 @@
 rule on per-cell optical densities, so that pigmented cells are never counted IHC-positive.
 
 DAB's optical density lies along the DAB stain vector. The colour deconvolution of
-:func:`pathology.cells.stain_densities` splits any brown into hematoxylin, eosin and DAB
+:func:`pathology.cells.measure.stain_densities` splits any brown into hematoxylin, eosin and DAB
 components; an IHC slide has no eosin, so the eosin component is a residual that measures how
 far the brown is from DAB's hue. Three signs of pigment:
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pathology.cells.panels import Marker
 from pathology.config import PhenotypesSection
-from pathology.panels import Marker
 
 BROWN_MIN_OD = 0.15  # DAB OD above which the hue ratio is read
 STRONG_BROWN_MIN_OD = 0.3  # DAB OD above which the eosin-residual ratio is read
@@ -57,7 +57,7 @@ def pigment_mask(cells: pd.DataFrame, *, marker: Marker, config: PhenotypesSecti
     Examples
     --------
     >>> from pathology.config import PhenotypesSection
-    >>> from pathology.panels import Marker
+    >>> from pathology.cells.panels import Marker
 
 BROWN_MIN_OD = 0.15  # DAB OD above which the hue ratio is read
 STRONG_BROWN_MIN_OD = 0.3  # DAB OD above which the eosin-residual ratio is read

@@ -6,8 +6,8 @@ pretrained name (``2D_versatile_he``, ``2D_versatile_fluo``), loaded with
 ``StarDist2D.from_pretrained`` when a network is there.
 
 The network runs through TensorFlow or, on CPUs, through OpenVINO (``segmentation.backend``;
-:mod:`pathology.backends`); everything after it is the same code for both. A model folder whose
-network OpenVINO has already converted (cached by the weights' SHA-256) is used without
+:mod:`pathology.segmentation.backends`); everything after it is the same code for both. A model
+folder whose network OpenVINO has already converted (cached by the weights' SHA-256) is used without
 importing TensorFlow at all: the StarDist model (Keras) is loaded only when TensorFlow runs the
 network or a conversion is needed, which keeps a worker's memory to what OpenVINO needs.
 """
@@ -30,13 +30,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pathology.config import PROJECT_ROOT
+
 PRETRAINED = {
     # name: normalisation those models were trained with (per-image percentiles)
     "2D_versatile_he": {"method": "percentile", "low": 1.0, "high": 99.8},
     "2D_versatile_fluo": {"method": "percentile", "low": 1.0, "high": 99.8},
     "2D_paper_dsb2018": {"method": "percentile", "low": 1.0, "high": 99.8},
 }
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("hccbio.pathology")
 CANDIDATE_BORDER = 2  # grid cells; StarDist's own default (b=2)
 Backend = Literal["auto", "tensorflow", "openvino"]
@@ -105,7 +106,7 @@ class NucleusModel:
 
 def _backend_version(backend: str) -> str:
     if backend == "openvino":
-        from pathology.backends import openvino_version
+        from pathology.segmentation.backends import openvino_version
 
         return openvino_version()
     return str(import_tensorflow().__version__)
@@ -169,7 +170,7 @@ def describe_model(spec: str) -> dict:
     """
     import json
 
-    from pathology.backends import int8_paths
+    from pathology.segmentation.backends import int8_paths
 
     folder = resolve_model_path(spec)
     if folder is None:
@@ -272,7 +273,7 @@ def load_model(spec: str, *, prob_thresh: float | None = None,
 
 def _load_int8(model: NucleusModel, backend: Backend) -> None:
     """Compile the model folder's int8 network for the CPU (no fallback: int8 was asked)."""
-    from pathology import backends
+    from pathology.segmentation import backends
 
     if backend == "tensorflow":
         raise ModelError("precision int8 runs on OpenVINO, not segmentation.backend tensorflow")
@@ -344,8 +345,8 @@ def select_backend(model: NucleusModel, requested: Backend) -> str:
     """Decide what runs ``model``'s network and prepare it (once per process).
 
     ``openvino``: the network is converted (or read from the cache beside the weights, see
-    :mod:`pathology.backends`) and compiled for the CPU; the compiled network is kept in
-    ``model.extra``. ``auto`` chooses OpenVINO when it is installed and TensorFlow sees no GPU
+    :mod:`pathology.segmentation.backends`) and compiled for the CPU; the compiled network is kept
+    in ``model.extra``. ``auto`` chooses OpenVINO when it is installed and TensorFlow sees no GPU
     (on a GPU, TensorFlow is the faster). A network that OpenVINO cannot convert or compile
     is run by TensorFlow, with a warning.
 
@@ -359,7 +360,7 @@ def select_backend(model: NucleusModel, requested: Backend) -> str:
     ModelError
         ``openvino`` requested but not installed, or an unknown backend.
     """
-    from pathology import backends
+    from pathology.segmentation import backends
 
     if requested not in ("auto", "tensorflow", "openvino"):
         raise ModelError(f"segmentation.backend {requested!r}: expected auto, tensorflow or "

@@ -2,7 +2,7 @@
 DAB vectors estimated per slide (Macenko et al., ISBI 2009) from a sample of its pixels.
 
 A stain matrix has one row per stain (hematoxylin, second stain or residual, DAB), each a unit
-optical-density vector over R, G, B; :func:`pathology.cells.stain_densities` inverts it.
+optical-density vector over R, G, B; :func:`pathology.cells.measure.stain_densities` inverts it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.color import rgb_from_hed
 
-from pathology.cells import optical_density
+from pathology.cells.measure import optical_density
 
 DEFAULT_MATRIX = (rgb_from_hed / np.linalg.norm(rgb_from_hed, axis=1, keepdims=True)).astype(
     np.float64)
@@ -91,7 +91,8 @@ def rescale_stains(rgb: np.ndarray, *, hematoxylin: float = 1.0, eosin: float = 
                    dab: float = 1.0) -> np.ndarray:
     """Re-render a brightfield image with each stain's amount scaled (a stain-batch shift).
 
-    Colour deconvolution with the Ruifrok-Johnston vectors (:func:`pathology.cells.stain_densities`,
+    Colour deconvolution with the Ruifrok-Johnston vectors
+    (:func:`pathology.cells.measure.stain_densities`,
     the densities that cells.parquet reports), each stain's optical density multiplied by its
     factor, and the image rendered back through the inverse matrix (``rgb_from_hed``). A factor
     above 1 stains darker, below 1 paler; with all factors 1 the image comes back unchanged.
@@ -118,7 +119,7 @@ def rescale_stains(rgb: np.ndarray, *, hematoxylin: float = 1.0, eosin: float = 
     >>> bool(rescale_stains(image, hematoxylin=2.0).mean() < image.mean())
     True
     """
-    from pathology.cells import stain_densities
+    from pathology.cells.measure import stain_densities
 
     factors = np.array([hematoxylin, eosin, dab], dtype=np.float64)
     if np.any(factors < 0) or not np.all(np.isfinite(factors)):

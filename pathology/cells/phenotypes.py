@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from skimage.filters import threshold_otsu
 
+from pathology.cells.panels import Marker, Panel, PanelError, Threshold
+from pathology.cells.pigment import pigment_mask
 from pathology.config import PhenotypesSection
 from pathology.io.metadata import safe_channel_name
-from pathology.panels import Marker, Panel, PanelError, Threshold
-from pathology.pigment import pigment_mask
 
 OTHER = "other"
 GMM_MAX_CELLS = 200_000
@@ -229,7 +229,7 @@ def classify_cells(cells: pd.DataFrame, panel: Panel, *, kind: str,
     cells
         cells.parquet as a DataFrame (intensity, shape columns).
     panel
-        From :func:`pathology.panels.resolve_panel`.
+        From :func:`pathology.cells.panels.resolve_panel`.
     kind
         ``"brightfield"`` or ``"fluorescence"``.
     config
@@ -271,8 +271,8 @@ def classify_cells(cells: pd.DataFrame, panel: Panel, *, kind: str,
 def lymphocyte_calls(cells: pd.DataFrame, model_spec: str) -> tuple[np.ndarray, float]:
     """The lymphocyte call of every H&E nucleus and the threshold it used.
 
-    A patch network (:mod:`pathology.nucleus_classes`) left its probabilities in cells.parquet
-    while the tile was in memory; the logistic model (:mod:`pathology.lymphocytes`) computes
+    A patch network (:mod:`pathology.cells.nucleus_classes`) left its probabilities in cells.parquet
+    while the tile was in memory; the logistic model (:mod:`pathology.cells.lymphocytes`) computes
     them from the shape and stain columns.
 
     Raises
@@ -280,7 +280,7 @@ def lymphocyte_calls(cells: pd.DataFrame, model_spec: str) -> tuple[np.ndarray, 
     PanelError
         The cells were measured without the configured patch network (no probability column).
     """
-    from pathology.nucleus_classes import (
+    from pathology.cells.nucleus_classes import (
         is_patch_model,
         load_patch_classifier,
         probability_column,
@@ -296,7 +296,7 @@ def lymphocyte_calls(cells: pd.DataFrame, model_spec: str) -> tuple[np.ndarray, 
         probability = (cells[column].to_numpy(dtype=np.float64) if len(cells)
                        else np.zeros(0))
         return probability >= model.threshold, model.threshold
-    from pathology.lymphocytes import load_lymphocyte_model
+    from pathology.cells.lymphocytes import load_lymphocyte_model
 
     model = load_lymphocyte_model(model_spec)
     return (model.predict(cells) if len(cells) else np.zeros(0, dtype=bool)), model.threshold

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pathology.panels import PROJECT_ROOT
+from pathology.config import PROJECT_ROOT
 
 MODEL_FILE = "model.json"
 BASE_COLUMNS = ("area_um2", "perimeter_um", "eccentricity", "solidity", "major_axis_um",

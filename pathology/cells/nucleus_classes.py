@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pathology.panels import PROJECT_ROOT
+from pathology.config import PROJECT_ROOT
 
 CELL_CLASSES = ("lymphocyte", "tumour", "stromal", "other")
 PATCH_PX = 64
@@ -144,7 +144,7 @@ class PatchClassifier:
 
 @lru_cache(maxsize=4)
 def _load_network(path: str) -> Any:
-    from pathology.nuclei import import_tensorflow
+    from pathology.segmentation.nuclei import import_tensorflow
 
     keras = import_tensorflow().keras
     return keras.models.load_model(path, compile=False)
@@ -191,7 +191,7 @@ def load_patch_classifier(spec: str | Path) -> PatchClassifier:
         positive = str(data.get("positive_class", "lymphocyte"))
         if positive not in classes:
             raise ValueError(f"positive class {positive!r} is not among {classes}")
-        from pathology.nuclei import file_sha256
+        from pathology.segmentation.nuclei import file_sha256
 
         return PatchClassifier(folder, classes, int(data["patch_px"]), float(data["mpp"]),
                                positive, float(data["threshold"]),

@@ -11,7 +11,7 @@ kept in 32-bit floating point, and the network is compiled for the CPU in 32-bit
 ``TF_NUM_INTRAOP_THREADS`` allows (one per Dask worker), so that it gives TensorFlow's numbers
 to within rounding.
 
-Which backend runs the network is decided in :func:`pathology.nuclei.load_model`
+Which backend runs the network is decided in :func:`pathology.segmentation.nuclei.load_model`
 (``segmentation.backend``); stardist's non-maximum suppression and hccbio's measurements
 do not depend on it.
 """

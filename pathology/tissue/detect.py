@@ -17,7 +17,7 @@ from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import closing, disk, opening, remove_small_holes
 
-from pathology.cells import optical_density
+from pathology.cells.measure import optical_density
 from pathology.config import TissueSection
 
 Kind = Literal["brightfield", "fluorescence"]
