@@ -6,7 +6,8 @@ Usage::
     python -m benchmarks.accuracy --models models/bf_nuclei --no-readme
 
 Each annotated image is written as a TIFF with its pixel size in a manifest and segmented by
-``hccbio slides run`` (:mod:`pathology.evaluation`): the reader, the resampling to 0.5 um/px,
+``hccbio slides run`` (:mod:`pathology.evaluation.harness`): the reader, the resampling to 0.5
+um/px,
 the tiling, the normalisation, the model, the measurements and the phenotypes are those of any
 slide. Writes ``benchmarks/results/accuracy.json`` and the table between the ``accuracy``
 markers in ``benchmarks/README.md``. Model cards cite these numbers.
@@ -58,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.reports import write_block  # noqa: E402
 from hcccore.atomic import write_text  # noqa: E402
-from pathology.annotations import (  # noqa: E402
+from pathology.evaluation.annotations import (  # noqa: E402
     AnnotatedImage,
     load_crchistophenotypes,
     load_deepliif,
@@ -66,7 +67,7 @@ from pathology.annotations import (  # noqa: E402
     load_monuseg,
     shared_data_folder,
 )
-from pathology.evaluation import (  # noqa: E402
+from pathology.evaluation.harness import (  # noqa: E402
     annotated_tile_config,
     detection_scores,
     match_centroids,
@@ -86,7 +87,8 @@ RESULT = ROOT / "benchmarks" / "results" / "accuracy.json"
 
 
 def shared_data() -> Path:
-    """:func:`pathology.annotations.shared_data_folder`, its absence a plain exit message."""
+    """:func:`pathology.evaluation.annotations.shared_data_folder`, its absence a plain exit
+    message."""
     try:
         return shared_data_folder()
     except FileNotFoundError as error:
@@ -243,8 +245,8 @@ def crc_stain(root: Path, model: str, work: Path, precision: str = "float32") ->
     """The lymphocyte call on the classifier's held-out CRCHistoPhenotypes images re-rendered
     at other stain strengths (:func:`pathology.segmentation.stains.rescale_stains`), per
     strength."""
-    from pathology.annotations import stain_shift_key
     from pathology.cells.lymphocytes import load_lymphocyte_model
+    from pathology.evaluation.annotations import stain_shift_key
 
     classifier = load_lymphocyte_model("models/lymphocyte_classifier")
     held_out = set(classifier.meta.get("test_images", ()))

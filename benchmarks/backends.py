@@ -99,7 +99,7 @@ def agreement(reference: np.ndarray, other: np.ndarray, *, max_distance_um: floa
     >>> agreement(np.array([[0.0, 0.0], [5.0, 5.0]]), np.array([[0.2, 0.0]]))["matched"]
     1
     """
-    from pathology.evaluation import match_centroids
+    from pathology.evaluation.harness import match_centroids
 
     matched, _ = match_centroids(reference, other, max_distance_um)
     larger = max(len(reference), len(other), 1)

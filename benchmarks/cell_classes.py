@@ -37,14 +37,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.reports import save_report, write_block  # noqa: E402
 from models.train_cell_classes import choose_threshold, split_images  # noqa: E402
-from pathology.annotations import AnnotatedPoints, shared_data_folder  # noqa: E402
-from pathology.evaluation import (  # noqa: E402
+from pathology.cells.nucleus_classes import CELL_CLASSES  # noqa: E402
+from pathology.evaluation.annotations import AnnotatedPoints, shared_data_folder  # noqa: E402
+from pathology.evaluation.harness import (  # noqa: E402
     annotated_tile_config,
     detection_scores,
     match_centroids,
     run_pipeline,
 )
-from pathology.cells.nucleus_classes import CELL_CLASSES  # noqa: E402
 
 MATCH_UM = 4.0
 RESULT = ROOT / "benchmarks" / "results" / "cell_classes.json"

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.reports import save_report, write_block  # noqa: E402
-from pathology.annotations import load_deepliif, shared_data_folder  # noqa: E402
 from pathology.config import SegmentationSection  # noqa: E402
-from pathology.evaluation import annotated_tile_config, run_pipeline, score_instances  # noqa: E402
+from pathology.evaluation.annotations import load_deepliif, shared_data_folder  # noqa: E402
+from pathology.evaluation.harness import annotated_tile_config, run_pipeline, score_instances  # noqa: E402
 from pathology.qc.metrics import counterstain_metrics  # noqa: E402
 from pathology.segmentation.stains import rescale_stains  # noqa: E402
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pathology.annotations import shared_data_folder
+from pathology.evaluation.annotations import shared_data_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = shared_data_folder(must_exist=False)

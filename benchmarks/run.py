@@ -37,7 +37,7 @@ TARGETS = {"vs_raw_forward": ">= 0.9", "vs_predict_instances_big": ">= 1.0",
 
 
 def _shared_data() -> Path:
-    from pathology.annotations import shared_data_folder
+    from pathology.evaluation.annotations import shared_data_folder
 
     try:
         return shared_data_folder()
@@ -87,7 +87,7 @@ def bench_segmentation(work: Path, region_path: Path, tile_size: int,
     """Pipeline vs raw network forward pass vs stardist's predict_instances_big (optional),
     with the network run by ``backend`` (``segmentation.backend``)."""
     from pathology.io.slide import Slide
-    from pathology.pipeline import (
+    from pathology.run.pipeline import (
         ModelCache,
         SlideJob,
         prepare_slide,
@@ -206,10 +206,10 @@ def bench_end_to_end(slide_path: Path, work: Path, backend: str = "auto",
     tissue,
     segmentation, cells, phenotypes, regions, spatial features, QC and the run tables, cluster
     and model start-up included."""
-    from pathology.batch import run_slides
     from pathology.config import PathologyConfig, SegmentationSection
     from pathology.io.slide import Slide
-    from pathology.pipeline import SlideJob
+    from pathology.run.batch import run_slides
+    from pathology.run.pipeline import SlideJob
 
     with Slide(slide_path) as slide:
         height, width = slide.working_shape(0.5)
@@ -260,7 +260,7 @@ def bench_rss(slide_path: Path, work: Path, max_tiles: int, backend: str = "auto
     code = (
         "import json, resource, sys; from pathlib import Path\n"
         "from benchmarks.run import _config, own_peak_rss_gb\n"
-        "from pathology.pipeline import ModelCache, SlideJob, process_slide\n"
+        "from pathology.run.pipeline import ModelCache, SlideJob, process_slide\n"
         f"config = _config(1024, backend={backend!r})\n"
         f"process_slide(SlideJob('rss', Path({str(slide_path)!r}), 'he'), Path({str(work)!r}),"
         f" config, ModelCache(config), max_tiles={max_tiles})\n"
@@ -272,7 +272,7 @@ def bench_rss(slide_path: Path, work: Path, max_tiles: int, backend: str = "auto
 
 def _load_models(config) -> None:
     """Load the worker's models (returns nothing: a loaded model does not pickle)."""
-    from pathology.distributed import worker_models
+    from pathology.run.schedulers import worker_models
 
     worker_models(config)
 
@@ -285,8 +285,8 @@ def bench_scaling(region_path: Path, work: Path, backend: str = "auto",
     ``tiles_per_forward`` tiles (one forward pass)."""
     from distributed import Client, LocalCluster
 
-    from pathology.distributed import SINGLE_THREAD_ENV, task_prepare, task_tiles
-    from pathology.pipeline import SlideJob
+    from pathology.run.pipeline import SlideJob
+    from pathology.run.schedulers import SINGLE_THREAD_ENV, task_prepare, task_tiles
 
     per_task = tiles_per_forward or 1
     config = _config(512, backend=backend, tiles_per_forward=tiles_per_forward,

@@ -87,10 +87,11 @@ def run(quick: bool = False) -> dict:
         out = Path(tmp)
         synthetic_slide(out / "slides" / "bench", n_cells)
         started = time.perf_counter()
-        row = compute_slide_features(out, "bench", modality="ihc", stain="CD8", config=config)
+        row = compute_slide_features(out / "slides" / "bench", modality="ihc", stain="CD8",
+                                     config=config)
         seconds = time.perf_counter() - started
         tracemalloc.start()  # a second, traced run: peak of numpy / Python allocations
-        compute_slide_features(out, "bench", modality="ihc", stain="CD8", config=config)
+        compute_slide_features(out / "slides" / "bench", modality="ihc", stain="CD8", config=config)
         traced_peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

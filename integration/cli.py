@@ -13,8 +13,8 @@ import typer
 
 from blood.cli import app as blood_app
 from integration.manifest import SLIDE_MODALITIES, ManifestError, read_manifest
-from pathology import layout
-from pathology.layout import RunFolder
+from pathology.io.folder import CELLS
+from pathology.run.layout import RunFolder
 from transcriptome.cli import rnaseq_app
 
 _STATE = {"debug": False}
@@ -99,9 +99,9 @@ def slides_run(
     quiet: bool = typer.Option(False, "--quiet", help="No live progress; log lines only."),
 ) -> None:
     """Segment and measure every slide (he, ihc, mif rows) of a manifest."""
-    from pathology.batch import run_slides
     from pathology.config import ConfigError, load_config
-    from pathology.pipeline import SlideJob
+    from pathology.run.batch import run_slides
+    from pathology.run.pipeline import SlideJob
 
     configure_logging()
     _check_out(out)
@@ -115,7 +115,7 @@ def slides_run(
     if not jobs:
         _fail(f"{manifest}: no slide rows (modality {', '.join(SLIDE_MODALITIES)})")
     from hcccore.lock import RunLockedError
-    from pathology.registration.serial import BlockMember, plan_serial_pairs
+    from pathology.run.serial import BlockMember, plan_serial_pairs
 
     serial, notes = plan_serial_pairs(
         [BlockMember(s.sample_id, s.modality, s.block) for s in samples
@@ -196,7 +196,7 @@ def slides_features(
 ) -> None:
     """Recompute phenotypes, regions and slide features from cells.parquet (no segmentation)."""
     from pathology.config import ConfigError, load_config
-    from pathology.features import DICTIONARY_FILE, RUN_FEATURES_FILE, run_features
+    from pathology.run.tables import DICTIONARY_FILE, RUN_FEATURES_FILE, run_features
 
     try:
         cfg = load_config(config)
@@ -220,8 +220,8 @@ def slides_qc(
 ) -> None:
     """Slide QC of every finished slide: qc/ folders, OUT/qc/qc_summary.csv and index.html."""
     from pathology.config import ConfigError, load_config
-    from pathology.qc.run import run_qc
-    from pathology.qc.summary import write_qc_summary
+    from pathology.review.summary import write_qc_summary
+    from pathology.run.tables import run_qc
 
     try:
         cfg = load_config(config)
@@ -246,15 +246,15 @@ def slides_export(
 ) -> None:
     """Each slide's cells as AnnData (slides/<id>/cells.h5ad, obsm['spatial'] in um) for
     squidpy, scimap or scanpy."""
-    from pathology.export import ExportError, export_anndata
+    from pathology.io.export import ExportError, export_anndata
 
     if not RunFolder(out).slides.is_dir():
         _fail(f"{out}: no slides/ folder (run 'hccbio slides run' first)")
-    ids = sample or [s.sample_id for s in RunFolder(out).slide_folders(having=layout.CELLS)]
+    ids = sample or [s.sample_id for s in RunFolder(out).slide_folders(having=CELLS)]
     failed = 0
     for sample_id in ids:
         try:
-            typer.echo(f"{sample_id:24s} {export_anndata(out, sample_id)}")
+            typer.echo(f"{sample_id:24s} {export_anndata(RunFolder(out).slide(sample_id).root)}")
         except (ExportError, OSError, ValueError) as error:
             failed += 1
             typer.echo(f"{sample_id:24s} failed: {' '.join(str(error).split())}")

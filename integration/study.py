@@ -60,7 +60,7 @@ class StudySection(BaseModel):
         Transcriptome YAML; ``None`` uses ``configs/transcriptome.yaml``.
     scheduler
         Where the slides run: ``sync`` (this process), ``local[:N]``, ``tcp://HOST:PORT`` or
-        ``slurm`` (see :func:`pathology.distributed.parse_scheduler`).
+        ``slurm`` (see :func:`pathology.run.schedulers.parse_scheduler`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -257,7 +257,7 @@ def _arm_configs(study: StudySection, *, slides: bool, blood: bool, rnaseq: bool
     configs: dict = {}
     if slides:
         from pathology.config import ConfigError, load_config
-        from pathology.distributed import parse_scheduler
+        from pathology.run.schedulers import parse_scheduler
 
         try:
             configs["pathology"] = load_config(study.pathology_config)
@@ -296,9 +296,9 @@ def _arm_configs(study: StudySection, *, slides: bool, blood: bool, rnaseq: bool
 def _run_slide_arm(samples: list[Sample], study: StudySection, config, *, force: bool,
                    show_progress: bool) -> dict[str, str]:
     from hcccore.lock import RunFolderError, RunLockedError
-    from pathology.batch import run_slides
-    from pathology.pipeline import SlideJob
-    from pathology.registration.serial import BlockMember, plan_serial_pairs
+    from pathology.run.batch import run_slides
+    from pathology.run.pipeline import SlideJob
+    from pathology.run.serial import BlockMember, plan_serial_pairs
 
     jobs = [SlideJob(s.sample_id, s.path, s.modality, s.stain, s.mpp) for s in samples]
     serial, _ = plan_serial_pairs([BlockMember(s.sample_id, s.modality, s.block)

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pathology.annotations import MONUSEG_MPP, load_deepliif, load_dsb2018  # noqa: E402
+from pathology.evaluation.annotations import MONUSEG_MPP, load_deepliif, load_dsb2018  # noqa: E402
 from pathology.segmentation import backends  # noqa: E402
 from pathology.segmentation.nuclei import load_model, network_input, normalization_range  # noqa: E402
 

@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pathology.annotations import (  # noqa: E402
+from pathology.evaluation.annotations import (  # noqa: E402
     AnnotatedImage,
     load_deepliif,
     load_dsb2018,
@@ -69,7 +69,7 @@ DAB_OD = np.array([0.268, 0.570, 0.776])
 
 
 def shared_data() -> Path:
-    """The shared data folder (:func:`pathology.annotations.shared_data_folder`)."""
+    """The shared data folder (:func:`pathology.evaluation.annotations.shared_data_folder`)."""
     return shared_data_folder()
 
 

@@ -35,12 +35,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pathology.annotations import (  # noqa: E402
-    AnnotatedPoints,
-    load_brca_m2c,
-    load_crchistophenotypes,
-    shared_data_folder,
-)
 from pathology.cells.nucleus_classes import (  # noqa: E402
     CELL_CLASSES,
     KIND,
@@ -49,6 +43,12 @@ from pathology.cells.nucleus_classes import (  # noqa: E402
     PATCH_MPP,
     PATCH_PX,
     extract_patches,
+)
+from pathology.evaluation.annotations import (  # noqa: E402
+    AnnotatedPoints,
+    load_brca_m2c,
+    load_crchistophenotypes,
+    shared_data_folder,
 )
 
 WINDOW_PX = 96  # source window: room for zoom and shift augmentation

@@ -1,8 +1,8 @@
 """Train the H&E nucleus classifier (four CRCHistoPhenotypes classes; lymphocyte call) and write
 its model card.
 
-Nuclei come from ``hccbio slides run`` itself (:func:`pathology.evaluation.run_pipeline`: the
-images are read, resampled to 0.5 um/px, segmented by the pipeline's brightfield model, or
+Nuclei come from ``hccbio slides run`` itself (:func:`pathology.evaluation.harness.run_pipeline`:
+the images are read, resampled to 0.5 um/px, segmented by the pipeline's brightfield model, or
 ``--model``, and measured exactly as any slide), and each takes the class of the annotated
 centroid it is matched to one-to-one within ``MATCH_UM`` (epithelial, fibroblast,
 inflammatory, others; unmatched nuclei are not used). A multinomial logistic regression is
@@ -35,19 +35,19 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pathology.annotations import (  # noqa: E402
-    CRC_CLASSES,
-    load_crchistophenotypes,
-    shared_data_folder,
-    stain_shift_key,
-)
 from pathology.cells.lymphocytes import (  # noqa: E402
     MODEL_FILE,
     LymphocyteClassifier,
     lymphocyte_features,
 )
 from pathology.config import SegmentationSection  # noqa: E402
-from pathology.evaluation import (  # noqa: E402
+from pathology.evaluation.annotations import (  # noqa: E402
+    CRC_CLASSES,
+    load_crchistophenotypes,
+    shared_data_folder,
+    stain_shift_key,
+)
+from pathology.evaluation.harness import (  # noqa: E402
     annotated_tile_config,
     match_centroids,
     run_pipeline,
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     n_points = {"nuclei_detected": int((table["stain_shift"] == "1,1").sum()),
                 "nuclei_matched": int(original.sum())}
     meta = {**model.meta, "segmenter": "stardist", "segmentation_model": args.model,
-            "nuclei_from": "hccbio slides run (pathology.evaluation.run_pipeline)",
+            "nuclei_from": "hccbio slides run (pathology.evaluation.harness.run_pipeline)",
             "match_um": MATCH_UM, "stain_shifts": [list(s) for s in shifts],
             "train_images": sorted(set(train["image"])), "test_images": list(TEST_IMAGES),
             "test": metrics_test, "train": metrics_train, "test_stain_shifts": shifted,

@@ -2,16 +2,15 @@
 
 Phenotypes -> regions -> counts, densities, positivity, H-score, proximity, Ripley K/L,
 Morisita-Horn, Getis-Ord Gi* hotspots and the immune phenotype (inflamed / excluded /
-desert). :func:`compute_slide_features` does one slide (``features.json`` keys and
-``cell_classes.parquet``); :func:`write_run_features` writes ``pathology_features.csv`` and its
-data dictionary for a run folder. Every feature is listed with its unit in docs/phenotypes.md.
+desert). :func:`compute_slide_features` does one slide folder (``features.json`` keys and
+``cell_classes.parquet``); the runner gathers the slides of a run folder into
+``pathology_features.csv`` and its data dictionary (:mod:`pathology.run.tables`). Every feature
+is listed with its unit in docs/phenotypes.md.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 import re
@@ -25,7 +24,6 @@ import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
 
 from hcccore.atomic import write_parquet, write_text
-from pathology import layout
 from pathology.cells.lymphocytes import BASE_COLUMNS as LYMPHOCYTE_COLUMNS
 from pathology.cells.nucleus_classes import CELL_CLASSES, probability_column
 from pathology.cells.panels import Panel, Phenotype, Threshold, resolve_panel
@@ -40,9 +38,8 @@ from pathology.cells.phenotypes import (
 )
 from pathology.cells.scores import hscore, pdl1_cps, pdl1_tps
 from pathology.config import PathologyConfig
-from pathology.layout import RunFolder, SlideFolder
+from pathology.io import folder as slide_folder
 from pathology.qc.artefacts import ArtefactMask, load_artefact_mask
-from pathology.registration.serial import registered_regions, save_region_map
 from pathology.spatial import (
     Window,
     fraction_within,
@@ -53,6 +50,7 @@ from pathology.spatial import (
     nearest_distances,
     ripley_k,
 )
+from pathology.tissue.detect import TissueMaskError, read_tissue_mask
 from pathology.tissue.regions import (
     CODES,
     REGIONS,
@@ -62,14 +60,12 @@ from pathology.tissue.regions import (
     read_annotation_classes,
     region_names,
     regions_from_tumour,
+    save_region_map,
 )
 
-CELLS_FILE = layout.CELLS
-FEATURES_FILE = layout.FEATURES
-CLASSES_FILE = layout.CLASSES
-RUN_FEATURES_FILE = layout.PATHOLOGY_FEATURES
-DICTIONARY_FILE = layout.PATHOLOGY_DICTIONARY
-DICTIONARY_COLUMNS = ("name", "label", "unit", "modality", "method", "config_keys", "source")
+CELLS_FILE = slide_folder.CELLS
+FEATURES_FILE = slide_folder.FEATURES
+CLASSES_FILE = slide_folder.CLASSES
 KINDS = {"he": "brightfield", "ihc": "brightfield", "mif": "fluorescence"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 ALL_REGIONS = ("tissue", *REGIONS)
@@ -522,17 +518,11 @@ def _needed_columns(panel: Panel, kind: str, available: list[str]) -> list[str]:
 
 
 def read_tissue_window(folder: Path) -> Window:
-    """The stored tissue mask of a slide as a :class:`~pathology.spatial.Window`."""
-    import zarr
-
-    path = SlideFolder(Path(folder)).store
+    """The stored tissue mask of a slide folder as a :class:`~pathology.spatial.Window`."""
     try:
-        group = zarr.open_group(str(path), mode="r")
-        array = group["tissue_mask"]
-        return Window(np.asarray(array[...]).astype(bool), float(array.attrs["mpp"]))
-    except (KeyError, FileNotFoundError, OSError, ValueError) as error:
-        raise FeatureError(f"{path}: no tissue_mask with an 'mpp' attribute ({error}); run "
-                           "'hccbio slides run' first") from error
+        return Window(*read_tissue_mask(folder))
+    except TissueMaskError as error:
+        raise FeatureError(str(error)) from error
 
 
 def _config_digest(config: PathologyConfig) -> str:
@@ -546,29 +536,35 @@ def _panel_digest(panel: Panel) -> str:
                                      sort_keys=True).encode()).hexdigest()
 
 
-def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: str,
-                           config: PathologyConfig) -> dict:
+def compute_slide_features(folder: Path, *, modality: str, stain: str,
+                           config: PathologyConfig, carried: RegionMap | None = None) -> dict:
     """Phenotypes, regions and features of one finished slide.
 
-    Reads ``OUT/slides/<id>/cells.parquet`` and the tissue mask in ``store.zarr``; writes
+    Reads the slide folder's ``cells.parquet`` and the tissue mask in ``store.zarr``; writes
     ``cell_classes.parquet`` (cell_id, phenotype, region, artefact, marker calls) and adds the
     keys ``features``, ``feature_dictionary``, ``phenotyping``, ``regions``, ``artefacts`` and
     ``features_config_sha256`` to ``features.json`` (existing keys are kept). QC's artefact
-    mask (``qc/artefact_mask.png``, from :func:`pathology.qc.run.measure_slide_qc`) is
-    subtracted when present.
+    mask (``qc/artefact_mask.png``, from :func:`pathology.qc.check.measure_slide_qc`) is
+    subtracted when present. The regions are stored in ``store.zarr`` too
+    (:func:`pathology.tissue.regions.save_region_map`), so that serial sections can carry them
+    across.
 
     Parameters
     ----------
-    out
-        The run folder.
-    sample_id
-        The slide's sample id.
+    folder
+        The slide folder (:class:`pathology.io.folder.SlideFolder`; its name is the sample id,
+        which names the slide's annotation file).
     modality
         ``he``, ``ihc`` or ``mif``.
     stain
         The manifest's stain (IHC marker or multiplex panel name).
     config
         Resolved configuration.
+    carried
+        Regions carried onto this slide from its block's reference by registration
+        (:func:`pathology.registration.serial.registered_regions`); they replace the slide's
+        own regions unless it has annotations of its own (ignored when drawn on another
+        tissue grid).
 
     Returns
     -------
@@ -580,10 +576,11 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
     FeatureError, pathology.cells.panels.PanelError
         Missing inputs, a panel naming a channel the slide lacks, or an invalid name.
     """
+    folder = Path(folder)
+    sample_id = slide_folder.SlideFolder(folder).sample_id
     if modality not in KINDS:
         raise FeatureError(f"{sample_id}: modality {modality!r} is not a slide modality")
     kind = KINDS[modality]
-    folder = RunFolder(out).slide(sample_id).root
     cells_path = folder / CELLS_FILE
     if not cells_path.is_file():
         raise FeatureError(f"{cells_path}: not found; run 'hccbio slides run' first")
@@ -597,8 +594,9 @@ def compute_slide_features(out: Path, sample_id: str, *, modality: str, stain: s
     record = json.loads(features_path.read_text()) if features_path.is_file() else {}
     regions = build_regions(cells, result, window, sample_id=sample_id, panel=panel,
                             config=config, slide_info=record.get("slide", {}))
-    if regions.source != "annotation":  # a serial section: its reference's regions, if fit
-        regions = registered_regions(folder, window.mask.shape) or regions
+    if (carried is not None and regions.source != "annotation"  # a serial section
+            and carried.codes.shape == window.mask.shape):
+        regions = carried
     save_region_map(folder, regions)  # so that serial sections can carry them across
     window = Window(regions.codes > 0, window.mpp)  # less annotated Necrosis / Ignore*
     tumour_cells = resolve_tumour_cells(cells, result, regions, panel=panel, config=config)
@@ -789,104 +787,3 @@ def _jsonable(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def write_run_features(out: Path, *, sample_ids: Iterable[str] | None = None) -> Path:
-    """Write ``OUT/pathology_features.csv`` (one row per slide) and its data dictionary.
-
-    Parameters
-    ----------
-    out
-        The run folder.
-    sample_ids
-        Slides to include (default: every ``OUT/slides/<id>/features.json`` that holds
-        features), in this order.
-
-    Returns
-    -------
-    pathlib.Path
-        The CSV written (``pathology_features_dictionary.csv`` lies beside it).
-    """
-    out = Path(out)
-    if sample_ids is None:
-        sample_ids = [s.sample_id for s in RunFolder(out).slide_folders(having=FEATURES_FILE)]
-    rows: list[dict] = []
-    dictionary: dict[str, dict] = {}
-    for sample_id in sample_ids:
-        path = RunFolder(out).slide(sample_id).features
-        if not path.is_file():
-            continue
-        record = json.loads(path.read_text())
-        if "features" not in record:
-            continue
-        row = {"sample_id": sample_id, "modality": record.get("modality", ""),
-               "stain": record.get("stain", "")}
-        for name, entry in record["features"].items():
-            row[name] = entry.get("value")
-            meta = record.get("feature_dictionary", {}).get(name, {})
-            if PROXY_NOTE in meta.get("label", "") and name in dictionary and (
-                    PROXY_NOTE not in dictionary[name]["label"]):
-                dictionary[name]["label"] += " (on some slides" + PROXY_NOTE + ")"
-            dictionary.setdefault(name, {
-                "name": name, "label": meta.get("label", ""), "unit": meta.get("unit", ""),
-                "modality": record.get("modality", ""), "method": meta.get("method", ""),
-                "config_keys": meta.get("config_keys", ""),
-                "source": f"cells.parquet ({record.get('modality', '')} "
-                          f"{record.get('stain', '')})".replace(" )", ")")})
-        rows.append(row)
-    columns = ["sample_id", "modality", "stain"]
-    for row in rows:
-        columns.extend(c for c in row if c not in columns)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", restval="")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    target = out / RUN_FEATURES_FILE
-    write_text(target, buffer.getvalue())
-    base = [{"name": "sample_id", "label": "Sample identifier (manifest)", "unit": "",
-             "modality": "", "method": "manifest", "config_keys": "", "source": "manifest"},
-            {"name": "modality", "label": "Slide modality", "unit": "category",
-             "modality": "", "method": "manifest", "config_keys": "", "source": "manifest"},
-            {"name": "stain", "label": "IHC marker or multiplex panel", "unit": "category",
-             "modality": "", "method": "manifest", "config_keys": "", "source": "manifest"}]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=DICTIONARY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for entry in base + list(dictionary.values()):
-        writer.writerow(entry)
-    write_text(out / DICTIONARY_FILE, buffer.getvalue())
-    return target
-
-
-@dataclass(frozen=True)
-class FeatureStatus:
-    """Outcome of features for one slide of a run folder."""
-
-    sample_id: str
-    status: str  # done | failed
-    reason: str
-
-
-def run_features(out: Path, *, config: PathologyConfig) -> list[FeatureStatus]:
-    """(Re)compute features for every segmented slide of a run folder, then the run table.
-
-    A slide is any ``OUT/slides/<id>`` holding cells.parquet and a features.json that names
-    its modality and stain. One slide failing never stops the others.
-    """
-    out = Path(out)
-    statuses: list[FeatureStatus] = []
-    for folder in (s.root for s in RunFolder(out).slide_folders()):
-        features_path, cells_path = folder / FEATURES_FILE, folder / CELLS_FILE
-        if not (features_path.is_file() and cells_path.is_file()):
-            continue
-        try:
-            record = json.loads(features_path.read_text())
-            compute_slide_features(out, folder.name, modality=record.get("modality", ""),
-                                   stain=record.get("stain", "") or "", config=config)
-            statuses.append(FeatureStatus(folder.name, "done", ""))
-        except (ValueError, OSError, KeyError) as error:
-            statuses.append(FeatureStatus(folder.name, "failed",
-                                          " ".join(str(error).split())))
-    write_run_features(out)
-    return statuses

@@ -16,7 +16,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _shared_data_dir() -> Path:
-    from pathology.annotations import shared_data_folder
+    from pathology.evaluation.annotations import shared_data_folder
 
     return shared_data_folder(must_exist=False)
 

@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 from hcccore.spreadsheet import spreadsheet_safe, spreadsheet_text
 from integration.cli import app as cli_app
 from integration.manifest import ManifestError, read_manifest
-from pathology import layout
 from pathology.config import ConfigError, load_config
-from pathology.layout import RunFolder
+from pathology.run import layout
+from pathology.run.layout import RunFolder
 
 HEADER = "patient_id,timepoint,sample_id,modality,stain,path,mpp\n"
 SVS = ("slides", "pathml-testdata", "small_HE.svs")  # a real Aperio file
@@ -141,8 +141,8 @@ def test_a_fixed_failure_is_returned_by_the_worker_task_not_retried(shared_data,
     reason instead of raising, so batch.retries is not spent on it and no worker logs a
     'Compute Failed' traceback."""
     from pathology.config import PathologyConfig
-    from pathology.distributed import FixedFailure, task_prepare
-    from pathology.pipeline import SlideJob
+    from pathology.run.pipeline import SlideJob
+    from pathology.run.schedulers import FixedFailure, task_prepare
 
     job = SlideJob("broken", truncated_svs(shared_data, tmp_path), "he", "HE", None)
     result = task_prepare(job, tmp_path / "out", PathologyConfig())
@@ -156,20 +156,20 @@ def test_dask_does_not_retry_a_slide_that_fails_for_a_fixed_reason(shared_data, 
     truncated SVS is opened once, not three times, and its row gives the reason."""
     from distributed import Client
 
-    import pathology.distributed as distributed
-    from pathology.batch import BatchRow, _run_dask
+    import pathology.run.schedulers as schedulers
     from pathology.config import BatchSection, PathologyConfig
-    from pathology.pipeline import SlideJob
-    from pathology.progress import BatchProgress
+    from pathology.run.batch import BatchRow, _run_dask
+    from pathology.run.pipeline import SlideJob
+    from pathology.run.progress import BatchProgress
 
     calls = []
-    real_prepare = distributed.prepare_slide
+    real_prepare = schedulers.prepare_slide
 
     def counted(*args, **kwargs):
         calls.append(args[0].sample_id)
         return real_prepare(*args, **kwargs)
 
-    monkeypatch.setattr(distributed, "prepare_slide", counted)
+    monkeypatch.setattr(schedulers, "prepare_slide", counted)
     config = PathologyConfig(batch=BatchSection(retries=2))
     job = SlideJob("broken", truncated_svs(shared_data, tmp_path), "he", "HE", None)
     rows: list[BatchRow] = []
@@ -185,8 +185,8 @@ def test_dask_does_not_retry_a_slide_that_fails_for_a_fixed_reason(shared_data, 
 def test_an_unexpected_slide_error_is_one_log_line_unless_debug(caplog, tmp_path):
     """Issue 18.6: under --quiet an unexpected error is one line; its traceback is a debug
     line (shown by hccbio --debug)."""
-    from pathology.batch import _failed
-    from pathology.pipeline import SlideJob
+    from pathology.run.batch import _failed
+    from pathology.run.pipeline import SlideJob
 
     job = SlideJob("s1", tmp_path / "s1.svs", "he", "HE", None)
     try:
@@ -264,7 +264,7 @@ def test_spreadsheet_formulas_are_neutralised_in_every_table_a_reviewer_may_open
         two_runs, review_server):
     """Issue 18.4: a reviewer or comment starting with = + - @ is written with a leading
     quote in review.csv and qc_summary.csv (no spreadsheet runs it) and read back as typed."""
-    from pathology.qc.decisions import latest_decisions
+    from pathology.review.decisions import latest_decisions
 
     out = two_runs["out"]
     reviewer, comment = "=HYPERLINK(\"http://x\",\"Dr\")", "+cmd|' /C calc'!A0 -fold @x"

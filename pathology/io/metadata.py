@@ -129,3 +129,23 @@ def ome_metadata(ome_xml: str) -> tuple[tuple[float, float] | None, list[str]]:
     names = [ch.attrib.get("Name", f"ch{i}")
              for i, ch in enumerate(el for el in pixels if el.tag.endswith("Channel"))]
     return size, names
+
+
+def file_signature(path: Path) -> dict:
+    """Cheap identity of an input file: name, size and modification time.
+
+    A folder of channel TIFFs is identified by each file's name, size and modification time;
+    a channel-name sidecar (``<file>.channels.txt``) is part of its image's identity.
+    """
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file()
+                       and p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith("."))
+        return {"path": str(path.resolve()),
+                "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+    stat = path.stat()
+    signature = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        signature["channels_file"] = [sidecar.name, sidecar.stat().st_size,
+                                      sidecar.stat().st_mtime_ns]
+    return signature

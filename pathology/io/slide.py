@@ -529,3 +529,20 @@ class Slide:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def nuclear_channel_index(channels: tuple[str, ...], preferred: tuple[str, ...]) -> int | None:
+    """Index of the first channel whose name starts with a preferred name (case-insensitive).
+
+    ``None`` for an RGB-encoded single stain (R, G, B channels), meaning "use the brightest
+    channel per pixel". A multichannel image without a nuclear channel is an error.
+    """
+    lowered = [c.lower() for c in channels]
+    for name in preferred:
+        for index, channel in enumerate(lowered):
+            if channel.startswith(name.lower()):
+                return index
+    if tuple(lowered[:3]) == ("r", "g", "b") or len(channels) == 1:
+        return None if len(channels) > 1 else 0
+    raise SlideError(f"no nuclear channel among {', '.join(channels)}; expected one of "
+                     f"{', '.join(preferred)} (slide.nuclear_channels in the config)")

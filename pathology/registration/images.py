@@ -163,7 +163,7 @@ def open_source(path: str | Path, *, mpp: float | None = None,
             found = _channels_to_kind(path, info.channels, info.dtype)
             nuclear = None
             if (kind or found) == "fluorescence":
-                from pathology.pipeline import nuclear_channel_index
+                from pathology.io.slide import nuclear_channel_index
 
                 try:
                     nuclear = nuclear_channel_index(info.channels, nuclear_channels)

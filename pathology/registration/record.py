@@ -18,6 +18,7 @@ import pandas as pd
 
 from hcccore.atomic import write_text
 from pathology.config import PathologyConfig
+from pathology.io.folder import REGISTRATION
 from pathology.registration.align import Alignment, align
 from pathology.registration.images import (
     ImageSource,
@@ -31,7 +32,7 @@ from pathology.registration.images import (
 from pathology.registration.quality import Check, evaluate
 from pathology.registration.transform import Transform, TransformError
 
-REGISTRATION_FILE = "registration.json"
+REGISTRATION_FILE = REGISTRATION
 FORMAT = "hccbio.registration/1"
 
 

@@ -3,7 +3,7 @@
 Safety:
 
 - only slides of the run folder are served: a sample id must match
-  :data:`~pathology.qc.decisions.SAMPLE_ID_RE` and be one of the run's slides, so no path
+  :data:`~pathology.review.decisions.SAMPLE_ID_RE` and be one of the run's slides, so no path
   is ever built from unchecked input; QC images are served only if their names are in the
   slide's ``qc.json``;
 - every page is built with :func:`html.escape`; a Content-Security-Policy forbids inline
@@ -34,18 +34,18 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pathology.layout import RunFolder
-from pathology.qc.decisions import (
+from pathology.review.decisions import (
     ReviewError,
     append_decision,
     latest_decisions,
     valid_sample_id,
 )
-from pathology.qc.review_log import NOT_REVIEWED
-from pathology.qc.run import slide_sources
-from pathology.qc.summary import write_qc_summary
 from pathology.review.deepzoom import TileSource
 from pathology.review.pages import list_page, viewer_page
+from pathology.review.review_log import NOT_REVIEWED
+from pathology.review.summary import write_qc_summary
+from pathology.run.layout import RunFolder
+from pathology.run.tables import slide_sources
 
 log = logging.getLogger("hccbio.review")
 

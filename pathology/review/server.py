@@ -6,7 +6,7 @@ import ipaddress
 import socket
 from pathlib import Path
 
-from pathology.layout import RunFolder
+from pathology.run.layout import RunFolder
 
 LOOPBACK_NAMES = ("localhost",)
 

@@ -9,6 +9,7 @@ closed so that the dark space between nuclei counts as tissue.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -19,6 +20,7 @@ from skimage.morphology import closing, disk, opening, remove_small_holes
 
 from pathology.cells.measure import optical_density
 from pathology.config import TissueSection
+from pathology.io.folder import SlideFolder
 
 Kind = Literal["brightfield", "fluorescence"]
 
@@ -178,3 +180,41 @@ def explain_no_tissue(overview: np.ndarray, *, kind: Kind, mpp: float, config: T
             f"{config.min_tissue_area_um2:.0f} um^2; set tissue.min_tissue_area_um2 to at most "
             f"{largest:.0f} (e.g. {largest / 2:.0f}), or tissue.mode: whole_image for an ROI "
             "or a TMA core")
+
+
+# -- the stored mask ----------------------------------------------------------------------------
+
+TISSUE_MASK = "tissue_mask"  # the array in the slide folder's store.zarr; attribute "mpp"
+
+
+class TissueMaskError(ValueError):
+    """A slide folder has no complete tissue mask; the message names the store."""
+
+
+def read_tissue_mask(folder: Path) -> tuple[np.ndarray, float]:
+    """The tissue mask stored in a slide folder's ``store.zarr``, and its pixel size (um/px).
+
+    Parameters
+    ----------
+    folder
+        The slide folder (:class:`pathology.io.folder.SlideFolder`).
+
+    Returns
+    -------
+    numpy.ndarray, float
+        Boolean mask and um/px.
+
+    Raises
+    ------
+    TissueMaskError
+        No store, no mask, or a mask without its pixel size (a run cut short).
+    """
+    import zarr
+
+    path = SlideFolder(Path(folder)).store
+    try:
+        array = zarr.open_group(str(path), mode="r")[TISSUE_MASK]
+        return np.asarray(array[...]).astype(bool), float(array.attrs["mpp"])
+    except (KeyError, FileNotFoundError, OSError, ValueError) as error:
+        raise TissueMaskError(f"{path}: no tissue_mask with an 'mpp' attribute ({error}); run "
+                              "'hccbio slides run' first") from error

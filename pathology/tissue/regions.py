@@ -21,6 +21,7 @@ from skimage.draw import polygon as draw_polygon
 from skimage.morphology import remove_small_objects
 
 from pathology.config import RegionsSection
+from pathology.io.folder import SlideFolder
 
 REGIONS = ("tumour", "margin", "stroma")
 OUTSIDE = "outside"
@@ -249,3 +250,47 @@ def read_annotation_tumour(path: Path, shape: tuple[int, int], *, mpp: float,
     if not any(name in masks for name in TUMOUR_CLASSES):
         raise RegionError(f"{path}: no Tumor/Tumour polygon (QuPath classification name)")
     return annotation_masks(masks, shape)[0]
+
+
+# -- region maps in the slide folder's store.zarr ---------------------------------------------
+
+REGION_ARRAY = "regions"  # the slide's own regions (its reference's, for serial sections)
+
+def _group(folder: Path, mode: str):
+    import zarr
+
+    return zarr.open_group(str(SlideFolder(Path(folder)).store), mode=mode)
+
+
+def save_region_map(folder: Path, regions: RegionMap, *, name: str = REGION_ARRAY,
+                    **attrs) -> None:
+    """Store a slide's region codes (its grid pixel size and source as attributes)."""
+    group = _group(folder, "a")
+    array = group.create_array(name, shape=regions.codes.shape, dtype="uint8",
+                               chunks=(min(1024, regions.codes.shape[0]),
+                                       min(1024, regions.codes.shape[1])), overwrite=True)
+    array[...] = regions.codes
+    array.attrs.update({"mpp": regions.mpp, "source": regions.source,
+                        "reason": regions.reason, **attrs})
+
+
+def load_region_map(folder: Path, *, name: str = REGION_ARRAY) -> RegionMap | None:
+    """A stored region map, or ``None``."""
+    path = SlideFolder(Path(folder)).store
+    if not path.exists():
+        return None
+    try:
+        array = _group(folder, "r")[name]
+    except KeyError:
+        return None
+    return RegionMap(np.asarray(array[...]), float(array.attrs["mpp"]),
+                     str(array.attrs["source"]), str(array.attrs.get("reason", "")))
+
+
+def drop_region_map(folder: Path, name: str) -> None:
+    """Remove a stored region map, if any."""
+    path = SlideFolder(Path(folder)).store
+    if path.exists():
+        group = _group(folder, "a")
+        if name in group:
+            del group[name]

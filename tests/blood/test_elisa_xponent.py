@@ -19,7 +19,7 @@ from blood.elisa.curve import LogisticCurve, fit_logistic
 from blood.elisa.multiplex import analyse_xponent
 from blood.elisa.quantify import curve_shape_problem
 from blood.elisa.xponent import is_xponent, read_xponent
-from pathology.annotations import shared_data_folder
+from pathology.evaluation.annotations import shared_data_folder
 
 DATA = shared_data_folder(must_exist=False)
 PLATE = DATA / "elisa" / "drlumi" / "plate1.csv"

@@ -11,7 +11,7 @@ import pytest
 
 from integration.demo import write_pyramidal_tiff
 from pathology.config import PathologyConfig, TilingSection
-from pathology.pipeline import ModelCache
+from pathology.run.pipeline import ModelCache
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +42,9 @@ def deepliif_pipeline(shared_data, tmp_path_factory) -> dict:
     """DeepLIIF's Ki67 IHC test tiles (manual masks; never used to train or tune a model)
     through `hccbio slides run` with the shipped defaults for `ihc` rows (the IHC model, the
     Ki67 panel): name -> (AnnotatedImage, PipelineCells)."""
-    from pathology.annotations import load_deepliif
     from pathology.config import SegmentationSection
-    from pathology.evaluation import annotated_tile_config, run_pipeline
+    from pathology.evaluation.annotations import load_deepliif
+    from pathology.evaluation.harness import annotated_tile_config, run_pipeline
 
     items = load_deepliif(shared_data / "ihc" / "deepliif", "test")
     config = annotated_tile_config(SegmentationSection().ihc_model)

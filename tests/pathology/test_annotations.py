@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pathology.annotations import SHARED_DATA_ENV, shared_data_folder
+from pathology.evaluation.annotations import SHARED_DATA_ENV, shared_data_folder
 
 
 def test_shared_data_folder_follows_the_variable_and_names_a_missing_folder(tmp_path,

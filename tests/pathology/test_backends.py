@@ -20,8 +20,8 @@ from pathology.config import (  # noqa: E402
     SegmentationSection,
     TilingSection,
 )
-from pathology.evaluation import match_centroids  # noqa: E402
-from pathology.pipeline import ModelCache, SlideJob, process_slide  # noqa: E402
+from pathology.evaluation.harness import match_centroids  # noqa: E402
+from pathology.run.pipeline import ModelCache, SlideJob, process_slide  # noqa: E402
 from pathology.segmentation import backends  # noqa: E402
 from pathology.segmentation.nuclei import (  # noqa: E402
     forward_pass,
@@ -127,7 +127,7 @@ def test_pipeline_gives_the_same_cells_and_records_the_backend(caches, he_region
 
 @pytest.mark.parametrize("scheduler", ["sync", "local:1"])
 def test_slides_run_records_the_backend_in_features_and_run_json(he_tiff, tmp_path, scheduler):
-    from pathology.batch import run_slides
+    from pathology.run.batch import run_slides
 
     (row,) = run_slides([SlideJob("he", he_tiff, "he")], tmp_path,
                         _config("openvino", 128), scheduler=scheduler)
@@ -215,7 +215,7 @@ def test_openvino_worker_never_imports_tensorflow(caches, he_tiff, tmp_path):
     code = (
         "import json, sys; from pathlib import Path\n"
         "from pathology.config import PathologyConfig, SegmentationSection\n"
-        "from pathology.pipeline import ModelCache, SlideJob, process_slide\n"
+        "from pathology.run.pipeline import ModelCache, SlideJob, process_slide\n"
         "config = PathologyConfig(segmentation=SegmentationSection(backend='openvino'))\n"
         "cache = ModelCache(config)\n"
         f"process_slide(SlideJob('s1', Path({str(he_tiff)!r}), 'he'), Path({str(tmp_path)!r}),"

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from hcccore.lock import RunLock, RunLockedError
-from pathology.batch import run_slides
 from pathology.config import BatchSection, PathologyConfig, TilingSection
-from pathology.distributed import parse_scheduler
-from pathology.pipeline import SlideJob
+from pathology.run.batch import run_slides
+from pathology.run.pipeline import SlideJob
+from pathology.run.schedulers import parse_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_a_tissue_mask_cut_short_by_a_kill_is_computed_again(tmp_path):
     the resumed slide failed with KeyError 'mpp') leaves a mask the store does not trust."""
     import numpy as np
 
-    from pathology.store import TISSUE_MASK, SlideStore
+    from pathology.run.store import TISSUE_MASK, SlideStore
 
     store = SlideStore(tmp_path / "s1", {"input": "x"})
     store.group.create_array(TISSUE_MASK, shape=(4, 4), dtype="uint8", overwrite=True)

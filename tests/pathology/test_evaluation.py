@@ -1,7 +1,7 @@
 """Scoring the pipeline against annotations, and IHC nuclei through `hccbio slides run`.
 
 The IHC tests segment with the model the pipeline ships for `ihc` rows, through the same
-subprocess call a lab makes (`pathology.evaluation.run_pipeline`), never with a helper.
+subprocess call a lab makes (`pathology.evaluation.harness.run_pipeline`), never with a helper.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from pathology.config import SegmentationSection
-from pathology.evaluation import (
+from pathology.evaluation.harness import (
     PipelineCells,
     match_centroids,
     rasterise_cells,

@@ -10,14 +10,15 @@ from typer.testing import CliRunner
 
 from integration.cli import app
 from pathology.features import compute_slide_features
-from pathology.pipeline import SlideJob, process_slide
+from pathology.run.pipeline import SlideJob, process_slide
 
 
 @pytest.fixture(scope="module")
 def run(he_tiff, small_tile_config, models, tmp_path_factory):
     out = tmp_path_factory.mktemp("export_run")
     process_slide(SlideJob("he_1", he_tiff, "he"), out, small_tile_config, models)
-    compute_slide_features(out, "he_1", modality="he", stain="", config=small_tile_config)
+    compute_slide_features(out / "slides" / "he_1", modality="he", stain="",
+                           config=small_tile_config)
     return out
 
 

@@ -14,12 +14,11 @@ from typer.testing import CliRunner
 
 from integration.cli import app
 from pathology.config import PathologyConfig, PhenotypesSection, RegionsSection
-from pathology.features import (
-    CLASSES_FILE,
+from pathology.features import CLASSES_FILE, compute_slide_features
+from pathology.run.tables import (
     DICTIONARY_COLUMNS,
     DICTIONARY_FILE,
     RUN_FEATURES_FILE,
-    compute_slide_features,
     write_run_features,
 )
 
@@ -88,7 +87,8 @@ def cd8_run(tmp_path, project_root):
 
 def test_densities_on_a_synthetic_slide_are_exact(cd8_run):
     out, config = cd8_run
-    row = compute_slide_features(out, "cd8_slide", modality="ihc", stain="CD8", config=config)
+    row = compute_slide_features(out / "slides" / "cd8_slide", modality="ihc", stain="CD8",
+                                 config=config)
     for region, area in AREAS.items():
         assert row[f"ihc_cd8_{region}_mm2"] == pytest.approx(area, rel=1e-12)
     for region, (_, n_tumour, n_cd8, _) in PLAN.items():
@@ -108,7 +108,7 @@ def test_densities_on_a_synthetic_slide_are_exact(cd8_run):
 
 def test_features_json_keeps_the_lead_keys_and_cells_get_regions(cd8_run):
     out, config = cd8_run
-    compute_slide_features(out, "cd8_slide", modality="ihc", stain="CD8", config=config)
+    compute_slide_features(out / "slides" / "cd8_slide", modality="ihc", stain="CD8", config=config)
     folder = out / "slides" / "cd8_slide"
     record = json.loads((folder / "features.json").read_text())
     assert record["config_sha256"] == "lead" and record["n_nuclei"] == 270
@@ -126,11 +126,13 @@ def test_immune_class_rules(cd8_run):
     out, config = cd8_run
     strict = config.model_copy(update={"spatial": config.spatial.model_copy(
         update={"inflamed_min_tumour_density": 200.0})})
-    row = compute_slide_features(out, "cd8_slide", modality="ihc", stain="CD8", config=strict)
+    row = compute_slide_features(out / "slides" / "cd8_slide", modality="ihc", stain="CD8",
+                                 config=strict)
     assert row["ihc_cd8_immune_class"] == "excluded"  # margin 156, stroma 104 per mm^2
     stricter = strict.model_copy(update={"spatial": strict.spatial.model_copy(
         update={"excluded_min_stroma_density": 500.0})})
-    row = compute_slide_features(out, "cd8_slide", modality="ihc", stain="CD8", config=stricter)
+    row = compute_slide_features(out / "slides" / "cd8_slide", modality="ihc", stain="CD8",
+                                 config=stricter)
     assert row["ihc_cd8_immune_class"] == "desert"
 
 
@@ -160,7 +162,7 @@ def test_missing_cells_is_a_clear_error(tmp_path):
     from pathology.features import FeatureError
 
     with pytest.raises(FeatureError, match="cells.parquet"):
-        compute_slide_features(tmp_path, "nope", modality="ihc", stain="CD8",
+        compute_slide_features(tmp_path / "slides" / "nope", modality="ihc", stain="CD8",
                                config=PathologyConfig())
 
 
@@ -175,7 +177,7 @@ def test_automatic_regions_and_spatial_features_on_real_mibi_cells(shared_data, 
     config = PathologyConfig(phenotypes=PhenotypesSection(
         panels_dir=str(project_root / "configs" / "panels")),
         regions=RegionsSection(margin_width_um=100.0))  # a 512 um field: a narrow margin
-    row = compute_slide_features(out, "mibi", modality="mif", stain="mibi_breast",
+    row = compute_slide_features(out / "slides" / "mibi", modality="mif", stain="mibi_breast",
                                  config=config)
     record = json.loads((out / "slides" / "mibi" / "features.json").read_text())
     assert record["regions"]["source"] == "marker:tumour"  # panCK+ CD45- cells
@@ -205,7 +207,7 @@ def test_he_slide_features_use_the_lymphocyte_classifier(tmp_path, project_root)
     write_slide(out, "he", cells, mask, modality="he", stain="")
     config = PathologyConfig(phenotypes=PhenotypesSection(
         panels_dir=str(project_root / "configs" / "panels")))
-    row = compute_slide_features(out, "he", modality="he", stain="", config=config)
+    row = compute_slide_features(out / "slides" / "he", modality="he", stain="", config=config)
     n_lym = row["he_lym_tissue_n"]
     assert 0 < n_lym < len(cells)
     assert row["he_lym_pct"] == pytest.approx(100 * n_lym / row["he_n_cells"])
@@ -220,12 +222,13 @@ def test_densities_are_per_clean_tissue_when_qc_found_artefacts(cd8_run):
 
     out, config = cd8_run
     folder = out / "slides" / "cd8_slide"
-    before = compute_slide_features(out, "cd8_slide", modality="ihc", stain="CD8",
+    before = compute_slide_features(out / "slides" / "cd8_slide", modality="ihc", stain="CD8",
                                     config=config)
     codes = np.zeros((200, 300), np.uint8)  # QC overview grid, 4 um/px
     codes[:, 200:] = 2  # pen at x >= 800 um: 400 x 800 um of stroma
     save_artefact_mask(folder, codes, mpp=4.0, qc_config_sha256="test")
-    row = compute_slide_features(out, "cd8_slide", modality="ihc", stain="CD8", config=config)
+    row = compute_slide_features(out / "slides" / "cd8_slide", modality="ihc", stain="CD8",
+                                 config=config)
     assert row["ihc_cd8_stroma_raw_mm2"] == pytest.approx(AREAS["stroma"])
     assert row["ihc_cd8_stroma_excl_mm2"] == pytest.approx(0.32)
     assert row["ihc_cd8_stroma_mm2"] == pytest.approx(AREAS["stroma"] - 0.32)

@@ -14,7 +14,7 @@ from skimage.measure import regionprops_table
 
 from pathology.cells.measure import label_measurements
 from pathology.config import BatchSection, PathologyConfig, SegmentationSection, TilingSection
-from pathology.pipeline import ModelCache, SlideJob, process_slide
+from pathology.run.pipeline import ModelCache, SlideJob, process_slide
 from pathology.segmentation.nuclei import (
     instances_from_prediction,
     network_input,
@@ -154,7 +154,7 @@ def test_batch_that_runs_out_of_memory_is_halved(he_model, he_image, monkeypatch
 
 
 def test_tiles_per_forward_defaults(monkeypatch):
-    import pathology.pipeline as pipeline
+    import pathology.run.pipeline as pipeline
 
     config = PathologyConfig()
     monkeypatch.setattr(pipeline, "gpu_available", lambda: False)

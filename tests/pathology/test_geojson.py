@@ -11,7 +11,6 @@ import pytest
 from shapely.geometry import Polygon
 
 from pathology.features import compute_slide_features
-from pathology.pipeline import SlideJob, process_slide
 from pathology.qc.geojson import (
     GeoJsonError,
     iter_features,
@@ -20,6 +19,7 @@ from pathology.qc.geojson import (
     write_detections,
 )
 from pathology.qc.shapes import mask_polygons
+from pathology.run.pipeline import SlideJob, process_slide
 
 N_VERTICES = 32
 
@@ -145,7 +145,8 @@ def test_real_cells_export_matches_their_centroids(he_tiff, small_tile_config, m
                                                    tmp_path):
     out = tmp_path / "run"
     process_slide(SlideJob("he_1", he_tiff, "he"), out, small_tile_config, models)
-    compute_slide_features(out, "he_1", modality="he", stain="", config=small_tile_config)
+    compute_slide_features(out / "slides" / "he_1", modality="he", stain="",
+                           config=small_tile_config)
     folder = out / "slides" / "he_1"
     target = folder / "qc" / "detections.geojson"
     n = write_detections(folder / "cells.parquet", target, mpp_x=0.5, mpp_y=0.5,

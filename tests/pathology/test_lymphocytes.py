@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathology.annotations import stain_shift_key
 from pathology.cells.lymphocytes import LymphocyteModelError, load_lymphocyte_model
+from pathology.evaluation.annotations import stain_shift_key
 
 
 @pytest.fixture(scope="module")

@@ -102,9 +102,9 @@ def test_default_brightfield_model_reaches_reported_accuracy(project_root, share
                                                               tmp_path):
     """MoNuSeg's held-out tiles through `hccbio slides run` with the default H&E model give
     the accuracy report's figures (and the issue's target)."""
-    from pathology.annotations import load_monuseg
     from pathology.config import SegmentationSection
-    from pathology.evaluation import annotated_tile_config, run_pipeline, score_instances
+    from pathology.evaluation.annotations import load_monuseg
+    from pathology.evaluation.harness import annotated_tile_config, run_pipeline, score_instances
 
     model = SegmentationSection().brightfield_model
     report = _accuracy_report(project_root)["models"][Path(model).name]["monuseg_val"]

@@ -336,9 +336,9 @@ def test_channel_names_from_sidecar_and_clear_errors(shared_data, tmp_path):
 
 def test_panel_marker_without_a_channel_fails_the_slide_naming_file_and_channels(
         shared_data, tmp_path):
-    from pathology.batch import run_slides
     from pathology.config import PhenotypesSection
-    from pathology.pipeline import SlideJob
+    from pathology.run.batch import run_slides
+    from pathology.run.pipeline import SlideJob
 
     path = tmp_path / "G01_imc.tiff"
     shutil.copy(_imc(shared_data, "G01"), path)

@@ -79,8 +79,8 @@ def test_slides_run_classifies_each_nucleus_from_its_patch_across_tile_borders(t
     phenotype is the network's call at its threshold."""
     from stardist.data import test_image_he_2d
 
-    from pathology.annotations import AnnotatedPoints
-    from pathology.evaluation import annotated_tile_config, run_pipeline
+    from pathology.evaluation.annotations import AnnotatedPoints
+    from pathology.evaluation.harness import annotated_tile_config, run_pipeline
 
     network = tmp_path / "net"
     _write_network(network)

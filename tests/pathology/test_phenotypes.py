@@ -57,7 +57,7 @@ def test_ki67_fraction_within_5_points_on_pipeline_nuclei_that_hit_truth(
     """The Ki67 call on the nuclei `hccbio slides run` finds (the shipped IHC model), scored
     on those that match an annotated nucleus, so that 34_3's incomplete mask does not count."""
     item, result = deepliif_pipeline[name]
-    from pathology.evaluation import score_instances
+    from pathology.evaluation.harness import score_instances
 
     pairs = score_instances(result, item.labels)["matched_truth"]
     truth = np.array([item.classes[t] for t in pairs], dtype=bool)

@@ -21,12 +21,14 @@ from integration.demo import write_pyramidal_tiff
 from pathology.config import PathologyConfig, QcSection, TissueSection
 from pathology.features import compute_slide_features
 from pathology.io.slide import Slide
-from pathology.pipeline import SlideJob, process_slide
 from pathology.qc.artefacts import resize_mask
-from pathology.qc.decisions import append_decision, rejected_samples
+from pathology.qc.check import QcError, run_slide_qc
 from pathology.qc.metrics import slide_qc
-from pathology.qc.run import QcError, run_qc, run_slide_qc
-from pathology.qc.summary import SUMMARY_COLUMNS, write_qc_summary
+from pathology.review.decisions import append_decision, rejected_samples
+from pathology.review.summary import SUMMARY_COLUMNS, write_qc_summary
+from pathology.run.layout import RunFolder
+from pathology.run.pipeline import SlideJob, process_slide
+from pathology.run.tables import run_qc
 from pathology.tissue.detect import detect_tissue
 
 MASK_MPP = 8.0
@@ -193,8 +195,9 @@ def qc_run(he_tiff, small_tile_config, models, tmp_path_factory):
     """A real run folder: the H&E fixture segmented, phenotyped and checked."""
     out = tmp_path_factory.mktemp("qc_run")
     process_slide(SlideJob("he_1", he_tiff, "he"), out, small_tile_config, models)
-    compute_slide_features(out, "he_1", modality="he", stain="", config=small_tile_config)
-    result = run_slide_qc(out, "he_1", slide_path=he_tiff, manifest_mpp=None,
+    compute_slide_features(out / "slides" / "he_1", modality="he", stain="",
+                           config=small_tile_config)
+    result = run_slide_qc(out / "slides" / "he_1", slide_path=he_tiff, manifest_mpp=None,
                           config=small_tile_config)
     return out, result
 
@@ -236,11 +239,10 @@ def test_summary_and_review_log(qc_run, tmp_path):
 
 def test_errors_name_the_problem(qc_run, he_tiff, tmp_path):
     _, _ = qc_run
-    with pytest.raises(QcError, match="invalid sample id"):
-        run_slide_qc(tmp_path, "../etc", slide_path=he_tiff, manifest_mpp=None,
-                     config=PathologyConfig())
+    with pytest.raises(ValueError, match="invalid sample id"):
+        RunFolder(tmp_path).slide("../etc")
     with pytest.raises(QcError, match="no tissue_mask"):
-        run_slide_qc(tmp_path, "missing", slide_path=he_tiff, manifest_mpp=None,
+        run_slide_qc(tmp_path / "slides" / "missing", slide_path=he_tiff, manifest_mpp=None,
                      config=PathologyConfig())
     assert run_qc(tmp_path, config=PathologyConfig()) == {}
 
@@ -266,9 +268,9 @@ def counterstain_runs(shared_data, tmp_path_factory) -> dict:
     `hccbio slides run` with the IHC defaults: factor -> qc.json."""
     import dataclasses
 
-    from pathology.annotations import load_deepliif
     from pathology.config import SegmentationSection
-    from pathology.evaluation import annotated_tile_config, run_pipeline, sample_id_for
+    from pathology.evaluation.annotations import load_deepliif
+    from pathology.evaluation.harness import annotated_tile_config, run_pipeline, sample_id_for
     from pathology.segmentation.stains import rescale_stains
 
     tile = next(t for t in load_deepliif(shared_data / "ihc" / "deepliif", "test")

@@ -14,14 +14,9 @@ from typer.testing import CliRunner
 from integration.cli import app
 from integration.manifest import read_manifest
 from pathology.registration import read_registration
-from pathology.registration.serial import (
-    REGISTERED_ARRAY,
-    BlockMember,
-    SerialPair,
-    load_region_map,
-    plan_serial_pairs,
-)
-from pathology.tissue.regions import CODES
+from pathology.registration.serial import REGISTERED_ARRAY
+from pathology.run.serial import BlockMember, SerialPair, plan_serial_pairs
+from pathology.tissue.regions import CODES, load_region_map
 
 HEADER = "patient_id,timepoint,sample_id,modality,stain,path,mpp,block_id\n"
 

@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 from integration.cli import app as cli_app
 from pathology.features import compute_slide_features
 from pathology.io.slide import Slide
-from pathology.pipeline import SlideJob, process_slide
-from pathology.qc.run import run_slide_qc
-from pathology.qc.summary import write_qc_summary
+from pathology.qc.check import run_slide_qc
 from pathology.review.deepzoom import SlideDeepZoom, TileSource
 from pathology.review.server import BindError, check_bind
+from pathology.review.summary import write_qc_summary
+from pathology.run.pipeline import SlideJob, process_slide
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,10 @@ def review_run(he_tiff, small_tile_config, models, tmp_path_factory) -> Path:
     """A run folder with two checked slides (the second a copy of the first)."""
     out = tmp_path_factory.mktemp("review_run")
     process_slide(SlideJob("he_1", he_tiff, "he"), out, small_tile_config, models)
-    compute_slide_features(out, "he_1", modality="he", stain="", config=small_tile_config)
-    run_slide_qc(out, "he_1", slide_path=he_tiff, manifest_mpp=None, config=small_tile_config)
+    compute_slide_features(out / "slides" / "he_1", modality="he", stain="",
+                           config=small_tile_config)
+    run_slide_qc(out / "slides" / "he_1", slide_path=he_tiff, manifest_mpp=None,
+                 config=small_tile_config)
     shutil.copytree(out / "slides" / "he_1", out / "slides" / "he_2")
     qc_path = out / "slides" / "he_2" / "qc" / "qc.json"
     record = json.loads(qc_path.read_text())
@@ -244,7 +246,7 @@ def test_a_rejection_in_the_browser_reaches_the_study_table(review_run, browser,
     with the reviewer's comment, and keeps he_2 (approved in the browser earlier or not)."""
     import pandas as pd
 
-    from pathology.features import write_run_features
+    from pathology.run.tables import write_run_features
 
     out = tmp_path / "run"
     shutil.copytree(review_run, out)

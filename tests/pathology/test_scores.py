@@ -71,7 +71,8 @@ def test_tps_and_cps_on_cells_of_known_class(tmp_path):
     write_slide(out, "s", cells.drop(columns="truth"), np.ones((100, 100), bool),
                 modality="mif", stain="pdl1_test")
     config = PathologyConfig(phenotypes=PhenotypesSection(panels_dir=str(panels)))
-    row = compute_slide_features(out, "s", modality="mif", stain="pdl1_test", config=config)
+    row = compute_slide_features(out / "slides" / "s", modality="mif", stain="pdl1_test",
+                                 config=config)
     assert row["mif_t_tps"] == pytest.approx(40.0)
     assert row["mif_t_cps"] == pytest.approx(70.0)
     classes = pd.read_parquet(out / "slides" / "s" / "cell_classes.parquet")
@@ -86,7 +87,7 @@ def test_without_a_tumour_source_only_tissue_features_and_the_reason(tmp_path, p
     out = tmp_path / "run"
     write_slide(out, "cd8", synthetic_cd8_cells(np.random.default_rng(0)),
                 np.ones((100, 150), bool), modality="ihc", stain="CD8")
-    row = compute_slide_features(out, "cd8", modality="ihc", stain="CD8",
+    row = compute_slide_features(out / "slides" / "cd8", modality="ihc", stain="CD8",
                                  config=PathologyConfig(phenotypes=panels))
     record = json.loads((out / "slides" / "cd8" / "features.json").read_text())
     assert record["regions"]["source"] == "none" and row["ihc_cd8_regions_src"] == "none"
@@ -102,7 +103,7 @@ def test_without_a_tumour_source_only_tissue_features_and_the_reason(tmp_path, p
     # switched on, the proxy finds a region and says what it is wherever it is used
     proxy = PathologyConfig(phenotypes=panels, regions=RegionsSection(tumour_proxy=True,
                                                                       margin_width_um=160))
-    row = compute_slide_features(out, "cd8", modality="ihc", stain="CD8", config=proxy)
+    row = compute_slide_features(out / "slides" / "cd8", modality="ihc", stain="CD8", config=proxy)
     record = json.loads((out / "slides" / "cd8" / "features.json").read_text())
     assert record["regions"]["source"] == "proxy:nuclear_size" and record["regions"]["proxy"]
     assert row["ihc_cd8_regions_src"] == "proxy" and row["ihc_cd8_tumour_mm2"] > 0
@@ -125,7 +126,7 @@ def test_annotated_stroma_and_excluded_classes_are_honoured(tmp_path, panels):
                 np.ones((100, 150), bool), modality="ihc", stain="CD8")
     config = PathologyConfig(phenotypes=panels, regions=RegionsSection(
         annotations_dir=str(annotations), annotation_units="um", margin_width_um=160))
-    row = compute_slide_features(out, "cd8", modality="ihc", stain="CD8", config=config)
+    row = compute_slide_features(out / "slides" / "cd8", modality="ihc", stain="CD8", config=config)
     assert row["ihc_cd8_regions_src"] == "annotation"
     assert row["ihc_cd8_tumour_mm2"] == pytest.approx(0.256)
     assert row["ihc_cd8_stroma_mm2"] == pytest.approx(0.4 * 0.8)
@@ -170,7 +171,8 @@ def test_tps_on_a_real_ihc_image_matches_its_ground_truth(shared_data, tmp_path)
                              regions=RegionsSection(annotations_dir=str(annotations),
                                                     annotation_units="um",
                                                     margin_width_um=2 * MASK_MPP))
-    row = compute_slide_features(out, "lung", modality="ihc", stain="PD-L1", config=config)
+    row = compute_slide_features(out / "slides" / "lung", modality="ihc", stain="PD-L1",
+                                 config=config)
     classes = pd.read_parquet(out / "slides" / "lung" / "cell_classes.parquet")
     tumour = (classes["phenotype"] == "tumour").to_numpy()
     assert tumour.sum() > 50

@@ -9,11 +9,12 @@ import pytest
 from scipy.spatial import cKDTree
 from shapely.geometry import Polygon
 
+from hcccore.batch_report import read_report
 from integration.demo import write_pyramidal_tiff
-from pathology.batch import read_report, run_slides
 from pathology.config import PathologyConfig, TilingSection
 from pathology.io.slide import Slide
-from pathology.pipeline import ModelCache, SlideJob, process_slide, read_cells
+from pathology.run.batch import run_slides
+from pathology.run.pipeline import ModelCache, SlideJob, process_slide, read_cells
 
 
 def _polygons(cells: pd.DataFrame) -> list[Polygon]:

@@ -9,7 +9,7 @@ import pytest
 from integration.demo import write_pyramidal_tiff
 from pathology.config import TissueSection
 from pathology.io.slide import SlideError
-from pathology.pipeline import SlideJob, process_slide
+from pathology.run.pipeline import SlideJob, process_slide
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from integration.demo import write_pyramidal_tiff
 from pathology.config import CellsSection
 from pathology.features import compute_slide_features
-from pathology.pipeline import SlideJob, process_slide
+from pathology.run.pipeline import SlideJob, process_slide
 from pathology.segmentation.stains import DEFAULT_MATRIX, angle_degrees
 
 
@@ -46,7 +46,8 @@ def test_auto_stain_matrix_is_estimated_recorded_and_used(ihc_tiff, tmp_path, sm
     assert not np.allclose(a["nucleus_dab_od"], b["nucleus_dab_od"])
     assert np.corrcoef(a["nucleus_dab_od"], b["nucleus_dab_od"])[0, 1] > 0.9
 
-    row = compute_slide_features(tmp_path, "auto", modality="ihc", stain="CD8", config=auto)
+    row = compute_slide_features(tmp_path / "slides" / "auto", modality="ihc", stain="CD8",
+                                 config=auto)
     call = json.loads((tmp_path / "slides" / "auto" / "features.json").read_text())[
         "phenotyping"]["markers"]["CD8"]
     assert call["threshold"] == 0.2 and call["method"] == "fixed"  # the configured one is used
@@ -59,8 +60,8 @@ def test_auto_stain_matrix_is_estimated_recorded_and_used(ihc_tiff, tmp_path, sm
 def test_rescale_stains_scales_each_stain_and_only_it(shared_data):
     """A real CRCHistoPhenotypes H&E image with its hematoxylin doubled and eosin halved: the
     deconvolved densities follow, pixel for pixel; factors of 1 give the image back."""
-    from pathology.annotations import load_crchistophenotypes
     from pathology.cells.measure import stain_densities
+    from pathology.evaluation.annotations import load_crchistophenotypes
     from pathology.segmentation.stains import rescale_stains
 
     image = load_crchistophenotypes(shared_data / "nuclei" / "crchistophenotypes")[0].image
@@ -82,7 +83,7 @@ def test_rescale_stains_scales_each_stain_and_only_it(shared_data):
 def test_restained_points_keep_their_annotations(shared_data):
     """The CRC image re-rendered darker, as the lymphocyte training and the stain-shift check
     use it: same points and pixel size, a name of its own, the same pixels as rescale_stains."""
-    from pathology.annotations import load_crchistophenotypes, stain_shift_key
+    from pathology.evaluation.annotations import load_crchistophenotypes, stain_shift_key
     from pathology.segmentation.stains import rescale_stains
 
     item = load_crchistophenotypes(shared_data / "nuclei" / "crchistophenotypes")[0]

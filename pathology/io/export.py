@@ -18,10 +18,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from hcccore.atomic import write_bytes
-from pathology import layout
-from pathology.layout import RunFolder, SlideFolder
+from pathology.io.folder import ANNDATA, SlideFolder
 
-ANNDATA_FILE = layout.ANNDATA
+ANNDATA_FILE = ANNDATA
 SPATIAL_KEY = "spatial"
 # cells.parquet columns that are ids, positions or outlines, not measurements
 NOT_MEASURED = {"cell_id", "tile_index", "x_um", "y_um", "x_px", "y_px", "poly_x_um",
@@ -102,13 +101,13 @@ def slide_anndata(folder: Path):
     return adata
 
 
-def export_anndata(out: Path, sample_id: str) -> Path:
-    """Write ``OUT/slides/<sample_id>/cells.h5ad`` atomically and return its path.
+def export_anndata(folder: Path) -> Path:
+    """Write a slide folder's ``cells.h5ad`` atomically and return its path.
 
     See :func:`slide_anndata`. The whole slide's cells are held in memory while writing
     (about 150 bytes per cell for a typical set of columns).
     """
-    slide = RunFolder(out).slide(sample_id)
+    slide = SlideFolder(Path(folder))
     adata = slide_anndata(slide.root)
     target = slide.anndata
     tmp = target.with_name(f".{target.name}.tmp")

@@ -18,6 +18,8 @@ from skimage import io as skio
 from skimage.draw import polygon as draw_polygon
 from skimage.transform import rescale
 
+from pathology.config import PROJECT_ROOT
+
 SHARED_DATA_ENV = "HCCBIO_SHARED_DATA"
 
 
@@ -30,8 +32,7 @@ def shared_data_folder(*, must_exist: bool = True) -> Path:
     FileNotFoundError
         With ``must_exist``, when the folder is not there (naming it and the variable).
     """
-    root = Path(os.environ.get(SHARED_DATA_ENV,
-                               Path(__file__).resolve().parents[2] / "shared" / "data"))
+    root = Path(os.environ.get(SHARED_DATA_ENV, PROJECT_ROOT.parent / "shared" / "data"))
     if must_exist and not root.is_dir():
         raise FileNotFoundError(f"shared data folder {root} not found; set {SHARED_DATA_ENV}")
     return root

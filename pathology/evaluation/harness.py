@@ -21,10 +21,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pathology.annotations import AnnotatedImage, AnnotatedPoints
-from pathology.layout import RunFolder
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from pathology.config import PROJECT_ROOT
+from pathology.evaluation.annotations import AnnotatedImage, AnnotatedPoints
+from pathology.run.layout import RunFolder
 
 
 class EvaluationError(RuntimeError):

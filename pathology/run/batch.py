@@ -10,73 +10,47 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
-from hcccore.atomic import write_text
-from hcccore.batch_report import BatchRow as ReportRow
 from hcccore.batch_report import read_report, write_report
 from hcccore.lock import RunLock
-from pathology import layout
 from pathology.config import PathologyConfig
-from pathology.distributed import (
+from pathology.io.folder import FEATURES, SlideFolder
+from pathology.io.metadata import file_signature
+from pathology.io.slide import SlideError
+from pathology.review.summary import write_qc_summary
+from pathology.run.finish import post_process_slide
+from pathology.run.layout import RunFolder
+from pathology.run.pipeline import (
+    ModelCache,
+    SlideJob,
+    finalize_slide,
+    prepare_slide,
+    process_tiles,
+)
+from pathology.run.progress import BatchProgress
+from pathology.run.provenance import write_run_json
+from pathology.run.report import BatchRow
+from pathology.run.schedulers import (
     FixedFailure,
     dask_client,
     parse_scheduler,
-    post_process_slide,
     task_finalize,
     task_prepare,
     task_tiles,
     tile_batches,
 )
-from pathology.features import write_run_features
-from pathology.io.slide import SlideError
-from pathology.layout import RunFolder, SlideFolder
-from pathology.pipeline import (
-    FEATURES_FILE,
-    ModelCache,
-    SlideJob,
-    file_signature,
-    finalize_slide,
-    prepare_slide,
-    process_tiles,
-)
-from pathology.progress import BatchProgress
-from pathology.qc.summary import write_qc_summary
-from pathology.registration.serial import SerialPair, finish_serial_sections
+from pathology.run.serial import SerialPair, finish_serial_sections
+from pathology.run.tables import write_run_features
 from pathology.segmentation.nuclei import ModelError, file_sha256, resolve_model_path
 
 log = logging.getLogger("hccbio.pathology")
 
-RUN_FILE = layout.RUN_JSON
-PACKAGES = ("hccbio", "stardist", "tensorflow", "tensorflow-cpu", "numpy", "scikit-image",
-            "openslide-python", "openslide-bin", "tiffslide", "tifffile", "zarr", "pyarrow",
-            "openvino")
-
-
-@dataclass(frozen=True)
-class BatchRow(ReportRow):
-    """One line of the batch report (:class:`hcccore.batch_report.BatchRow`), with the nuclei
-    a done slide gave (logged, not written to the report)."""
-
-    cells: int | None = None
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
+FEATURES_FILE = FEATURES
 
 def _configured_model_sha(job: SlideJob, config: PathologyConfig) -> str | None:
     """SHA-256 of the weights the config names for this slide (None for pretrained names)."""
@@ -125,13 +99,13 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
         Resolved configuration.
     scheduler
         ``sync`` (this process), ``local[:N]``, ``tcp://HOST:PORT`` or ``slurm`` (see
-        :func:`pathology.distributed.parse_scheduler`).
+        :func:`pathology.run.schedulers.parse_scheduler`).
     force
         Recompute slides even when finished.
     show_progress
         Live progress display (otherwise log lines only).
     serial
-        Serial sections (:func:`pathology.registration.serial.plan_serial_pairs`): each such
+        Serial sections (:func:`pathology.run.serial.plan_serial_pairs`): each such
         slide is registered onto its block's reference once both are segmented, and its
         features and QC follow (docs/registration.md).
 
@@ -215,7 +189,7 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
         if finished:  # every finished slide of OUT, not only this run's (earlier runs' too)
             write_run_features(out, sample_ids=finished)
             write_qc_summary(out)
-        _write_run_json(out, jobs, config, model_record, results, started_at, scheduler)
+        write_run_json(out, jobs, config, model_record, results, started_at, scheduler)
     return results
 
 
@@ -374,51 +348,3 @@ def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
-
-
-def _write_run_json(out: Path, jobs: list[SlideJob], config: PathologyConfig,
-                    models: dict, results: list[BatchRow], started_at: str,
-                    scheduler: str) -> None:
-    """``run.json`` holds the latest run; ``runs/<started>_pathology.json`` every run (an
-    earlier record without its own file, from an older version, is moved there first)."""
-    path = out / RUN_FILE
-    try:
-        previous = json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
-        previous = {}
-        log.warning("%s is not valid JSON; it is replaced (the runs/ folder keeps each run)",
-                    path)
-    earlier = previous.get("pathology")
-    if isinstance(earlier, dict) and not earlier.get("record"):
-        _save_run_record(out, earlier)
-    record = dict(previous)
-    record["pathology"] = {
-        "started": started_at,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "scheduler": scheduler,
-        "config": config.model_dump(mode="json"),
-        "config_sha256": config.digest(),
-        "models": models,
-        "inputs": [{"sample_id": j.sample_id, "path": str(j.path), "modality": j.modality,
-                    "stain": j.stain, "manifest_mpp": j.mpp} for j in jobs],
-        "timings": {r.sample_id: {"status": r.status, "seconds": round(r.seconds, 2)}
-                    for r in results},
-    }
-    kept = _save_run_record(out, record["pathology"])
-    record["pathology"]["record"] = kept.relative_to(out).as_posix()
-    write_text(path, json.dumps(record, indent=2) + "\n")
-
-
-def _save_run_record(out: Path, run: dict) -> Path:
-    """Write one run's record to ``runs/`` under a name no other run has."""
-    folder = RunFolder(out).runs
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = str(run.get("started") or "unknown").replace(":", "-").replace("+00-00", "Z")
-    target = folder / f"{stem}_pathology.json"
-    n = 1
-    while target.exists():
-        n += 1
-        target = folder / f"{stem}_pathology_{n}.json"
-    write_text(target, json.dumps(run, indent=2) + "\n")
-    return target

@@ -17,11 +17,11 @@ import pyarrow as pa
 import zarr
 
 from hcccore.atomic import write_parquet
-from pathology.layout import SlideFolder
+from pathology.io.folder import CELL_PARTS, SlideFolder
+from pathology.tissue.detect import TISSUE_MASK
 
-TISSUE_MASK = "tissue_mask"
 TILE_DONE = "tile_done"
-PARTS_DIR = "cell_parts"
+PARTS_DIR = CELL_PARTS
 
 
 class SlideStore:

@@ -1,11 +1,11 @@
 """QC of one finished slide: metrics and flags, overlays and QuPath exports in ``qc/``.
 
-Two steps, with the features step between them in the batch: :func:`measure_slide_qc` finds
-the artefacts and saves their mask (``qc/artefact_mask.png`` + ``qc/artefacts.json``), which
-the features step subtracts from every region's area and count; :func:`run_slide_qc` then
-draws the overlays (with the cells' phenotypes and regions) and writes ``qc.json``. Called by
-the batch after each slide and by ``hccbio slides qc OUT`` for a whole run folder
-(:func:`run_qc`).
+Two steps, with the features step between them: :func:`measure_slide_qc` finds the artefacts
+and saves their mask (``qc/artefact_mask.png`` + ``qc/artefacts.json``), which the features
+step subtracts from every region's area and count; :func:`run_slide_qc` then draws the
+overlays (with the cells' phenotypes and regions) and writes ``qc.json``. Both take the slide
+folder; the runner calls them after each slide (:mod:`pathology.run.finish`) and for a whole
+run folder (``hccbio slides qc OUT``, :func:`pathology.run.tables.run_qc`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,27 +23,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hcccore.atomic import write_text
-from pathology import layout
 from pathology.config import PathologyConfig
+from pathology.io import folder as slide_folder
 from pathology.io.slide import Slide, SlideError
-from pathology.layout import RunFolder, SlideFolder
 from pathology.qc import geojson, overlays
 from pathology.qc.artefacts import ARTEFACT_MASK_FILE, ARTEFACTS, save_artefact_mask
-from pathology.qc.decisions import valid_sample_id
+from pathology.qc.flags import Flag
 from pathology.qc.metrics import SlideQc, slide_qc
 from pathology.qc.shapes import REGION_CODES, mask_polygons, region_raster
-from pathology.registration.serial import registration_checks
+from pathology.tissue.detect import TissueMaskError, read_tissue_mask
 
 log = logging.getLogger("hccbio.pathology")
 
-QC_DIR = "qc"
-QC_FILE = layout.QC_JSON
+QC_DIR = slide_folder.QC_DIR
+QC_FILE = slide_folder.QC_JSON
 DETECTIONS_FILE = "detections.geojson"
 REGIONS_FILE = "regions.geojson"
 ARTEFACT_FILE = ARTEFACT_MASK_FILE
-CELLS_FILE = layout.CELLS
-CLASSES_FILE = layout.CLASSES
-FEATURES_FILE = layout.FEATURES
+CELLS_FILE = slide_folder.CELLS
+CLASSES_FILE = slide_folder.CLASSES
+FEATURES_FILE = slide_folder.FEATURES
 KINDS = {"he": "brightfield", "ihc": "brightfield", "mif": "fluorescence"}
 QUPATH_NAMES = {"tumour": "Tumor", "margin": "Margin", "stroma": "Stroma"}
 VIEWER_LAYERS = {"tissue": "layer_tissue.png", "detections": "layer_detections.png",
@@ -59,28 +59,17 @@ def qc_digest(config: PathologyConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _tissue_mask(folder: Path) -> tuple[np.ndarray, float]:
-    import zarr
-
-    path = SlideFolder(folder).store
-    try:
-        array = zarr.open_group(str(path), mode="r")["tissue_mask"]
-        return np.asarray(array[...]).astype(bool), float(array.attrs["mpp"])
-    except (KeyError, FileNotFoundError, OSError, ValueError) as error:
-        raise QcError(f"{path}: no tissue_mask with an 'mpp' attribute ({error}); run "
-                      "'hccbio slides run' first") from error
-
-
-
-def _finished_slide(out: Path, sample_id: str) -> tuple[Path, np.ndarray, float, dict]:
+def _finished_slide(folder: Path) -> tuple[Path, np.ndarray, float, dict]:
     """A finished slide's folder, tissue mask (with its um/px) and features.json record."""
-    if not valid_sample_id(sample_id):
-        raise QcError(f"invalid sample id {sample_id!r}")
-    folder = RunFolder(out).slides / sample_id
-    mask, mask_mpp = _tissue_mask(folder)
+    folder = Path(folder)
+    try:
+        mask, mask_mpp = read_tissue_mask(folder)
+    except TissueMaskError as error:
+        raise QcError(str(error)) from error
     features_path = folder / FEATURES_FILE
     record = json.loads(features_path.read_text()) if features_path.is_file() else {}
     return folder, mask, mask_mpp, record
+
 
 def _read_cells(folder: Path) -> pd.DataFrame | None:
     path = folder / CELLS_FILE
@@ -127,7 +116,7 @@ def _composite_colors(slide: Slide, kind: str, stain: str | None, config: Pathol
     """A multiplex slide's false colours from its panel (nuclear channel blue, each marker in
     its colour, other channels hidden) and the legend; (None, []) otherwise."""
     from pathology.cells.panels import PanelError, resolve_panel
-    from pathology.pipeline import nuclear_channel_index
+    from pathology.io.slide import nuclear_channel_index
 
     channels = slide.info.channels
     if kind != "fluorescence" or not stain:
@@ -157,7 +146,7 @@ def _measure(slide: Slide, folder: Path, mask: np.ndarray, mask_mpp: float, *, k
              modality: str | None = None) -> SlideQc:
     nuclear = None
     if kind == "fluorescence":
-        from pathology.pipeline import nuclear_channel_index
+        from pathology.io.slide import nuclear_channel_index
 
         nuclear = nuclear_channel_index(slide.info.channels, config.slide.nuclear_channels)
     qc = slide_qc(slide, mask, tissue_mpp=mask_mpp, kind=kind, cells=cells, config=config.qc,
@@ -168,9 +157,8 @@ def _measure(slide: Slide, folder: Path, mask: np.ndarray, mask_mpp: float, *, k
     return qc
 
 
-def measure_slide_qc(out: Path, sample_id: str, *, slide_path: Path,
-                     manifest_mpp: float | None, config: PathologyConfig,
-                     modality: str | None = None) -> SlideQc:
+def measure_slide_qc(folder: Path, *, slide_path: Path, manifest_mpp: float | None,
+                     config: PathologyConfig, modality: str | None = None) -> SlideQc:
     """Find a finished slide's artefacts and save their mask for the features step.
 
     Writes ``qc/artefact_mask.png`` (bit 1 focus, 2 pen, 4 dark, 8 bright, on the QC overview
@@ -182,7 +170,7 @@ def measure_slide_qc(out: Path, sample_id: str, *, slide_path: Path,
     -------
     pathology.qc.metrics.SlideQc
     """
-    folder, mask, mask_mpp, record = _finished_slide(out, sample_id)
+    folder, mask, mask_mpp, record = _finished_slide(folder)
     cells = _read_cells(folder)
     with _open_slide(slide_path, manifest_mpp, config, record) as slide:
         modality = modality or record.get("modality")
@@ -191,10 +179,10 @@ def measure_slide_qc(out: Path, sample_id: str, *, slide_path: Path,
                         modality=modality)
 
 
-def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: float | None,
+def run_slide_qc(folder: Path, *, slide_path: Path, manifest_mpp: float | None,
                  config: PathologyConfig, modality: str | None = None,
-                 measured: SlideQc | None = None) -> dict:
-    """Check one finished slide and write its ``OUT/slides/<id>/qc/`` folder.
+                 measured: SlideQc | None = None, checks: Sequence[Flag] = ()) -> dict:
+    """Check one finished slide and write its slide folder's ``qc/`` folder.
 
     Writes ``qc.json`` (metrics, every check with its reason, artefact areas), the artefact
     mask (``artefact_mask.png``: bit 1 focus, 2 pen, 4 dark, 8 bright, on the overview grid),
@@ -203,10 +191,8 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
 
     Parameters
     ----------
-    out
-        The run folder.
-    sample_id
-        The slide's sample id (``OUT/slides/<sample_id>`` must hold ``store.zarr``).
+    folder
+        The slide folder (holding ``store.zarr``; its name is the sample id).
     slide_path
         The slide file.
     manifest_mpp
@@ -220,6 +206,10 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
     measured
         The result of :func:`measure_slide_qc` for this slide and config (default: measure
         here).
+    checks
+        Checks of other steps to report with QC's own (a serial section's registration,
+        :func:`pathology.registration.serial.registration_checks`); a fired one flags the
+        slide.
 
     Returns
     -------
@@ -229,11 +219,12 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
     Raises
     ------
     QcError
-        Invalid sample id, or no tissue mask (the slide was not run).
+        No tissue mask (the slide was not run).
     pathology.io.slide.SlideError
         The slide cannot be opened or read.
     """
-    folder, mask, mask_mpp, record = _finished_slide(out, sample_id)
+    folder, mask, mask_mpp, record = _finished_slide(folder)
+    sample_id = folder.name
     modality = modality or record.get("modality")
     qcc = config.qc
     cells = _read_cells(folder)
@@ -294,7 +285,7 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
     n_regions = geojson.write_annotations(
         _region_features(qc, codes), target / REGIONS_FILE, mpp_x=info.pixel_size.mpp_x,
         mpp_y=info.pixel_size.mpp_y, colors=region_colors, decimals=qcc.geojson_decimals)
-    registration = registration_checks(folder)  # serial sections: the fit onto the reference
+    registration = list(checks)  # serial sections: the fit onto the reference
     fired = [*qc.fired, *(f for f in registration if f.fired)]
     result = {
         "sample_id": sample_id, "modality": modality, "kind": kind,
@@ -329,56 +320,3 @@ def run_slide_qc(out: Path, sample_id: str, *, slide_path: Path, manifest_mpp: f
     log.info("slide=%s qc=%s flags=%s", sample_id, result["status"],
              ",".join(result["flags"]) or "-")
     return result
-
-
-def slide_sources(out: Path) -> dict[str, tuple[Path, float | None, str | None]]:
-    """Slides of a run folder: sample id -> (slide file, manifest mpp, modality).
-
-    Read from each ``OUT/slides/<id>/features.json`` (written when the slide finished).
-    """
-    sources = {}
-    for folder in sorted(RunFolder(out).slides.glob("*")):
-        path = folder / FEATURES_FILE
-        if not folder.is_dir() or not valid_sample_id(folder.name) or not path.is_file():
-            continue
-        record = json.loads(path.read_text())
-        slide = record.get("slide", {}).get("path")
-        if not slide:
-            continue
-        mpp = (record.get("identity") or {}).get("manifest_mpp")
-        sources[folder.name] = (Path(slide), mpp, record.get("modality"))
-    return sources
-
-
-def run_qc(out: Path, *, config: PathologyConfig) -> dict[str, str]:
-    """QC of every finished slide of a run folder; one failure never stops the others.
-
-    As in the batch, each slide's artefacts are found first, its features recomputed on the
-    clean tissue (and ``pathology_features.csv`` rewritten), then its overlays drawn.
-
-    Returns
-    -------
-    dict
-        Sample id -> ``pass``, ``flagged`` or ``failed: <reason>``.
-    """
-    from pathology.features import compute_slide_features, write_run_features
-    from pathology.io.slide import SlideError
-
-    statuses = {}
-    for sample_id, (path, mpp, modality) in slide_sources(out).items():
-        try:
-            measured = measure_slide_qc(out, sample_id, slide_path=path, manifest_mpp=mpp,
-                                        config=config, modality=modality)
-            record = json.loads(RunFolder(out).slide(sample_id).features.read_text())
-            if "features" in record and modality:
-                compute_slide_features(out, sample_id, modality=modality,
-                                       stain=record.get("stain", "") or "", config=config)
-            result = run_slide_qc(out, sample_id, slide_path=path, manifest_mpp=mpp,
-                                  config=config, modality=modality, measured=measured)
-            statuses[sample_id] = result["status"]
-        except (QcError, SlideError, geojson.GeoJsonError, OSError, ValueError) as error:
-            log.warning("slide=%s qc failed: %s", sample_id, error)
-            statuses[sample_id] = f"failed: {' '.join(str(error).split())}"
-    if statuses:
-        write_run_features(out)
-    return statuses

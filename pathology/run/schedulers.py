@@ -8,7 +8,6 @@ cluster), so results never travel through the scheduler.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -18,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pathology.config import PathologyConfig
-from pathology.layout import RunFolder
-from pathology.pipeline import (
+from pathology.run.pipeline import (
     ModelCache,
     SlideJob,
     SlidePlan,
@@ -136,7 +134,7 @@ def _fixed_failure(error: ValueError) -> FixedFailure:
 
 
 def task_prepare(job: SlideJob, out: Path, config: PathologyConfig) -> SlidePlan | FixedFailure:
-    """Worker task: :func:`pathology.pipeline.prepare_slide`."""
+    """Worker task: :func:`pathology.run.pipeline.prepare_slide`."""
     try:
         return prepare_slide(job, out, config, worker_models(config))
     except ValueError as error:  # SlideError, PixelSizeError, ModelError are ValueErrors
@@ -145,7 +143,7 @@ def task_prepare(job: SlideJob, out: Path, config: PathologyConfig) -> SlidePlan
 
 def task_tiles(plan: SlidePlan, out: Path, config: PathologyConfig,
                tile_indices: list[int]) -> int | FixedFailure:
-    """Worker task: :func:`pathology.pipeline.process_tiles` on a subset of tiles."""
+    """Worker task: :func:`pathology.run.pipeline.process_tiles` on a subset of tiles."""
     try:
         return process_tiles(plan, out, config, worker_models(config), tile_indices)
     except ValueError as error:
@@ -154,85 +152,12 @@ def task_tiles(plan: SlidePlan, out: Path, config: PathologyConfig,
 
 def task_finalize(plan: SlidePlan, out: Path, config: PathologyConfig, seconds: float,
                   computed: int) -> SlideResult | FixedFailure:
-    """Worker task: :func:`pathology.pipeline.finalize_slide`."""
+    """Worker task: :func:`pathology.run.pipeline.finalize_slide`."""
     try:
         return finalize_slide(plan, out, config, worker_models(config), seconds=seconds,
                               tiles_computed=computed)
     except ValueError as error:
         return _fixed_failure(error)
-
-
-def post_process_slide(job: SlideJob, out: Path, config: PathologyConfig, *,
-                       reuse_qc: bool = False) -> str:
-    """Everything computed from a finished slide's cells: QC artefacts, then phenotypes,
-    regions and features on clean tissue, then the QC overlays.
-
-    The order makes every density per mm^2 of clean tissue: QC finds the artefacts first
-    (:func:`pathology.qc.run.measure_slide_qc`), the features step removes their areas and
-    cells, and the overlays are drawn last, with the cells' phenotypes and regions.
-
-    Parameters
-    ----------
-    reuse_qc
-        For slides whose segmentation was reused: keep the artefact mask when it was found
-        with the current QC settings, and the ``qc/`` folder when the cell classes it was
-        drawn from are unchanged too (QC re-reads the slide, the costliest step of a resumed
-        batch).
-
-    Returns
-    -------
-    str
-        Empty when all steps succeeded, else the reasons (the cells are kept either way;
-        ``hccbio slides features OUT`` and ``hccbio slides qc OUT`` redo these steps alone).
-    """
-    from pathology.cells.panels import PanelError
-    from pathology.features import CLASSES_FILE, compute_slide_features
-    from pathology.io.slide import SlideError
-    from pathology.qc.artefacts import load_artefact_mask
-    from pathology.qc.run import QcError, measure_slide_qc, qc_digest, run_slide_qc
-    from pathology.segmentation.nuclei import file_sha256
-
-    folder = RunFolder(out).slide(job.sample_id).root
-    classes = folder / CLASSES_FILE
-    classes_before = file_sha256(classes) if reuse_qc and classes.is_file() else None
-    problems = []
-    measured = None
-    qc_failed = False
-    stored = load_artefact_mask(folder) if reuse_qc else None
-    if stored is None or stored.qc_config_sha256 != qc_digest(config):
-        classes_before = None  # new artefacts: the overlays are redrawn
-        try:
-            measured = measure_slide_qc(out, job.sample_id, slide_path=job.path,
-                                        manifest_mpp=job.mpp, config=config,
-                                        modality=job.modality)
-        except (QcError, SlideError, ValueError, OSError) as error:
-            problems.append(f"qc: {' '.join(str(error).split())}")
-            qc_failed = True
-    try:
-        compute_slide_features(out, job.sample_id, modality=job.modality, stain=job.stain,
-                               config=config)
-    except (PanelError, ValueError, OSError, KeyError) as error:
-        problems.append(f"features: {' '.join(str(error).split())}")
-    if classes_before is not None and _qc_current(folder, config, qc_digest) and (
-            classes.is_file() and file_sha256(classes) == classes_before):
-        return "; ".join(problems)
-    if qc_failed:
-        return "; ".join(problems)  # QC could not read the slide: no overlays either
-    try:
-        run_slide_qc(out, job.sample_id, slide_path=job.path, manifest_mpp=job.mpp,
-                     config=config, modality=job.modality, measured=measured)
-    except (QcError, SlideError, ValueError, OSError) as error:
-        problems.append(f"qc: {' '.join(str(error).split())}")
-    return "; ".join(problems)
-
-
-def _qc_current(folder: Path, config: PathologyConfig, qc_digest) -> bool:
-    """Whether the slide's qc.json was made with the current QC settings."""
-    path = folder / "qc" / "qc.json"
-    try:
-        return json.loads(path.read_text()).get("qc_config_sha256") == qc_digest(config)
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def tile_batches(plan: SlidePlan, size: int) -> list[list[int]]:

@@ -1,4 +1,5 @@
-"""One slide, end to end: open -> tissue -> tiles -> nuclei -> cells.parquet, resumable.
+"""One slide through the segmentation steps: open -> tissue -> tiles -> nuclei -> cells.parquet,
+resumable; the runner's part that decides the order, what is cached and where it is written.
 
 Each finished tile is recorded in the slide's ``store.zarr`` with its cells as a Parquet part;
 a killed run resumes at the first unfinished tile and yields exactly the cells of an
@@ -22,12 +23,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hcccore.atomic import write_text
-from pathology import layout
 from pathology.cells.measure import measure_tile
 from pathology.cells.nucleus_classes import PatchClassifier, is_patch_model, load_patch_classifier
 from pathology.config import PathologyConfig
-from pathology.io.slide import Slide, SlideError
-from pathology.layout import RunFolder
+from pathology.io import folder as slide_folder
+from pathology.io.metadata import file_signature
+from pathology.io.slide import Slide, SlideError, nuclear_channel_index
+from pathology.run.layout import RunFolder
+from pathology.run.store import SlideStore
 from pathology.segmentation.nuclei import (
     NucleusModel,
     Prediction,
@@ -39,14 +42,13 @@ from pathology.segmentation.nuclei import (
 )
 from pathology.segmentation.tiles import Tile, tile_grid
 from pathology.segmentation.wholecell import WholeCellPlan, plan_whole_cells
-from pathology.store import SlideStore
 from pathology.tissue.detect import detect_tissue, explain_no_tissue
 
 log = logging.getLogger("hccbio.pathology")
 
 SLIDE_KINDS = {"he": "brightfield", "ihc": "brightfield", "mif": "fluorescence"}
-CELLS_FILE = layout.CELLS
-FEATURES_FILE = layout.FEATURES
+CELLS_FILE = slide_folder.CELLS
+FEATURES_FILE = slide_folder.FEATURES
 NORM_SAMPLE_SPACING = 2048  # px at working resolution; fixed so normalisation ignores tiling
 NORM_SAMPLE_SIZE = 256
 # About 10.6 Mpx per forward pass on a GPU (8 read boxes of 1152 px): a few GB of U-Net
@@ -125,45 +127,6 @@ class ModelCache:
         """Provenance of every model loaded so far, keyed by its configured name."""
         return {**{spec: model.describe() for spec, model in self._models.items()},
                 **{spec: c.describe() for spec, c in self._classifiers.items()}}
-
-
-def file_signature(path: Path) -> dict:
-    """Cheap identity of an input file: name, size and modification time.
-
-    A folder of channel TIFFs is identified by each file's name, size and modification time;
-    a channel-name sidecar (``<file>.channels.txt``) is part of its image's identity.
-    """
-    from pathology.io.metadata import TIFF_SUFFIXES, sidecar_path
-
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file()
-                       and p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith("."))
-        return {"path": str(path.resolve()),
-                "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
-    stat = path.stat()
-    signature = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    sidecar = sidecar_path(path)
-    if sidecar.is_file():
-        signature["channels_file"] = [sidecar.name, sidecar.stat().st_size,
-                                      sidecar.stat().st_mtime_ns]
-    return signature
-
-
-def nuclear_channel_index(channels: tuple[str, ...], preferred: tuple[str, ...]) -> int | None:
-    """Index of the first channel whose name starts with a preferred name (case-insensitive).
-
-    ``None`` for an RGB-encoded single stain (R, G, B channels), meaning "use the brightest
-    channel per pixel". A multichannel image without a nuclear channel is an error.
-    """
-    lowered = [c.lower() for c in channels]
-    for name in preferred:
-        for index, channel in enumerate(lowered):
-            if channel.startswith(name.lower()):
-                return index
-    if tuple(lowered[:3]) == ("r", "g", "b") or len(channels) == 1:
-        return None if len(channels) > 1 else 0
-    raise SlideError(f"no nuclear channel among {', '.join(channels)}; expected one of "
-                     f"{', '.join(preferred)} (slide.nuclear_channels in the config)")
 
 
 def _segmentation_input(image: np.ndarray, kind: str, nuclear: int | None) -> np.ndarray:

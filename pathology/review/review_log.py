@@ -1,6 +1,6 @@
 """The pathologist's review log ``OUT/qc/review.csv``: its one format and vocabulary.
 
-The review app writes it (:mod:`pathology.qc.decisions`), the QC summary shows it and the
+The review app writes it (:mod:`pathology.review.decisions`), the QC summary shows it and the
 study table reads it (:mod:`integration.review`); all of them take the file name, the columns,
 the decisions and the reading rule from here, so the writer and the readers cannot disagree.
 
@@ -18,9 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hcccore.spreadsheet import spreadsheet_text
-from pathology import layout
+from pathology.io.folder import QC_DIR
+from pathology.run.layout import REVIEW_LOG
 
-REVIEW_FILE = Path(layout.QC_DIR) / layout.REVIEW_LOG
+REVIEW_FILE = Path(QC_DIR) / REVIEW_LOG
 REVIEW_COLUMNS = ("sample_id", "decision", "reviewer", "time", "comment")
 APPROVED = "approved"
 REJECTED = "rejected"

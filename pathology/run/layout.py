@@ -1,5 +1,6 @@
-"""The run folder's layout, named once: every module asks :class:`RunFolder` and
-:class:`SlideFolder` for a path instead of spelling ``"slides"`` or ``"cells.parquet"``.
+"""The run folder's layout, named once: the runner asks :class:`RunFolder` for a path instead
+of spelling ``"slides"`` or ``"run.json"``. A slide folder's own files are named by
+:class:`pathology.io.folder.SlideFolder`, the contract the steps share.
 
 ```
 OUT/                              RunFolder
@@ -20,17 +21,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pathology.io.folder import QC_DIR, SlideFolder
+
 SLIDES_DIR = "slides"
-STORE = "store.zarr"
-CELL_PARTS = "cell_parts"
-CELLS = "cells.parquet"
-CLASSES = "cell_classes.parquet"
-FEATURES = "features.json"
-ANNDATA = "cells.h5ad"
-QC_DIR = "qc"
-QC_JSON = "qc.json"
-ARTEFACT_MASK = "artefact_mask.png"
-ARTEFACT_META = "artefacts.json"
 RUN_JSON = "run.json"
 RUNS_DIR = "runs"
 BATCH_REPORT = "batch_report.csv"
@@ -51,69 +44,6 @@ def valid_sample_id(sample_id: str) -> bool:
     (True, False)
     """
     return bool(SAMPLE_ID_RE.fullmatch(sample_id)) and ".." not in sample_id
-
-
-@dataclass(frozen=True)
-class SlideFolder:
-    """``OUT/slides/<sample_id>``: one slide's outputs.
-
-    Examples
-    --------
-    >>> SlideFolder(Path("out/slides/s1")).cells.as_posix()
-    'out/slides/s1/cells.parquet'
-    """
-
-    root: Path
-
-    @property
-    def sample_id(self) -> str:
-        """The slide's sample id (the folder name)."""
-        return self.root.name
-
-    @property
-    def store(self) -> Path:
-        """``store.zarr``: tissue mask, tile progress, slide facts."""
-        return self.root / STORE
-
-    @property
-    def cell_parts(self) -> Path:
-        """``cell_parts/``: one Parquet part per finished tile."""
-        return self.root / CELL_PARTS
-
-    @property
-    def cells(self) -> Path:
-        """``cells.parquet``: one row per nucleus."""
-        return self.root / CELLS
-
-    @property
-    def classes(self) -> Path:
-        """``cell_classes.parquet``: phenotype, region, artefact, marker calls per cell."""
-        return self.root / CLASSES
-
-    @property
-    def features(self) -> Path:
-        """``features.json``: slide facts and features with units."""
-        return self.root / FEATURES
-
-    @property
-    def anndata(self) -> Path:
-        """``cells.h5ad``: the cells as AnnData (``hccbio slides export``)."""
-        return self.root / ANNDATA
-
-    @property
-    def qc(self) -> Path:
-        """``qc/``: QC metrics, overlays, QuPath exports."""
-        return self.root / QC_DIR
-
-    @property
-    def qc_json(self) -> Path:
-        """``qc/qc.json``."""
-        return self.qc / QC_JSON
-
-    @property
-    def artefact_mask(self) -> Path:
-        """``qc/artefact_mask.png``: QC's artefacts, subtracted by the features step."""
-        return self.qc / ARTEFACT_MASK
 
 
 @dataclass(frozen=True)
@@ -151,7 +81,7 @@ class RunFolder:
 
     def slide_folders(self, *, having: str | None = None) -> list[SlideFolder]:
         """Every slide folder with a valid id, sorted; only those holding ``having`` (a file
-        name such as :data:`FEATURES`) when given."""
+        name such as :data:`pathology.io.folder.FEATURES`) when given."""
         if not self.slides.is_dir():
             return []
         return [SlideFolder(p) for p in sorted(self.slides.iterdir())
@@ -200,5 +130,5 @@ class RunFolder:
 
     @property
     def review_log(self) -> Path:
-        """``qc/review.csv``: the pathologist's decisions (:mod:`pathology.qc.review_log`)."""
+        """``qc/review.csv``: the pathologist's decisions (:mod:`pathology.review.review_log`)."""
         return self.qc / REVIEW_LOG
