@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from blood.config import ElisaConfig
-from blood.elisa.pipeline import (
+from blood.elisa.curves import (
     CONCENTRATION_COLUMNS,
     CURVES_FILE,
     NO_CURVE,
