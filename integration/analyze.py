@@ -10,7 +10,6 @@ import hashlib
 import json
 import platform
 import time
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from integration.plots import (
     variance_heatmap,
 )
 from integration.response import on_study_at, response_labels, response_table
+from integration.result import AnalysisResult
 from integration.scores import derive_scores
 from integration.subtypes import consensus_subtypes
 from integration.survival import (
@@ -49,34 +49,6 @@ REPORT_FILE = "report.html"
 PROVENANCE_FILE = "analysis.json"
 PACKAGES = ("hccbio", "lifelines", "scikit-survival", "scikit-learn", "statsmodels", "scipy",
             "numpy", "pandas", "matplotlib")
-
-
-@dataclass
-class AnalysisResult:
-    """What :func:`run_analysis` computed and wrote.
-
-    Attributes
-    ----------
-    tables
-        Name (file stem under ``analysis/``) -> table.
-    figures
-        Name -> (caption, PNG bytes), in report order.
-    data
-        The analysis frame.
-    config
-        The resolved config.
-    provenance
-        The content of ``analysis/analysis.json``.
-    notes
-        Warnings for the reader (left-out covariates, features not analysed, ...).
-    """
-
-    tables: dict[str, pd.DataFrame]
-    figures: dict[str, tuple[str, bytes]]
-    data: AnalysisData
-    config: AnalysisConfig
-    provenance: dict
-    notes: list[str] = field(default_factory=list)
 
 
 def _sha256(path: Path) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from integration.analyze import AnalysisResult
 from integration.exports import atomic_write
+from integration.result import AnalysisResult
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;font-size:14px}
