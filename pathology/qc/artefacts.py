@@ -18,12 +18,13 @@ from scipy import ndimage as ndi
 from skimage.color import rgb2hsv
 
 from pathology.config import QcSection
+from pathology.io.folder import ARTEFACT_MASK, ARTEFACT_META, SlideFolder
 from pathology.io.slide import Slide
 
 ARTEFACTS = ("focus", "pen", "dark", "bright")
 ARTEFACT_CODES = {"focus": 1, "pen": 2, "dark": 4, "bright": 8}
-ARTEFACT_MASK_FILE = "artefact_mask.png"  # in OUT/slides/<id>/qc/
-ARTEFACT_META_FILE = "artefacts.json"
+ARTEFACT_MASK_FILE = ARTEFACT_MASK  # in the slide folder's qc/
+ARTEFACT_META_FILE = ARTEFACT_META
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def save_artefact_mask(folder: Path, codes: np.ndarray, *, mpp: float, qc_config
 
     from hcccore.atomic import write_bytes, write_text
 
-    target = Path(folder) / "qc"
+    target = SlideFolder(Path(folder)).qc
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(codes, dtype=np.uint8)).save(buffer, format="PNG")
     write_bytes(target / ARTEFACT_MASK_FILE, buffer.getvalue())
@@ -87,7 +88,7 @@ def load_artefact_mask(folder: Path) -> ArtefactMask | None:
     """The artefact mask QC saved for a slide folder, or None when QC has not run."""
     from PIL import Image
 
-    target = Path(folder) / "qc"
+    target = SlideFolder(Path(folder)).qc
     meta_path, png = target / ARTEFACT_META_FILE, target / ARTEFACT_MASK_FILE
     if not (meta_path.is_file() and png.is_file()):
         return None
