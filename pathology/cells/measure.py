@@ -10,52 +10,16 @@ import numpy as np
 import pyarrow as pa
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
-from skimage.color import hed_from_rgb
 from skimage.measure import grid_points_in_poly
 from skimage.segmentation import expand_labels
 
 from pathology.io.metadata import safe_channel_name
 from pathology.segmentation.nuclei import TileNuclei
+from pathology.segmentation.stains import stain_densities
 from pathology.segmentation.tiles import Tile
 from pathology.segmentation.wholecell import WholeCellPlan, grow_cells, star_polygons
 
 STAIN_NAMES = ("hematoxylin", "eosin", "dab")
-
-
-def optical_density(rgb: np.ndarray, *, background: float = 255.0) -> np.ndarray:
-    """Optical density ``-log10(I / I0)`` per RGB channel (``I`` clipped to [1, I0]).
-
-    Examples
-    --------
-    >>> float(optical_density(np.array([[[255, 25.5, 2.55]]]))[0, 0, 1].round(6))
-    1.0
-    """
-    rgb = np.clip(np.asarray(rgb, dtype=np.float32), 1.0, background)
-    return -np.log10(rgb / background)
-
-
-def stain_densities(rgb: np.ndarray, *, background: float = 255.0,
-                    unmixing: np.ndarray | None = None) -> np.ndarray:
-    """Hematoxylin, eosin and DAB optical densities by colour deconvolution.
-
-    Uses the Ruifrok & Johnston stain vectors of scikit-image (``hed_from_rgb``) on true
-    optical densities, so the values are in OD units (absorbance), comparable across slides.
-
-    Parameters
-    ----------
-    unmixing
-        Optional ``(3, 3)`` optical-density-to-stain matrix, e.g. from per-slide estimated
-        vectors (:func:`pathology.segmentation.stains.deconvolution_matrix`); default
-        scikit-image's.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(..., 3)`` float32: hematoxylin, eosin (or residual), DAB.
-    """
-    od = optical_density(rgb[..., :3], background=background)
-    matrix = hed_from_rgb if unmixing is None else unmixing
-    return (od @ np.asarray(matrix, dtype=np.float32)).astype(np.float32)
 
 
 def intensity_image(image: np.ndarray, *, kind: str, channels: tuple[str, ...],

@@ -2,8 +2,8 @@
 rule on per-cell optical densities, so that pigmented cells are never counted IHC-positive.
 
 DAB's optical density lies along the DAB stain vector. The colour deconvolution of
-:func:`pathology.cells.measure.stain_densities` splits any brown into hematoxylin, eosin and DAB
-components; an IHC slide has no eosin, so the eosin component is a residual that measures how
+:func:`pathology.segmentation.stains.stain_densities` splits any brown into hematoxylin, eosin and
+DAB components; an IHC slide has no eosin, so the eosin component is a residual that measures how
 far the brown is from DAB's hue. Three signs of pigment:
 
 Colour cannot tell every pigment from DAB: dark hemosiderin and bile lying over a nucleus

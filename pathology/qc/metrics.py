@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pathology.cells.measure import stain_densities
 from pathology.config import QcSection
 from pathology.io.slide import Slide
 from pathology.qc.artefacts import (
@@ -28,6 +27,7 @@ from pathology.qc.artefacts import (
     resize_mask,
 )
 from pathology.qc.flags import Flag, evaluate_flags
+from pathology.segmentation.stains import stain_densities
 
 PERCENTILES = (5, 25, 50, 75, 95)
 

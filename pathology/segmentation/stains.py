@@ -2,18 +2,54 @@
 DAB vectors estimated per slide (Macenko et al., ISBI 2009) from a sample of its pixels.
 
 A stain matrix has one row per stain (hematoxylin, second stain or residual, DAB), each a unit
-optical-density vector over R, G, B; :func:`pathology.cells.measure.stain_densities` inverts it.
+optical-density vector over R, G, B; :func:`stain_densities` inverts it. Optical density
+(:func:`optical_density`) and the stain densities are shared by the tissue mask, the cell
+measurements and QC.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from skimage.color import rgb_from_hed
-
-from pathology.cells.measure import optical_density
+from skimage.color import hed_from_rgb, rgb_from_hed
 
 DEFAULT_MATRIX = (rgb_from_hed / np.linalg.norm(rgb_from_hed, axis=1, keepdims=True)).astype(
     np.float64)
+
+
+def optical_density(rgb: np.ndarray, *, background: float = 255.0) -> np.ndarray:
+    """Optical density ``-log10(I / I0)`` per RGB channel (``I`` clipped to [1, I0]).
+
+    Examples
+    --------
+    >>> float(optical_density(np.array([[[255, 25.5, 2.55]]]))[0, 0, 1].round(6))
+    1.0
+    """
+    rgb = np.clip(np.asarray(rgb, dtype=np.float32), 1.0, background)
+    return -np.log10(rgb / background)
+
+
+def stain_densities(rgb: np.ndarray, *, background: float = 255.0,
+                    unmixing: np.ndarray | None = None) -> np.ndarray:
+    """Hematoxylin, eosin and DAB optical densities by colour deconvolution.
+
+    Uses the Ruifrok & Johnston stain vectors of scikit-image (``hed_from_rgb``) on true
+    optical densities, so the values are in OD units (absorbance), comparable across slides.
+
+    Parameters
+    ----------
+    unmixing
+        Optional ``(3, 3)`` optical-density-to-stain matrix, e.g. from per-slide estimated
+        vectors (:func:`deconvolution_matrix`); default
+        scikit-image's.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., 3)`` float32: hematoxylin, eosin (or residual), DAB.
+    """
+    od = optical_density(rgb[..., :3], background=background)
+    matrix = hed_from_rgb if unmixing is None else unmixing
+    return (od @ np.asarray(matrix, dtype=np.float32)).astype(np.float32)
 
 
 class StainError(ValueError):
@@ -92,7 +128,7 @@ def rescale_stains(rgb: np.ndarray, *, hematoxylin: float = 1.0, eosin: float = 
     """Re-render a brightfield image with each stain's amount scaled (a stain-batch shift).
 
     Colour deconvolution with the Ruifrok-Johnston vectors
-    (:func:`pathology.cells.measure.stain_densities`,
+    (:func:`pathology.segmentation.stains.stain_densities`,
     the densities that cells.parquet reports), each stain's optical density multiplied by its
     factor, and the image rendered back through the inverse matrix (``rgb_from_hed``). A factor
     above 1 stains darker, below 1 paler; with all factors 1 the image comes back unchanged.
@@ -119,8 +155,6 @@ def rescale_stains(rgb: np.ndarray, *, hematoxylin: float = 1.0, eosin: float = 
     >>> bool(rescale_stains(image, hematoxylin=2.0).mean() < image.mean())
     True
     """
-    from pathology.cells.measure import stain_densities
-
     factors = np.array([hematoxylin, eosin, dab], dtype=np.float64)
     if np.any(factors < 0) or not np.all(np.isfinite(factors)):
         raise ValueError(f"stain factors must be finite and >= 0, got {factors.tolist()}")

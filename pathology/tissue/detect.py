@@ -18,9 +18,9 @@ from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import closing, disk, opening, remove_small_holes
 
-from pathology.cells.measure import optical_density
 from pathology.config import TissueSection
 from pathology.io.folder import SlideFolder
+from pathology.segmentation.stains import optical_density
 
 Kind = Literal["brightfield", "fluorescence"]
 

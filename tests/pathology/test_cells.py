@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from skimage.measure import regionprops_table
 
-from pathology.cells.measure import label_measurements, stain_densities
+from pathology.cells.measure import label_measurements
+from pathology.segmentation.stains import stain_densities
 
 
 def test_label_measurements_equal_regionprops_on_real_nuclei():

@@ -60,9 +60,8 @@ def test_auto_stain_matrix_is_estimated_recorded_and_used(ihc_tiff, tmp_path, sm
 def test_rescale_stains_scales_each_stain_and_only_it(shared_data):
     """A real CRCHistoPhenotypes H&E image with its hematoxylin doubled and eosin halved: the
     deconvolved densities follow, pixel for pixel; factors of 1 give the image back."""
-    from pathology.cells.measure import stain_densities
     from pathology.evaluation.annotations import load_crchistophenotypes
-    from pathology.segmentation.stains import rescale_stains
+    from pathology.segmentation.stains import rescale_stains, stain_densities
 
     image = load_crchistophenotypes(shared_data / "nuclei" / "crchistophenotypes")[0].image
     assert np.abs(rescale_stains(image).astype(int) - image).max() <= 1
