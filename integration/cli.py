@@ -220,7 +220,7 @@ def slides_qc(
 ) -> None:
     """Slide QC of every finished slide: qc/ folders, OUT/qc/qc_summary.csv and index.html."""
     from pathology.config import ConfigError, load_config
-    from pathology.review.summary import write_qc_summary
+    from pathology.run.qc_summary import write_qc_summary
     from pathology.run.tables import run_qc
 
     try:

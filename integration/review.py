@@ -2,13 +2,13 @@
 
 The log's format, vocabulary (``approved`` / ``rejected``; slides without a row are
 ``not_reviewed``) and reading rule (the latest decision by time, then file order, stands) are
-defined once, in :mod:`pathology.review.review_log`, which the review app writes through; this
+defined once, in :mod:`pathology.run.review_log`, which the review app writes through; this
 module only re-exports them for the integration arm.
 """
 
 from __future__ import annotations
 
-from pathology.review.review_log import (
+from pathology.run.review_log import (
     APPROVED,
     DECISIONS,
     NOT_REVIEWED,

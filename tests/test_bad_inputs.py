@@ -264,7 +264,7 @@ def test_spreadsheet_formulas_are_neutralised_in_every_table_a_reviewer_may_open
         two_runs, review_server):
     """Issue 18.4: a reviewer or comment starting with = + - @ is written with a leading
     quote in review.csv and qc_summary.csv (no spreadsheet runs it) and read back as typed."""
-    from pathology.review.decisions import latest_decisions
+    from pathology.run.decisions import latest_decisions
 
     out = two_runs["out"]
     reviewer, comment = "=HYPERLINK(\"http://x\",\"Dr\")", "+cmd|' /C calc'!A0 -fold @x"

@@ -171,6 +171,23 @@ def test_the_shared_core_imports_no_arm(graph):
     assert not bad, "hcccore imports outside itself: " + "; ".join(bad)
 
 
+def test_pathology_folders_import_one_way(graph):
+    """pathology's folders (io, tissue, segmentation, cells, ..., run, review) import each
+    other without a circle, so the layout reads as the flow."""
+    folders: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        parts = module.split(".")
+        if parts[0] != "pathology" or len(parts) < 2:
+            continue
+        folder = ".".join(parts[:2])
+        folders.setdefault(folder, set()).update(
+            ".".join(t.split(".")[:2]) for t in targets
+            if t.startswith("pathology.") and ".".join(t.split(".")[:2]) != folder)
+    found = circles(folders)
+    assert not found, "pathology folders in a circle: " + "; ".join(" -> ".join(c)
+                                                                      for c in found)
+
+
 def test_pathology_steps_never_import_the_runner(graph):
     bad = sorted(f"{module} -> {target}" for module, targets in graph.items()
                  if _in(module, STEPS) for target in targets if _in(target, NOT_FOR_STEPS))

@@ -1,1 +1,6 @@
-"""The pathologist's review in the browser: ``hccbio review OUT`` (see docs/qc_review.md)."""
+"""The pathologist's review in the browser: ``hccbio review OUT`` (see docs/qc_review.md).
+
+A web app over a run folder (:mod:`.app`, served by :mod:`.server`; pages :mod:`.pages`,
+Deep Zoom tiles :mod:`.deepzoom`); the decisions it records and the QC table it rebuilds are
+the run folder's (:mod:`pathology.run.decisions`, :mod:`pathology.run.qc_summary`).
+"""

@@ -3,7 +3,7 @@
 Safety:
 
 - only slides of the run folder are served: a sample id must match
-  :data:`~pathology.review.decisions.SAMPLE_ID_RE` and be one of the run's slides, so no path
+  :data:`~pathology.run.decisions.SAMPLE_ID_RE` and be one of the run's slides, so no path
   is ever built from unchecked input; QC images are served only if their names are in the
   slide's ``qc.json``;
 - every page is built with :func:`html.escape`; a Content-Security-Policy forbids inline
@@ -34,17 +34,17 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pathology.review.decisions import (
+from pathology.review.deepzoom import TileSource
+from pathology.review.pages import list_page, viewer_page
+from pathology.run.decisions import (
     ReviewError,
     append_decision,
     latest_decisions,
     valid_sample_id,
 )
-from pathology.review.deepzoom import TileSource
-from pathology.review.pages import list_page, viewer_page
-from pathology.review.review_log import NOT_REVIEWED
-from pathology.review.summary import write_qc_summary
 from pathology.run.layout import RunFolder
+from pathology.run.qc_summary import write_qc_summary
+from pathology.run.review_log import NOT_REVIEWED
 from pathology.run.tables import slide_sources
 
 log = logging.getLogger("hccbio.review")

@@ -22,7 +22,6 @@ from pathology.config import PathologyConfig
 from pathology.io.folder import FEATURES, SlideFolder
 from pathology.io.metadata import file_signature
 from pathology.io.slide import SlideError
-from pathology.review.summary import write_qc_summary
 from pathology.run.finish import post_process_slide
 from pathology.run.layout import RunFolder
 from pathology.run.pipeline import (
@@ -34,6 +33,7 @@ from pathology.run.pipeline import (
 )
 from pathology.run.progress import BatchProgress
 from pathology.run.provenance import write_run_json
+from pathology.run.qc_summary import write_qc_summary
 from pathology.run.report import BatchRow
 from pathology.run.schedulers import (
     FixedFailure,

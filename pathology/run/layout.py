@@ -130,5 +130,5 @@ class RunFolder:
 
     @property
     def review_log(self) -> Path:
-        """``qc/review.csv``: the pathologist's decisions (:mod:`pathology.review.review_log`)."""
+        """``qc/review.csv``: the pathologist's decisions (:mod:`pathology.run.review_log`)."""
         return self.qc / REVIEW_LOG

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from integration.cli import app
-from pathology.review.review_log import APPROVED, NOT_REVIEWED, REJECTED
+from pathology.run.review_log import APPROVED, NOT_REVIEWED, REJECTED
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PEN_SAMPLE = "DEMO01_progression_he_pen"

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from integration.cli import app as cli_app
 from pathology.review.app import create_app
-from pathology.review.review_log import APPROVED, NOT_REVIEWED, REJECTED
+from pathology.run.review_log import APPROVED, NOT_REVIEWED, REJECTED
 
 MANIFEST = """patient_id,timepoint,sample_id,modality,stain,path,mpp
 P1,baseline,p1_he,he,HE,p1.svs,0.5

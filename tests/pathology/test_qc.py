@@ -24,10 +24,10 @@ from pathology.io.slide import Slide
 from pathology.qc.artefacts import resize_mask
 from pathology.qc.check import QcError, run_slide_qc
 from pathology.qc.metrics import slide_qc
-from pathology.review.decisions import append_decision, rejected_samples
-from pathology.review.summary import SUMMARY_COLUMNS, write_qc_summary
+from pathology.run.decisions import append_decision, rejected_samples
 from pathology.run.layout import RunFolder
 from pathology.run.pipeline import SlideJob, process_slide
+from pathology.run.qc_summary import SUMMARY_COLUMNS, write_qc_summary
 from pathology.run.tables import run_qc
 from pathology.tissue.detect import detect_tissue
 

@@ -19,8 +19,8 @@ from pathology.io.slide import Slide
 from pathology.qc.check import run_slide_qc
 from pathology.review.deepzoom import SlideDeepZoom, TileSource
 from pathology.review.server import BindError, check_bind
-from pathology.review.summary import write_qc_summary
 from pathology.run.pipeline import SlideJob, process_slide
+from pathology.run.qc_summary import write_qc_summary
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 One row per slide with a ``qc.json``: QC status, fired flags with their reasons, areas,
 artefact fractions, stain and nuclei figures, and the pathologist's latest decision (from
 ``OUT/qc/review.csv``). ``review_decision`` is ``rejected`` for slides that downstream tables
-must exclude (:func:`pathology.review.decisions.rejected_samples`).
+must exclude (:func:`pathology.run.decisions.rejected_samples`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from hcccore.atomic import write_text
 from hcccore.spreadsheet import spreadsheet_safe
 from pathology.io.folder import QC_DIR
 from pathology.io.folder import QC_JSON as QC_FILE
-from pathology.review.decisions import latest_decisions, valid_sample_id
-from pathology.review.review_log import NOT_REVIEWED
+from pathology.run.decisions import latest_decisions, valid_sample_id
 from pathology.run.layout import RunFolder
+from pathology.run.review_log import NOT_REVIEWED
 
 SUMMARY_FILE = "qc_summary.csv"
 INDEX_FILE = "index.html"

@@ -1,7 +1,7 @@
 """Writing the pathologist's sign-off log, ``OUT/qc/review.csv``: append-only, atomic.
 
 The log's format and vocabulary (columns, ``approved`` / ``rejected``, which row stands) are
-defined once in :mod:`pathology.review.review_log`, which the study table reads through too.
+defined once in :mod:`pathology.run.review_log`, which the study table reads through too.
 Appending rewrites the file through a temporary file and ``os.replace`` under an exclusive
 lock, so a crash never leaves a half-written row and two writers never lose each other's
 rows. Downstream tables leave out the slides in :func:`rejected_samples`.
@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hcccore.spreadsheet import spreadsheet_safe
-from pathology.review.review_log import (
+from pathology.run.layout import SAMPLE_ID_RE, valid_sample_id  # noqa: F401 - re-exported
+from pathology.run.review_log import (
     DECISIONS,
     REJECTED,
     REVIEW_COLUMNS,
@@ -29,7 +30,6 @@ from pathology.review.review_log import (
     read_review,
     review_path,
 )
-from pathology.run.layout import SAMPLE_ID_RE, valid_sample_id  # noqa: F401 - re-exported
 
 REVIEW_FILE = review_path(".").name
 MAX_COMMENT = 2000
@@ -43,13 +43,13 @@ def read_decisions(out: Path) -> list[Decision]:
     Raises
     ------
     ReviewError
-        The log breaks its contract (:func:`pathology.review.review_log.read_log`).
+        The log breaks its contract (:func:`pathology.run.review_log.read_log`).
     """
     return read_log(review_path(out))
 
 
 def latest_decisions(out: Path) -> dict[str, Decision]:
-    """The standing decision of each reviewed slide (see :mod:`pathology.review.review_log`)."""
+    """The standing decision of each reviewed slide (see :mod:`pathology.run.review_log`)."""
     return read_review(review_path(out))
 
 

@@ -1,6 +1,6 @@
 """The pathologist's review log ``OUT/qc/review.csv``: its one format and vocabulary.
 
-The review app writes it (:mod:`pathology.review.decisions`), the QC summary shows it and the
+The review app writes it (:mod:`pathology.run.decisions`), the QC summary shows it and the
 study table reads it (:mod:`integration.review`); all of them take the file name, the columns,
 the decisions and the reading rule from here, so the writer and the readers cannot disagree.
 
