@@ -11,4 +11,5 @@ them. It holds:
   ``status`` done/skipped/failed, ``reason``, ``seconds``), read, merged and written;
 - :mod:`hcccore.sample_features`: each sample folder's own ``features.json`` and the run table
   rebuilt from every finished sample of the folder (a second run adds to it, never replaces).
+- :mod:`hcccore.provenance`: the versions of Python and of the packages behind a result.
 """

@@ -10,13 +10,13 @@ import json
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from hcccore.atomic import write_text
+from hcccore.provenance import package_versions
 from pathology.config import PathologyConfig
 from pathology.io.folder import REGISTRATION
 from pathology.registration.align import Alignment, align
@@ -113,13 +113,7 @@ def _source_json(view: Overview) -> dict:
 
 
 def _versions() -> dict:
-    versions = {}
-    for package in ("hccbio", "SimpleITK", "scikit-image", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    return package_versions(("hccbio", "SimpleITK", "scikit-image", "numpy"), python=False)
 
 
 def register_images(moving: str | Path | ImageSource, fixed: str | Path | ImageSource, *,

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 from hcccore.atomic import write_text
+from hcccore.provenance import package_versions
 from pathology.config import PathologyConfig
 from pathology.run.layout import RUN_JSON, RunFolder
 from pathology.run.pipeline import SlideJob
@@ -28,13 +27,8 @@ PACKAGES = ("hccbio", "stardist", "tensorflow", "tensorflow-cpu", "numpy", "scik
 
 
 def versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    """Python's and :data:`PACKAGES`' versions (those installed)."""
+    return package_versions(PACKAGES)
 
 
 def write_run_json(out: Path, jobs: list[SlideJob], config: PathologyConfig,
