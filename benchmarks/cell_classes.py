@@ -24,6 +24,7 @@ Usage: ``python -m benchmarks.cell_classes [--model models/he_cell_classes]``
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -36,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.reports import save_report, write_block  # noqa: E402
+from hcccore.atomic import write_text as atomic_write_text  # noqa: E402
 from models.train_cell_classes import choose_threshold, split_images  # noqa: E402
-from pathology.cells.nucleus_classes import CELL_CLASSES  # noqa: E402
+from pathology.cells.nucleus_classes import CELL_CLASSES, MODEL_FILE  # noqa: E402
 from pathology.evaluation.annotations import AnnotatedPoints, shared_data_folder  # noqa: E402
 from pathology.evaluation.harness import (  # noqa: E402
     annotated_tile_config,
@@ -180,6 +182,90 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def model_card(report: dict, folder: Path) -> str:
+    """MODEL_CARD.md of the patch network in ``folder`` from its model.json and ``report``."""
+    model = json.loads((folder / MODEL_FILE).read_text())
+    meta, training = model["meta"], model["meta"]["training"]
+    images = training["images"]
+    split_lines = "\n".join(
+        f"- {organ}: training {len(parts['train'])}, tuning {len(parts['tune'])} "
+        f"(`{'`, `'.join(parts['tune'])}`), reporting {len(parts['report'])} "
+        f"(`{'`, `'.join(parts['report'])}`)"
+        for organ, parts in images.items())
+    tune = meta.get("tune", {})
+    rule = training.get("threshold_rule", "F1")
+    tune_lines = "; ".join(f"{organ} {rule} {s.get('f_beta', s['f1']):.3f}, precision "
+                           f"{s['precision']:.3f}, recall {s['recall']:.3f}"
+                           for organ, s in tune.items())
+    return f"""# Model card: `{folder.name}` (H&E nucleus classes from nucleus-centred patches)
+
+**Intended use.** The class of every H&E nucleus that segmentation finds (lymphocyte,
+tumour/epithelial, stromal, other) and the lymphocyte call behind TIL densities
+(`configs/panels/he.yaml`, marker `lymphocyte`): a nucleus is a lymphocyte when the
+probability of the class `{model['positive_class']}` is at least {model['threshold']:g}. The
+network sees a {model['patch_px']} px patch at {model['mpp']} um/px (about
+{model['patch_px'] * model['mpp']:.0f} um) centred on the nucleus, cut from the tile while it is
+in memory (`pathology.cells.nucleus_classes`); the four probabilities are the `p_<class>` columns of
+cells.parquet. Research use; not a medical device. Not for IHC or fluorescence.
+
+## Data
+
+Two organs, points with classes (no outlines):
+- BRCA-M2C (Abousamra et al., ICCV 2021; TCGA breast carcinoma H&E at about 0.5 um/px;
+  BSD-3-Clause): lymphocyte, tumour/epithelial, stromal.
+- CRCHistoPhenotypes (Sirinukunwattana et al., IEEE TMI 2016; colorectal adenocarcinoma H&E,
+  about 0.55 um/px, resampled to 0.5; research use only): inflammatory (as lymphocyte),
+  epithelial (as tumour), fibroblast (as stromal), others.
+
+Splits by image (`models/train_cell_classes.py:split_images`; the reporting images were never
+used to train, to choose the checkpoint or the threshold):
+{split_lines}
+
+## Licence
+
+Weights: BSD-3-Clause like the project code; CRCHistoPhenotypes is for research use only, so
+the weights inherit that restriction in practice.
+
+## Training
+
+- Keras 3 on TensorFlow (CPU), a small VGG-like network with group normalisation (four
+  blocks, 24-128 filters), softmax over the four classes; {training['epochs']} epochs, the
+  checkpoint with the best tuning-set macro F1 (epoch {training['best_epoch']}), seed
+  {training['seed']}
+- Augmentation: stain strength and hue (colour deconvolution, hematoxylin and eosin
+  x 0.45-1.8, stain vectors jittered; one patch in five unaltered), scale 0.8-1.25, centre
+  shifts of 3 px, blur, brightness, flips and transpositions; the colon training patches
+  repeated {training['crc_oversample']} times
+- Lymphocyte threshold {model['threshold']:g}: the best mean {rule} of the two organs' tuning
+  images, precision weighed over recall so that TIL densities do not count tumour or stromal
+  nuclei ({tune_lines}; at the annotated points)
+
+## Accuracy through `hccbio slides run`
+
+From `benchmarks/results/cell_classes.json` ({report['date'][:10]}; `python -m
+benchmarks.cell_classes` runs every image through the pipeline with the default segmentation
+and matches nuclei to the annotated points within {report['match_um']:g} um). Reporting
+images only; the other approaches are shape and stain logistic regressions (one refitted on
+the same two-organ training images, one the colon-only default it replaces).
+
+{table(report)}
+
+## Limitations
+
+Two organs, neither liver: hepatocytes and HCC cells were never seen, and plasma cells,
+neutrophils and eosinophils count as lymphocytes (the colon set's "inflammatory"). The breast
+report set is the 10 BRCA-M2C validation tiles (its 30-tile test split is not available here).
+The classes follow the segmentation: a nucleus the model misses gets no class.
+
+## Reproduce
+
+```
+{training['command']}
+python -m benchmarks.cell_classes
+```
+"""
+
+
 def update_readme(report: dict) -> None:
     """Replace this report's table in benchmarks/README.md."""
     write_block("cell-classes", heading="H&E nucleus classes across organs",
@@ -201,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(report))
     if not args.no_readme:
         update_readme(report)
+        folder = ROOT / args.model
+        atomic_write_text(folder / "MODEL_CARD.md", model_card(report, folder))
     return 0
 
 

@@ -227,8 +227,11 @@ class PhenotypesSection(_Section):
     panels_dir: str = Field("configs/panels", description="Folder of panel YAML files "
                             "(relative to the project root or absolute): ihc.yaml, he.yaml "
                             "and one file per multiplex panel named by the manifest's stain.")
-    lymphocyte_model: str = Field("models/lymphocyte_classifier", description="H&E "
-                                  "lymphocyte classifier folder (model.json).")
+    lymphocyte_model: str = Field("models/he_cell_classes", description="H&E nucleus "
+                                  "classifier folder behind the lymphocyte call: a patch "
+                                  "network (model.json kind patch_cnn + model.keras, run on "
+                                  "each tile; p_<class> columns) or the logistic model on "
+                                  "shape and stain columns (models/lymphocyte_classifier).")
     pigment_exclusion: bool = Field(True, description="IHC: DAB-like pigment (bile, "
                                     "hemosiderin, lipofuscin) is never counted positive.")
     pigment_min_hue_ratio: float = Field(-0.08, description="Pigment rule: a DAB-positive "
