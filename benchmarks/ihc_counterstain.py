@@ -8,7 +8,9 @@ tile and strength this reports DAB-negative and DAB-positive recall (IoU 0.5), t
 error, and the counterstain contrast that QC measures on every IHC slide
 (:func:`pathology.qc.metrics.counterstain_metrics`). ``qc.counterstain_min_contrast`` is set
 from this curve: the contrast below which DAB-negative recall falls more than
-``RECALL_DROP`` under its value at the tile's own counterstain.
+``RECALL_DROP`` under its value at the tile's own counterstain. The rendering scales the
+Ruifrok-Johnston hematoxylin vector; these tiles' counterstain is bluer than that vector, so
+a paler rendering also shifts towards cyan, a harder case than a real pale slide.
 
 Usage: ``python -m benchmarks.ihc_counterstain`` (writes
 ``benchmarks/results/ihc_counterstain.json``
