@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from blood.errors import ConfigError
+from hcccore.yamlfile import read_yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "blood.yaml"
@@ -21,7 +21,7 @@ FEATURE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_feature_name(name: str) -> str:
@@ -308,10 +308,7 @@ def load_config(path: str | Path | None = None) -> BloodConfig:
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.is_file():
         raise ConfigError(f"{path}: blood config not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML ({error})") from error
+    data = read_yaml(path, error=ConfigError) or {}
     try:
         config = BloodConfig.model_validate(data)
     except ValidationError as error:

@@ -10,6 +10,7 @@ them. It holds:
 - :mod:`hcccore.batch_report`: ``OUT/batch_report.csv``, one row per sample (``sample_id``,
   ``status`` done/skipped/failed, ``reason``, ``seconds``), read, merged and written;
 - :mod:`hcccore.sample_features`: each sample folder's own ``features.json`` and the run table
-  rebuilt from every finished sample of the folder (a second run adds to it, never replaces).
-- :mod:`hcccore.provenance`: the versions of Python and of the packages behind a result.
+  rebuilt from every finished sample of the folder (a second run adds to it, never replaces);
+- :mod:`hcccore.provenance`: the versions of Python and of the packages behind a result;
+- :mod:`hcccore.yamlfile`: a config file read as UTF-8 YAML, its errors of the arm's own type.
 """

@@ -6,6 +6,7 @@ study manifest belongs to ``integration``.
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from pathology.run.layout import RunFolder
 from transcriptome.cli import rnaseq_app
 
 _STATE = {"debug": False}
+# The run folder cannot be written (permissions, a read-only or full disk): the user's to fix.
+DISK_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
 class _Cli(typer.Typer):
@@ -29,6 +32,12 @@ class _Cli(typer.Typer):
         except Exception as error:  # a bug or an unforeseen input: one line, not a traceback
             if _STATE["debug"]:
                 raise
+            if isinstance(error, OSError) and error.errno in DISK_ERRNOS:  # not a bug
+                where = f"{error.filename}: " if error.filename else ""
+                typer.secho(f"error: {where}{error.strerror}; make the folder writable (or "
+                            "free space), or give --out another folder",
+                            fg=typer.colors.RED, err=True)
+                raise SystemExit(2) from None
             text = " ".join(str(error).split()) or "-"
             typer.secho(f"error: unexpected {type(error).__name__}: {text} (run 'hccbio "
                         "--debug ...' for the traceback, and please report it)",

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hcccore.yamlfile import read_yaml
 
 ENDPOINTS = ("os", "pfs")
 
@@ -22,7 +23,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ScoresConfig(_Section):
@@ -185,10 +186,7 @@ def load_analysis_config(path: str | Path | None = None) -> AnalysisConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: study config not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    data = read_yaml(path, error=ConfigError) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with an 'analysis' section")
     section = data.get("analysis", {}) or {}

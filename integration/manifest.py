@@ -9,6 +9,7 @@ patient and timepoint) are serial sections, registered onto the block's referenc
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,15 +102,25 @@ def read_manifest(path: str | Path, *, check_files: bool = False) -> list[Sample
                                 f"{seen[sample_id]}")
         seen[sample_id] = line
         mpp = _parse_mpp(values.get("mpp", ""), where)
-        sample_path = Path(values["path"])
-        if not sample_path.is_absolute():
-            sample_path = (path.parent / sample_path).resolve()
+        sample_path = _absolute(Path(values["path"]), path.parent)
         if check_files and not sample_path.exists():
             raise ManifestError(f"{where}: file {sample_path} not found")
         samples.append(Sample(values["patient_id"], values["timepoint"], sample_id, modality,
                               values["stain"], sample_path, mpp, line,
                               values.get("block_id", "")))
     return samples
+
+
+def _absolute(sample_path: Path, base: Path) -> Path:
+    """``sample_path`` made absolute against the manifest's folder, links resolved where they
+    can be: a link that loops or cannot be read is kept as written, so that its own sample
+    fails with the reason and the batch goes on."""
+    if sample_path.is_absolute():
+        return sample_path
+    try:
+        return (base / sample_path).resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        return Path(os.path.abspath(base / sample_path))
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:

@@ -19,9 +19,9 @@ import logging
 import time
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hcccore.yamlfile import read_yaml
 from integration.manifest import BLOOD_MODALITIES, SLIDE_MODALITIES, Sample
 
 log = logging.getLogger("hccbio.study")
@@ -63,7 +63,7 @@ class StudySection(BaseModel):
         ``slurm`` (see :func:`pathology.run.schedulers.parse_scheduler`).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(..., min_length=1, description="Study name (logs, summary).")
     manifest: Path = Field(..., description="Study manifest (samples.csv), relative to the YAML.")
@@ -108,10 +108,7 @@ def load_study(path: str | Path, *, check_files: bool = True) -> StudySection:
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"{path}: study config not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise StudyError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    data = read_yaml(path, error=StudyError)
     if not isinstance(data, dict) or not isinstance(data.get(SECTION), dict):
         raise StudyError(f"{path}: no '{SECTION}' section (a mapping with name, manifest, "
                          "clinical, out)")

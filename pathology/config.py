@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,13 +20,15 @@ from pydantic import (
     model_validator,
 )
 
+from hcccore.yamlfile import read_yaml
+
 # The checkout: relative model and panel paths of a config are found here (or from the
 # working directory).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SlideSection(_Section):
@@ -485,10 +486,7 @@ def load_config(path: str | Path | None = None) -> PathologyConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    data = read_yaml(path, error=ConfigError) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     try:

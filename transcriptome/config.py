@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hcccore.yamlfile import read_yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SIGNATURE_DIR = PROJECT_ROOT / "configs" / "signatures"
@@ -29,7 +30,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class InputConfig(_Section):
@@ -126,10 +127,7 @@ def load_config(path: str | Path) -> TranscriptomeConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    data = read_yaml(path, error=ConfigError) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = path.resolve().parent

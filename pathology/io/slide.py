@@ -261,6 +261,9 @@ class Slide:
                  channel_names_source: str = "caller") -> None:
         self.path = Path(path)
         if not self.path.exists():
+            if self.path.is_symlink():
+                raise SlideError(f"{self.path}: a symbolic link that leads to no file (a "
+                                 "broken link or a loop); point it at the slide file")
             raise SlideError(f"{self.path}: slide file not found")
         if not self.path.is_file() and not self.path.is_dir():
             raise SlideError(f"{self.path}: not a file or a folder of channel TIFFs")
