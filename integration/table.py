@@ -76,8 +76,9 @@ def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
     review
         Standing QC review decisions (``sample_id -> Decision``); rejected samples are excluded.
     batch
-        The run's ``batch_report.csv`` rows: a sample without features that its arm failed
-        is excluded with the arm's reason (e.g. a flow file with too few events).
+        The run's ``batch_report.csv`` rows: a sample whose latest status is failed is
+        excluded with the arm's reason (e.g. a flow file with too few events, or stale
+        slide outputs), even when an arm table still holds an earlier run's row for it.
 
     Returns
     -------
@@ -105,9 +106,11 @@ def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
     for sample in samples:
         decision = review.get(sample.sample_id)
         row = (batch or {}).get(sample.sample_id)
-        if sample.sample_id not in arms.values.index and row is not None and \
-                row.status == "failed":
-            reason = f"failed in its arm: {row.reason}"
+        if row is not None and row.status == "failed":
+            # the latest run is the truth: features an earlier run left behind are not used
+            reason = (f"failed in its arm: {row.reason}"
+                      if sample.sample_id not in arms.values.index else
+                      f"failed on its latest run, earlier features not used: {row.reason}")
         elif sample.sample_id not in arms.values.index:
             reason = "no features (not processed, failed, or modality without an arm yet)"
         elif decision is not None and decision.decision == REJECTED:

@@ -23,7 +23,7 @@ from pathology.io.folder import FEATURES, SlideFolder
 from pathology.io.metadata import file_signature
 from pathology.io.slide import SlideError
 from pathology.run.finish import post_process_slide
-from pathology.run.layout import RunFolder
+from pathology.run.layout import PATHOLOGY_FEATURES, RunFolder
 from pathology.run.pipeline import (
     ModelCache,
     SlideJob,
@@ -45,7 +45,7 @@ from pathology.run.schedulers import (
     tile_batches,
 )
 from pathology.run.serial import SerialPair, finish_serial_sections
-from pathology.run.tables import write_run_features
+from pathology.run.tables import finished_slides, stale_slides, write_run_features
 from pathology.segmentation.nuclei import ModelError, file_sha256, resolve_model_path
 
 log = logging.getLogger("hccbio.pathology")
@@ -159,7 +159,7 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
                 models = ModelCache(config)
                 for job in todo:
                     row = _run_one_sync(job, out, config, models, progress,
-                                        post=job.sample_id not in deferred)
+                                        post=job.sample_id not in deferred, fresh=force)
                     if job.sample_id in deferred and row.status != "failed":
                         held[job.sample_id] = row
                     else:
@@ -177,7 +177,7 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
                         for _ in range(sum(r.status == status for r in rows.values())):
                             progress.slide_finished(status)
                     model_record = _run_dask(client, todo, out, config, progress, record,
-                                             deferred, held)
+                                             deferred, held, fresh=force)
                     for row in finish_serial_sections(pairs, {j.sample_id: j for j in jobs},
                                                       held, _failed_ids(rows), out, config,
                                                       client=client):
@@ -185,51 +185,20 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
         finally:
             progress.close()
         results = [rows[job.sample_id] for job in jobs]
+        ran = {job.sample_id for job in jobs}
+        for sample_id, reason in stale_slides(out, config, skip=ran).items():
+            report[sample_id] = BatchRow(sample_id, "failed", reason, 0.0)
+            log.warning("slide=%s status=failed reason=%s", sample_id, reason)
+        write_report(out, report)
         finished = finished_slides(out, report)
-        if finished:  # every finished slide of OUT, not only this run's (earlier runs' too)
+        # every finished slide of OUT, not only this run's (earlier runs' too); rewritten even
+        # when none is left, so that a slide whose latest run failed leaves the table
+        if finished or (out / PATHOLOGY_FEATURES).is_file():
             write_run_features(out, sample_ids=finished)
+        if finished:
             write_qc_summary(out)
         write_run_json(out, jobs, config, model_record, results, started_at, scheduler)
     return results
-
-
-def finished_slides(out: Path, report: dict[str, BatchRow] | None = None) -> list[str]:
-    """Every slide of the run folder with features whose latest batch status is not failed.
-
-    A second run into the same folder (another manifest) adds its slides to the run tables
-    instead of replacing the first run's. Slides computed with different configurations are
-    named in a warning (the table mixes them).
-
-    Parameters
-    ----------
-    out
-        The run folder.
-    report
-        Its batch report (read from ``batch_report.csv`` when None).
-
-    Returns
-    -------
-    list of str
-        Sample ids, sorted (the order of ``hccbio slides features OUT``).
-    """
-    report = read_report(out) if report is None else report
-    ids, configs = [], {}
-    for folder in RunFolder(out).slide_folders(having=FEATURES_FILE):
-        row = report.get(folder.sample_id)
-        if row is not None and row.status == "failed":
-            continue
-        ids.append(folder.sample_id)
-        try:
-            digest = json.loads(folder.features.read_text()).get("config_sha256")
-        except (OSError, json.JSONDecodeError):
-            digest = None
-        configs.setdefault(digest, []).append(folder.sample_id)
-    if len(configs) > 1:
-        groups = "; ".join(f"{(d or 'unknown')[:12]}: {', '.join(v)}" for d, v in configs.items())
-        log.warning("%s holds slides computed with %d configurations (%s); run them again "
-                    "with one --config (and --force) for a comparable table",
-                    out, len(configs), groups)
-    return ids
 
 
 def _failed_ids(rows: dict[str, BatchRow]) -> set[str]:
@@ -237,10 +206,11 @@ def _failed_ids(rows: dict[str, BatchRow]) -> set[str]:
 
 
 def _run_one_sync(job: SlideJob, out: Path, config: PathologyConfig, models: ModelCache,
-                  progress: BatchProgress, post: bool = True) -> BatchRow:
+                  progress: BatchProgress, post: bool = True, fresh: bool = False
+                  ) -> BatchRow:
     started = time.perf_counter()
     try:
-        plan = prepare_slide(job, out, config, models)
+        plan = prepare_slide(job, out, config, models, fresh=fresh)
         progress.add_tiles(len(plan.tiles))
         computed = 0
         for batch in tile_batches(plan, config.batch.tiles_per_task):
@@ -272,7 +242,7 @@ def _failed(job: SlideJob, error: BaseException, seconds: float) -> BatchRow:
 
 def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
               progress: BatchProgress, record, deferred: set[str] = frozenset(),
-              held: dict | None = None) -> dict:
+              held: dict | None = None, *, fresh: bool = False) -> dict:
     from distributed import as_completed
 
     retries = config.batch.retries
@@ -288,7 +258,7 @@ def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
     for job in todo:
         state[job.sample_id] = {"started": time.perf_counter(), "left": 0, "computed": 0,
                                 "failed": False}
-        submit("prepare", job, task_prepare, job, out, config)
+        submit("prepare", job, task_prepare, job, out, config, fresh)
     for future in pending:
         step, job = meta.pop(future)
         slide = state[job.sample_id]

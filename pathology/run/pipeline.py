@@ -304,8 +304,14 @@ def whole_cell_channels(channels: tuple[str, ...], nuclear: int | None, job: Sli
 
 
 def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
-                  models: ModelCache) -> SlidePlan:
+                  models: ModelCache, *, fresh: bool = False) -> SlidePlan:
     """Open the slide, find (or reuse) its tissue mask, and lay out its tiles.
+
+    Parameters
+    ----------
+    fresh
+        Clear the slide's store first (``--force``): nothing of an earlier run is reused, the
+        tissue and every tile are computed again from the pixels.
 
     Raises
     ------
@@ -337,7 +343,7 @@ def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
         classifier = models.cell_classifier(job.modality)
         if classifier is not None:  # its probabilities are per-tile columns
             identity["cell_classes"] = classifier.sha256
-        store = SlideStore(RunFolder(out).slide(job.sample_id).root, identity)
+        store = SlideStore(RunFolder(out).slide(job.sample_id).root, identity, fresh=fresh)
         stored = store.tissue_mask()
         if stored is None:
             mask_mpp = cfg.tissue.mask_mpp
@@ -505,6 +511,11 @@ def finalize_slide(plan: SlidePlan, out: Path, config: PathologyConfig, models: 
     if missing:
         raise SlideError(f"{plan.job.path}: {len(missing)} tile(s) unfinished, e.g. "
                          f"{missing[:5]}; run again to resume")
+    # What was computed from the previous cells no longer matches them (classes per cell
+    # row, the AnnData export): removed before the new cells replace the old ones, and made
+    # again from the new cells by the steps that follow.
+    for derived in (slide_folder.CLASSES, slide_folder.ANNDATA):
+        (folder / derived).unlink(missing_ok=True)
     n_cells = consolidate_cells(store, list(plan.tiles), folder / CELLS_FILE)
     area = plan.tissue_area_mm2
     model = models.get(plan.job.modality)
@@ -581,7 +592,8 @@ def consolidate_cells(store: SlideStore, tiles: list[Tile], target: Path) -> int
     next_id = 0
     try:
         for tile in tiles:
-            part = pq.read_table(store.part_path(tile.index))
+            part = _read_part(store, tile.index,
+                              None if writer is None else writer.schema.remove(0))
             ids = pa.array(np.arange(next_id, next_id + part.num_rows, dtype=np.int64))
             part = part.add_column(0, "cell_id", ids)
             next_id += part.num_rows
@@ -598,6 +610,29 @@ def consolidate_cells(store: SlideStore, tiles: list[Tile], target: Path) -> int
             writer.close()
         tmp.unlink(missing_ok=True)
     return next_id
+
+
+def _read_part(store: SlideStore, tile_index: int, schema: pa.Schema | None) -> pa.Table:
+    """A tile's saved cells; a part that cannot be read, or whose columns differ from the
+    other parts', is forgotten (computed again on the next run) and named in the error.
+
+    Raises
+    ------
+    SlideError
+        The part is damaged: one short line, not the Parquet reader's schema dump.
+    """
+    path = store.part_path(tile_index)
+    try:
+        part = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        problem = f"not a readable Parquet file ({type(error).__name__})"
+    else:
+        if schema is None or part.schema.equals(schema):
+            return part
+        problem = "its columns differ from the other tiles'"
+    store.forget_tile(tile_index)
+    raise SlideError(f"{path}: the saved cells of tile {tile_index} are damaged ({problem}); "
+                     "the part was removed: run again to compute the tile again")
 
 
 def read_cells(folder: Path) -> pa.Table:

@@ -133,10 +133,11 @@ def _fixed_failure(error: ValueError) -> FixedFailure:
     return FixedFailure(" ".join(str(error).split()) or type(error).__name__)
 
 
-def task_prepare(job: SlideJob, out: Path, config: PathologyConfig) -> SlidePlan | FixedFailure:
-    """Worker task: :func:`pathology.run.pipeline.prepare_slide`."""
+def task_prepare(job: SlideJob, out: Path, config: PathologyConfig, fresh: bool = False
+                 ) -> SlidePlan | FixedFailure:
+    """Worker task: :func:`pathology.run.pipeline.prepare_slide` (``fresh``: ``--force``)."""
     try:
-        return prepare_slide(job, out, config, worker_models(config))
+        return prepare_slide(job, out, config, worker_models(config), fresh=fresh)
     except ValueError as error:  # SlideError, PixelSizeError, ModelError are ValueErrors
         return _fixed_failure(error)
 

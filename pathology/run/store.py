@@ -34,16 +34,23 @@ class SlideStore:
     identity
         What makes results valid: input file signature and configuration hash. A store with a
         different identity is cleared.
+    fresh
+        Clear the store whatever its identity (``--force``: tissue, tile progress and tile
+        parts are computed again from the pixels).
     """
 
-    def __init__(self, folder: Path, identity: dict) -> None:
+    def __init__(self, folder: Path, identity: dict, *, fresh: bool = False) -> None:
         self.folder = Path(folder)
         self.zarr_path = SlideFolder(self.folder).store
         self.parts = self.folder / PARTS_DIR
         self.identity = identity
         self.reset_reason: str | None = None
         self.folder.mkdir(parents=True, exist_ok=True)
-        if self.zarr_path.exists():
+        if fresh and (self.zarr_path.exists() or self.parts.exists()):
+            self.reset_reason = "recomputed from the pixels (--force)"
+            shutil.rmtree(self.zarr_path, ignore_errors=True)
+            shutil.rmtree(self.parts, ignore_errors=True)
+        elif self.zarr_path.exists():
             group = zarr.open_group(str(self.zarr_path), mode="r")
             stored = group.attrs.get("identity")
             if stored != identity:
@@ -101,6 +108,11 @@ class SlideStore:
         """Write the tile's cells, then mark it done (in that order, for crash safety)."""
         write_parquet(table, self.part_path(tile_index))
         self.group[TILE_DONE][tile_index] = 1
+
+    def forget_tile(self, tile_index: int) -> None:
+        """Mark the tile unfinished and remove its part (a damaged part is computed again)."""
+        self.group[TILE_DONE][tile_index] = 0
+        self.part_path(tile_index).unlink(missing_ok=True)
 
     def set_attr(self, key: str, value) -> None:
         """Record a JSON-serialisable fact in the store's attributes."""

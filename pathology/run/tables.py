@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hcccore.atomic import write_text
+from hcccore.batch_report import BatchRow, read_report
 from hcccore.sample_features import DICTIONARY_COLUMNS
 from pathology.config import PathologyConfig
 from pathology.features import FEATURES_FILE, PROXY_NOTE
 from pathology.io.folder import CELLS
+from pathology.io.metadata import file_signature
 from pathology.io.slide import SlideError
 from pathology.qc import geojson
 from pathology.qc.check import QcError, measure_slide_qc
@@ -37,6 +39,112 @@ DICTIONARY_FILE = PATHOLOGY_DICTIONARY
 CELLS_FILE = CELLS
 
 
+def finished_slides(out: Path, report: dict[str, BatchRow] | None = None) -> list[str]:
+    """Every slide of the run folder with features whose latest batch status is not failed.
+
+    A second run into the same folder (another manifest) adds its slides to the run tables
+    instead of replacing the first run's; a slide whose latest run failed is left out (its
+    earlier features are stale). Slides computed with different configurations are named
+    in a warning (the table mixes them).
+
+    Parameters
+    ----------
+    out
+        The run folder.
+    report
+        Its batch report (read from ``batch_report.csv`` when None).
+
+    Returns
+    -------
+    list of str
+        Sample ids, sorted (the order of ``hccbio slides features OUT``).
+    """
+    report = read_report(out) if report is None else report
+    ids, configs = [], {}
+    for folder in RunFolder(out).slide_folders(having=FEATURES_FILE):
+        row = report.get(folder.sample_id)
+        if row is not None and row.status == "failed":
+            continue
+        ids.append(folder.sample_id)
+        configs.setdefault(_record(folder.features).get("config_sha256"),
+                           []).append(folder.sample_id)
+    if len(configs) > 1:
+        groups = "; ".join(f"{(d or 'unknown')[:12]}: {', '.join(v)}" for d, v in configs.items())
+        log.warning("%s holds slides computed with %d configurations (%s); run them again "
+                    "with one --config (and --force) for a comparable table",
+                    out, len(configs), groups)
+    return ids
+
+
+def stale_slides(out: Path, config: PathologyConfig, *, skip: Iterable[str] = ()
+                 ) -> dict[str, str]:
+    """Finished slides of the run folder whose outputs no longer match their inputs.
+
+    A slide's ``features.json`` records the digest of the configuration and the signature
+    (path, size, modification time) of the file it was computed from. Outputs made with
+    another configuration than ``config``, or from a file that has changed since, are stale;
+    a slide file that is no longer there (archived) does not make them stale.
+
+    Parameters
+    ----------
+    out
+        The run folder.
+    config
+        The configuration of the run that is rebuilding the tables.
+    skip
+        Slides not to check (those this run has just processed).
+
+    Returns
+    -------
+    dict
+        Sample id -> reason (one line naming the fix), for each stale slide.
+    """
+    skip = set(skip)
+    digest = config.digest()
+    stale = {}
+    for folder in RunFolder(out).slide_folders(having=FEATURES_FILE):
+        if folder.sample_id in skip:
+            continue
+        record = _record(folder.features)
+        if "features" not in record:
+            continue
+        recorded = record.get("config_sha256")
+        source = (record.get("identity") or {}).get("input") or {}
+        path = Path(source.get("path", "")) if source.get("path") else None
+        if recorded != digest:
+            stale[folder.sample_id] = (
+                f"stale: computed with configuration {str(recorded)[:12]}, this run used "
+                f"{digest[:12]}; add the slide to a run with this --config to use it")
+        elif path is not None and _exists(path) and _signature(path) != source:
+            stale[folder.sample_id] = (
+                f"stale: {path} changed since its features were computed; run "
+                "'hccbio slides run' on it again")
+    return stale
+
+
+def _record(path: Path) -> dict:
+    """A slide's ``features.json``, or an empty dict when it cannot be read."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def _signature(path: Path) -> dict | None:
+    try:
+        return file_signature(path)
+    except OSError:
+        return None
+
+
 def write_run_features(out: Path, *, sample_ids: Iterable[str] | None = None) -> Path:
     """Write ``OUT/pathology_features.csv`` (one row per slide) and its data dictionary.
 
@@ -45,8 +153,8 @@ def write_run_features(out: Path, *, sample_ids: Iterable[str] | None = None) ->
     out
         The run folder.
     sample_ids
-        Slides to include (default: every ``OUT/slides/<id>/features.json`` that holds
-        features), in this order.
+        Slides to include (default: :func:`finished_slides`, every slide folder with
+        features whose latest batch status is not failed), in this order.
 
     Returns
     -------
@@ -55,7 +163,7 @@ def write_run_features(out: Path, *, sample_ids: Iterable[str] | None = None) ->
     """
     out = Path(out)
     if sample_ids is None:
-        sample_ids = [s.sample_id for s in RunFolder(out).slide_folders(having=FEATURES_FILE)]
+        sample_ids = finished_slides(out)
     rows: list[dict] = []
     dictionary: dict[str, dict] = {}
     for sample_id in sample_ids:
