@@ -186,7 +186,8 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
             progress.close()
         results = [rows[job.sample_id] for job in jobs]
         ran = {job.sample_id for job in jobs}
-        for sample_id, reason in stale_slides(out, config, skip=ran).items():
+        already = {sid for sid, row in report.items() if row.status == "failed"}
+        for sample_id, reason in stale_slides(out, config, skip=ran | already).items():
             report[sample_id] = BatchRow(sample_id, "failed", reason, 0.0)
             log.warning("slide=%s status=failed reason=%s", sample_id, reason)
         write_report(out, report)

@@ -128,6 +128,11 @@ def test_failed_and_stale_slides_leave_the_table_and_are_excluded_with_their_rea
     assert set(excluded) == {"a", "b"}
     assert "stale" in excluded["a"]["reason"]
     assert str(root / "b.tiff") in excluded["b"]["reason"]
+    assert _run(root / "a.csv", out, study["c2"]).exit_code == 0  # a again, with this config
+    report = _rows(out / layout.BATCH_REPORT)
+    assert report["a"]["status"] == "done"
+    assert str(root / "b.tiff") in report["b"]["reason"]  # its failure, not marked stale
+    assert list(_rows(out / layout.PATHOLOGY_FEATURES)) == ["a", "c"]
 
 
 def test_a_symlink_loop_fails_its_own_row_and_the_batch_goes_on(study):
