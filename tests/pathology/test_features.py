@@ -192,7 +192,10 @@ def test_automatic_regions_and_spatial_features_on_real_mibi_cells(shared_data, 
     assert (out / RUN_FEATURES_FILE).is_file()
 
 
-def test_he_slide_features_use_the_lymphocyte_classifier(tmp_path, project_root):
+def test_he_slide_features_use_the_logistic_lymphocyte_classifier(tmp_path, project_root):
+    """Cells measured elsewhere (watershed nuclei, no patch probabilities): the logistic model
+    on shape and stain columns, named in the config, still makes the H&E features (the patch
+    network's path: tests/pathology/test_nucleus_classes.py)."""
     from stardist.data import test_image_he_2d
 
     from pathology.cells.measure import measure_labels
@@ -206,7 +209,8 @@ def test_he_slide_features_use_the_lymphocyte_classifier(tmp_path, project_root)
     out = tmp_path / "run"
     write_slide(out, "he", cells, mask, modality="he", stain="")
     config = PathologyConfig(phenotypes=PhenotypesSection(
-        panels_dir=str(project_root / "configs" / "panels")))
+        panels_dir=str(project_root / "configs" / "panels"),
+        lymphocyte_model="models/lymphocyte_classifier"))
     row = compute_slide_features(out / "slides" / "he", modality="he", stain="", config=config)
     n_lym = row["he_lym_tissue_n"]
     assert 0 < n_lym < len(cells)

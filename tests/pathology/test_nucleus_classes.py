@@ -154,3 +154,19 @@ def test_shipped_network_calls_lymphocytes_on_unseen_images_of_both_organs(
     assert f"| {scores['f1']:.3f} | {scores['precision']:.3f} | {scores['recall']:.3f} |" in row
     assert scores["f1"] >= 0.75  # the issue's target on both organs
     assert scores["tumour_called_lymphocyte"] <= 0.05
+
+
+def test_cells_measured_without_the_network_get_a_clear_error(project_root):
+    """Cells from before the network was configured (no p_ columns): the lymphocyte call says
+    so and how to fix it, instead of calling nothing."""
+    import pandas as pd
+
+    from pathology.cells.panels import PanelError
+    from pathology.cells.phenotypes import lymphocyte_calls
+
+    cells = pd.DataFrame({"x_um": [1.0, 2.0], "y_um": [1.0, 2.0], "area_um2": [30.0, 40.0]})
+    with pytest.raises(PanelError, match="no 'p_lymphocyte' column.*--force"):
+        lymphocyte_calls(cells, "models/he_cell_classes")
+    called, threshold = lymphocyte_calls(cells.assign(p_lymphocyte=[0.9, 0.1]),
+                                         "models/he_cell_classes")
+    assert called.tolist() == [True, False] and 0 < threshold < 1
