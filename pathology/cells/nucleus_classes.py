@@ -18,7 +18,9 @@ phenotype step and the training script.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import os
+import threading
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -109,16 +111,28 @@ class PatchClassifier:
     threshold: float
     sha256: str = ""
     meta: dict = field(default_factory=dict, compare=False)
+    backend: str = "tensorflow"
 
     def describe(self) -> dict[str, Any]:
         """Provenance record for run.json and features.json."""
         return {"name": str(self.folder.name), "kind": KIND, "sha256": self.sha256,
                 "classes": list(self.classes), "patch_px": self.patch_px, "mpp": self.mpp,
-                "positive_class": self.positive_class, "threshold": self.threshold}
+                "positive_class": self.positive_class, "threshold": self.threshold,
+                "backend": self.backend}
+
+    def on_backend(self, backend: str) -> PatchClassifier:
+        """This classifier run by ``backend`` (``tensorflow`` or ``openvino``): the pipeline
+        follows the segmentation network's backend, so that an OpenVINO worker never imports
+        TensorFlow (once the network is converted and cached beside the weights)."""
+        if backend not in ("tensorflow", "openvino"):
+            raise ValueError(f"unknown backend {backend!r}; expected tensorflow or openvino")
+        return replace(self, backend=backend)
 
     def network(self) -> Any:
-        """The Keras network (loaded once per process)."""
-        return _load_network(str(self.folder / NETWORK_FILE))
+        """A function from a float32 batch ``(B, P, P, 3)`` to ``(B, K)`` probabilities
+        (loaded, or converted and cached, once per process)."""
+        return _load_network(str(self.folder / NETWORK_FILE), self.backend, self.sha256,
+                             self.patch_px)
 
     def probabilities(self, patches: np.ndarray) -> np.ndarray:
         """``(n, K)`` class probabilities of uint8 RGB patches."""
@@ -128,7 +142,7 @@ class PatchClassifier:
         out = []
         for start in range(0, len(patches), PREDICT_BATCH):
             batch = patches[start:start + PREDICT_BATCH].astype(np.float32) / 255.0
-            out.append(np.asarray(network(batch, training=False), dtype=np.float32))
+            out.append(np.asarray(network(batch), dtype=np.float32))
         return np.concatenate(out)
 
     def classify(self, image: np.ndarray, rows: np.ndarray, cols: np.ndarray
@@ -143,11 +157,52 @@ class PatchClassifier:
 
 
 @lru_cache(maxsize=4)
-def _load_network(path: str) -> Any:
+def _load_network(path: str, backend: str, sha256: str, patch_px: int) -> Any:
+    if backend == "openvino":
+        return _openvino_network(Path(path), sha256, patch_px)
+    network = _keras_network(path)
+    return lambda batch: network(batch, training=False)
+
+
+def _keras_network(path: str) -> Any:
     from pathology.segmentation.nuclei import import_tensorflow
 
     keras = import_tensorflow().keras
     return keras.models.load_model(path, compile=False)
+
+
+def _openvino_network(path: Path, sha256: str, patch_px: int) -> Any:
+    """The network compiled by OpenVINO; its converted form is read from ``openvino/<sha256>``
+    beside the weights or in the user cache (converted once from Keras, then saved there)."""
+    import openvino as ov
+
+    from pathology.segmentation.backends import ir_paths, save_ir
+
+    core = ov.Core()
+    paths = ir_paths(path.parent, sha256) if sha256 else []
+    network = next((core.read_model(xml) for xml in paths
+                    if xml.is_file() and xml.with_suffix(".bin").is_file()), None)
+    if network is None:
+        network = ov.convert_model(_keras_network(str(path)),
+                                   input=[ov.PartialShape([-1, patch_px, patch_px, 3])])
+        for xml in paths:
+            try:
+                save_ir(network, xml)
+                break
+            except (OSError, RuntimeError):
+                continue
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+    threads = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+    if threads.isdigit():  # Dask workers set it to 1, as for the segmentation network
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    compiled = core.compile_model(network, "CPU", config)
+    request, lock = compiled.create_infer_request(), threading.Lock()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            return np.array(request.infer({0: batch})[compiled.output(0)])
+
+    return run
 
 
 def is_patch_model(spec: str | Path) -> bool:

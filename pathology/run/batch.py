@@ -313,8 +313,15 @@ def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
             models.setdefault(plan.kind, plan.identity["model"])
             if slide.get("backend"):
                 used.setdefault(plan.kind, set()).add(slide["backend"])
-    return {kind: {"sha256": sha, "backend": " + ".join(sorted(used.get(kind, ())))}
-            for kind, sha in models.items()}
+    record = {kind: {"sha256": sha, "backend": " + ".join(sorted(used.get(kind, ())))}
+              for kind, sha in models.items()}
+    classes = {slide["plan"].identity["cell_classes"]: slide["plan"].kind
+               for slide in state.values()
+               if slide.get("plan") is not None and "cell_classes" in slide["plan"].identity}
+    for sha, kind in classes.items():  # the H&E nucleus-class network follows that backend
+        record[f"cell_classes:{sha[:12]}"] = {"sha256": sha, "kind": "patch_cnn",
+                                              "backend": record[kind]["backend"]}
+    return record
 
 
 def _one_line(error: BaseException) -> str:

@@ -113,7 +113,8 @@ class ModelCache:
         if modality != "he" or not is_patch_model(spec):
             return None
         if spec not in self._classifiers:
-            classifier = load_patch_classifier(spec)
+            # run by the segmentation network's backend (OpenVINO workers load no TensorFlow)
+            classifier = load_patch_classifier(spec).on_backend(self.get(modality).backend)
             working = self.config.slide.working_mpp
             if abs(classifier.mpp - working) > 0.02 * working:
                 raise SlideError(f"{classifier.folder}: the nucleus-class network was trained "

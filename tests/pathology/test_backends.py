@@ -136,7 +136,9 @@ def test_slides_run_records_the_backend_in_features_and_run_json(he_tiff, tmp_pa
     assert features["model"]["backend"] == "openvino"
     run = json.loads((tmp_path / "run.json").read_text())["pathology"]
     assert run["config"]["segmentation"]["backend"] == "openvino"
-    assert [m["backend"] for m in run["models"].values()] == ["openvino"]
+    # the segmentation network and the H&E nucleus-class network, both run by OpenVINO
+    assert [m["backend"] for m in run["models"].values()] == ["openvino", "openvino"]
+    assert [m.get("kind") for m in run["models"].values()] == [None, "patch_cnn"]
     assert run["versions"]["openvino"] == backends.openvino_version()
 
 
@@ -212,6 +214,7 @@ def test_openvino_worker_never_imports_tensorflow(caches, he_tiff, tmp_path):
     import sys
 
     caches["openvino"].get("he")  # converts once and caches the IR, as the first worker does
+    caches["openvino"].cell_classifier("he").network()  # the H&E nucleus-class network too
     code = (
         "import json, sys; from pathlib import Path\n"
         "from pathology.config import PathologyConfig, SegmentationSection\n"

@@ -170,3 +170,21 @@ def test_cells_measured_without_the_network_get_a_clear_error(project_root):
     called, threshold = lymphocyte_calls(cells.assign(p_lymphocyte=[0.9, 0.1]),
                                          "models/he_cell_classes")
     assert called.tolist() == [True, False] and 0 < threshold < 1
+
+
+def test_openvino_and_tensorflow_give_the_same_class_probabilities():
+    """The shipped network on real H&E patches, run by either backend (the pipeline follows
+    the segmentation network's): the same probabilities to float precision."""
+    from stardist.data import test_image_he_2d
+
+    image = test_image_he_2d()
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, image.shape[0], 300), rng.integers(0, image.shape[1], 300)
+    classifier = load_patch_classifier("models/he_cell_classes")
+    keras = classifier.on_backend("tensorflow").classify(image, rows, cols)
+    openvino = classifier.on_backend("openvino").classify(image, rows, cols)
+    for column, values in keras.items():
+        assert np.allclose(values, openvino[column], atol=1e-4), column
+    assert classifier.on_backend("openvino").describe()["backend"] == "openvino"
+    with pytest.raises(ValueError, match="unknown backend"):
+        classifier.on_backend("onnx")
