@@ -182,12 +182,18 @@ def _openvino_network(path: Path, sha256: str, patch_px: int) -> Any:
     paths = ir_paths(path.parent, sha256) if sha256 else []
     network = next((core.read_model(xml) for xml in paths
                     if xml.is_file() and xml.with_suffix(".bin").is_file()), None)
+    keep_alive = None
     if network is None:
-        network = ov.convert_model(_keras_network(str(path)),
+        # the converted model shares its weights' memory with the Keras model (garbage once
+        # that is collected: every patch came out 'lymphocyte'): read it back from the saved
+        # files, or keep the Keras model alive when it could be saved nowhere
+        keep_alive = _keras_network(str(path))
+        network = ov.convert_model(keep_alive,
                                    input=[ov.PartialShape([-1, patch_px, patch_px, 3])])
         for xml in paths:
             try:
                 save_ir(network, xml)
+                network, keep_alive = core.read_model(xml), None
                 break
             except (OSError, RuntimeError):
                 continue
@@ -202,6 +208,7 @@ def _openvino_network(path: Path, sha256: str, patch_px: int) -> Any:
         with lock:
             return np.array(request.infer({0: batch})[compiled.output(0)])
 
+    run.keep_alive = keep_alive  # type: ignore[attr-defined]
     return run
 
 
