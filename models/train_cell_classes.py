@@ -265,15 +265,6 @@ def main(argv: list[str] | None = None) -> int:
     keras = tf.keras
     keras.utils.set_random_seed(SEED)
     sets = splits(data)
-    x_train = np.concatenate([sets["breast"]["train"][0]]
-                             + [sets["colon"]["train"][0]] * CRC_OVERSAMPLE)
-    y_train = np.concatenate([sets["breast"]["train"][1]]
-                             + [sets["colon"]["train"][1]] * CRC_OVERSAMPLE)
-    counts = np.bincount(y_train, minlength=len(CELL_CLASSES)).astype(float)
-    weights = {k: float(np.sqrt(counts.max() / max(c, 1.0))) for k, c in enumerate(counts)}
-    print(f"training windows {len(y_train)} per class {counts.tolist()} weights {weights}",
-          flush=True)
-
     center = build_augment(tf, train=False)
 
     def predict(network, x: np.ndarray) -> np.ndarray:
@@ -288,6 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         model["meta"]["training"]["threshold_rule"] = f"F{BETA:g}"
         (args.out / MODEL_FILE).write_text(json.dumps(model, indent=1) + "\n")
         return 0
+    x_train = np.concatenate([sets["breast"]["train"][0]]
+                             + [sets["colon"]["train"][0]] * CRC_OVERSAMPLE)
+    y_train = np.concatenate([sets["breast"]["train"][1]]
+                             + [sets["colon"]["train"][1]] * CRC_OVERSAMPLE)
+    counts = np.bincount(y_train, minlength=len(CELL_CLASSES)).astype(float)
+    weights = {k: float(np.sqrt(counts.max() / max(c, 1.0))) for k, c in enumerate(counts)}
+    print(f"training windows {len(y_train)} per class {counts.tolist()} weights {weights}",
+          flush=True)
     augment = build_augment(tf, train=True)
     train_ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
                 .shuffle(len(y_train), seed=SEED, reshuffle_each_iteration=True)
