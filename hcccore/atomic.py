@@ -20,7 +20,8 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask; files get the usual mode
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+def write_atomic(path: str | Path, write: Callable[[Path], None], *,
+                 mode: int | None = None) -> Path:
     """Write a file through a temporary sibling and ``os.replace`` it into place.
 
     Parameters
@@ -29,6 +30,10 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
         Final file; its folder is created if needed.
     write
         Called with the temporary path; must write the whole file there.
+    mode
+        Permission bits of the file (e.g. ``0o600`` for a file only its owner may read); by
+        default the usual mode (``0o666`` less the umask). The temporary file has them from
+        the start, so the content is never readable with wider ones.
 
     Returns
     -------
@@ -49,8 +54,10 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
+        if mode is not None:
+            os.chmod(temp, mode)
         write(Path(temp))
-        os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
+        os.chmod(temp, 0o666 & ~_UMASK if mode is None else mode)  # mkstemp makes 0600 files
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -58,14 +65,14 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write bytes atomically; returns ``path``."""
-    return write_atomic(path, lambda temp: temp.write_bytes(data))
+def write_bytes(path: str | Path, data: bytes, *, mode: int | None = None) -> Path:
+    """Write bytes atomically (``mode`` as in :func:`write_atomic`); returns ``path``."""
+    return write_atomic(path, lambda temp: temp.write_bytes(data), mode=mode)
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Write UTF-8 text atomically; returns ``path``."""
-    return write_bytes(path, text.encode("utf-8"))
+def write_text(path: str | Path, text: str, *, mode: int | None = None) -> Path:
+    """Write UTF-8 text atomically (``mode`` as in :func:`write_atomic`); returns ``path``."""
+    return write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
