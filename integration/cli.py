@@ -15,6 +15,7 @@ import typer
 from blood.cli import app as blood_app
 from integration.manifest import SLIDE_MODALITIES, ManifestError, read_manifest
 from pathology.io.folder import CELLS
+from pathology.review.cli import app as review_app
 from pathology.run.layout import RunFolder
 from transcriptome.cli import rnaseq_app
 
@@ -52,6 +53,7 @@ slides_app = typer.Typer(no_args_is_help=True, help="Whole-slide images: tissue,
 app.add_typer(slides_app, name="slides")
 app.add_typer(rnaseq_app, name="rnaseq")
 app.add_typer(blood_app, name="blood")
+app.add_typer(review_app, name="review")
 
 LIBRARY_LOGGERS = ("distributed", "tornado", "bokeh", "asyncio", "absl", "tensorflow")
 QUIET_LOGGERS = ("tifffile",)  # warns for every damaged TIFF it meets; the slide's error says it
@@ -230,6 +232,7 @@ def slides_qc(
     """Slide QC of every finished slide: qc/ folders, OUT/qc/qc_summary.csv and index.html."""
     from pathology.config import ConfigError, load_config
     from pathology.run.qc_summary import write_qc_summary
+    from pathology.run.review_log import ReviewError
     from pathology.run.tables import run_qc
 
     try:
@@ -239,7 +242,10 @@ def slides_qc(
     if not RunFolder(out).slides.is_dir():
         _fail(f"{out}: no slides/ folder (run 'hccbio slides run' first)")
     statuses = run_qc(out, config=cfg)
-    summary = write_qc_summary(out)
+    try:
+        summary = write_qc_summary(out)
+    except ReviewError as error:  # every slide's QC is saved; the summary needs the log
+        _fail(str(error))
     for sample_id, status in statuses.items():
         typer.echo(f"{sample_id:24s} {status}")
     typer.echo(f"{len(statuses)} slide(s); summary: {summary}, page: "
@@ -322,34 +328,6 @@ def slides_map_points(
     except RegistrationInputError as error:
         _fail(str(error))
     typer.echo(f"{n} point(s) mapped: {out}")
-
-
-@app.command("review")
-def review(
-    out: Path = typer.Argument(..., help="Run folder (with slides/*/qc from 'slides qc')."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
-    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback "
-                                      "--host (anyone who can reach it can review)."),
-    reviewer: str = typer.Option("", "--reviewer", help="Default reviewer name in the form."),
-    allow_host: list[str] = typer.Option([], "--allow-host", help="Another name browsers may "
-                                         "use for this server (repeat); requests naming any "
-                                         "other host are refused (DNS rebinding)."),
-) -> None:
-    """Review slides in the browser: QC flags, deep-zoom viewer, overlays, approve / reject."""
-    from pathology.review.server import BindError, check_bind, check_port, serve
-
-    try:
-        check_bind(host, allow_remote=allow_remote)
-        if not RunFolder(out).slides.is_dir():
-            raise FileNotFoundError(f"{out}: no slides/ folder (run 'hccbio slides run' "
-                                    "first)")
-        check_port(host, port)  # before printing an address that would not be served
-        typer.echo(f"review app on http://{host}:{port}/ (Ctrl-C to stop)")
-        serve(out, host=host, port=port, allow_remote=allow_remote, reviewer=reviewer,
-              allow_hosts=tuple(allow_host))
-    except (BindError, FileNotFoundError) as error:
-        _fail(str(error))
 
 
 @rnaseq_app.command("run")

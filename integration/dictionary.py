@@ -23,7 +23,8 @@ ID_ENTRIES = (
      "unit": "category", "modality": "", "method": "study manifest", "config_keys": "",
      "source": "samples.csv"},
     {"name": "qc_review", "label": "QC review of the row's slides: approved (all signed off) "
-     "or not_reviewed (at least one without a decision); empty without slides",
+     "or not_reviewed (at least one without a decision, or approved on an earlier result); "
+     "empty without slides",
      "unit": "category", "modality": "", "method": "pathologist's review log (rejected "
      "slides are left out, see exclusions.csv)", "config_keys": "", "source": "qc/review.csv"},
 )

@@ -9,7 +9,7 @@ from hcccore.lock import RunLock
 from integration.arms import check_finished_samples, read_arm_features
 from integration.exports import write_feature_table
 from integration.manifest import read_manifest
-from integration.review import REVIEW_FILE, read_review
+from integration.review import REVIEW_FILE, read_review, result_digests
 from integration.table import FeatureTable, build_feature_table
 
 
@@ -44,6 +44,7 @@ def run_integration(manifest: str | Path, out: str | Path) -> FeatureTable:
         arms = read_arm_features(out)
         check_finished_samples(samples, arms, out)
         review = read_review(out / REVIEW_FILE)
-        table = build_feature_table(samples, arms, review=review, batch=read_report(out))
+        table = build_feature_table(samples, arms, review=review, batch=read_report(out),
+                                    results=result_digests(out))
         write_feature_table(table, out)
     return table

@@ -2,7 +2,9 @@
 
 Samples map to patients and time points through the manifest. Slides rejected at QC review are
 excluded with the reason, as are manifest samples without features; slides used without a QC
-review decision are flagged (column ``qc_review`` = ``not_reviewed``), never read as approved.
+review decision are flagged (column ``qc_review`` = ``not_reviewed``), never read as approved;
+so are slides approved on an earlier result (computed again since with another configuration:
+``approved_earlier_result`` per slide, ``not_reviewed`` in the wide row).
 The wide table has one row per patient x time point, the features of all that patient's samples
 at that time point, and ``d_<feature>`` = value at this time point minus the patient's baseline
 value (empty on baseline rows). The long form has one row per patient x time point x feature.
@@ -20,7 +22,14 @@ from hcccore.batch_report import BatchRow
 from integration.arms import ArmFeatures, FeatureTableError
 from integration.dictionary import build_dictionary, delta_name
 from integration.manifest import SLIDE_MODALITIES, TIMEPOINTS, Sample
-from integration.review import APPROVED, NOT_REVIEWED, REJECTED, Decision, review_state
+from integration.review import (
+    APPROVED,
+    APPROVED_EARLIER,
+    NOT_REVIEWED,
+    REJECTED,
+    Decision,
+    review_state,
+)
 
 ID_COLUMNS = ("patient_id", "timepoint")
 QC_REVIEW_COLUMN = "qc_review"
@@ -36,7 +45,8 @@ class FeatureTable:
     wide
         One row per patient x time point: ``patient_id, timepoint, qc_review``, features,
         ``d_`` changes. ``qc_review`` is ``approved`` when every slide of the row was signed
-        off, ``not_reviewed`` when at least one was not reviewed, empty without slides.
+        off, ``not_reviewed`` when at least one was not reviewed (or approved on an
+        earlier result), empty without slides.
     long
         ``patient_id, timepoint, sample_id, modality, qc_review, feature, value, level``
         (``level`` holds categorical values, ``value`` numeric ones; ``qc_review`` is the
@@ -64,7 +74,8 @@ class FeatureTable:
 
 def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
                         review: dict[str, Decision] | None = None,
-                        batch: Mapping[str, BatchRow] | None = None) -> FeatureTable:
+                        batch: Mapping[str, BatchRow] | None = None,
+                        results: Mapping[str, str] | None = None) -> FeatureTable:
     """Merge per-sample features into the study table.
 
     Parameters
@@ -79,6 +90,9 @@ def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
         The run's ``batch_report.csv`` rows: a sample whose latest status is failed is
         excluded with the arm's reason (e.g. a flow file with too few events, or stale
         slide outputs), even when an arm table still holds an earlier run's row for it.
+    results
+        Each slide's result digest now (:func:`integration.review.result_digests`): an
+        approval given to another result is ``approved_earlier_result``, not an approval.
 
     Returns
     -------
@@ -124,8 +138,9 @@ def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
     notes: list[str] = []
     feature_columns = list(arms.values.columns)
     values = arms.values.loc[[s.sample_id for s in used]]
-    states = [review_state(review.get(s.sample_id)) if s.modality in SLIDE_MODALITIES else None
-              for s in used]
+    results = results or {}
+    states = [review_state(review.get(s.sample_id), results.get(s.sample_id))
+              if s.modality in SLIDE_MODALITIES else None for s in used]
     keys = pd.DataFrame({"patient_id": [s.patient_id for s in used],
                          "timepoint": [s.timepoint for s in used],
                          "sample_id": [s.sample_id for s in used],
@@ -137,6 +152,13 @@ def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
         notes.append(f"{len(unreviewed)} slide(s) used without a QC review decision "
                      f"(qc_review = {NOT_REVIEWED}): {', '.join(unreviewed[:20])}"
                      f"{' ...' if len(unreviewed) > 20 else ''}")
+    earlier = [s.sample_id for s, state in zip(used, states, strict=True)
+               if state == APPROVED_EARLIER]
+    if earlier:
+        notes.append(f"{len(earlier)} slide(s) approved an earlier result (computed again "
+                     f"since, with another configuration; qc_review = {APPROVED_EARLIER}): "
+                     f"{', '.join(earlier[:20])}{' ...' if len(earlier) > 20 else ''}; "
+                     "review them again")
     wide = _wide(values, keys, feature_columns, notes)
     categorical = set(arms.dictionary.loc[arms.dictionary["unit"] == "category", "name"])
     numeric = [c for c in feature_columns
@@ -152,6 +174,7 @@ def build_feature_table(samples: list[Sample], arms: ArmFeatures, *,
                                                for s in samples)),
               "samples_rejected_qc": rejected,
               "slides_not_reviewed": len(unreviewed),
+              "slides_approved_earlier_result": len(earlier),
               "samples_used": len(used),
               "patients_with_features": int(wide["patient_id"].nunique()),
               "patient_timepoints": len(wide)}

@@ -1,9 +1,11 @@
-"""Serve the review app with uvicorn; refuse to listen beyond this machine unless asked."""
+"""Serve the review app with uvicorn; refuse to listen beyond this machine unless asked, and
+never beyond it without reviewer accounts."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from pathology.run.layout import RunFolder
@@ -35,18 +37,31 @@ def is_loopback(host: str) -> bool:
             return False
 
 
-def check_bind(host: str, *, allow_remote: bool) -> None:
-    """Refuse a non-loopback ``host`` unless ``allow_remote``.
+def check_bind(host: str, *, allow_remote: bool, accounts: Path | None = None) -> None:
+    """Refuse a non-loopback ``host`` unless ``allow_remote``, and then unless the accounts
+    file ``accounts`` holds at least one reviewer account.
 
     Raises
     ------
     BindError
-        ``host`` is reachable from other machines and ``allow_remote`` is False.
+        ``host`` is reachable from other machines and ``allow_remote`` is False, or there
+        is no account to sign in with (the message names the file and the command).
+    pathology.review.accounts.AccountError
+        The accounts file cannot be read.
     """
-    if not allow_remote and not is_loopback(host):
+    if is_loopback(host):
+        return
+    if not allow_remote:
         raise BindError(f"refusing to serve on {host}: other machines could reach the slides "
                         "and the sign-off form; use 127.0.0.1 (default) or pass "
-                        "--allow-remote if you mean it (no authentication is provided)")
+                        "--allow-remote if you mean it (reviewer accounts are then required)")
+    from pathology.review.accounts import read_accounts
+
+    if accounts is None or not read_accounts(accounts):
+        raise BindError(f"refusing to serve on {host} without reviewer accounts: anyone who "
+                        "can reach the port could sign slides off under any name; add one "
+                        f"with 'hccbio review users add NAME --out OUT' (accounts file: "
+                        f"{accounts if accounts is not None else 'none given'})")
 
 
 def check_port(host: str, port: int) -> None:
@@ -86,8 +101,14 @@ def allowed_hosts(host: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     return tuple(names)
 
 
+def users_file(out: Path, users: Path | None = None) -> Path:
+    """The accounts file: ``users`` when given, else ``OUT/qc/reviewers.json``."""
+    return Path(users) if users is not None else RunFolder(Path(out)).reviewers
+
+
 def serve(out: Path, *, host: str = "127.0.0.1", port: int = 8000, allow_remote: bool = False,
-          reviewer: str = "", allow_hosts: tuple[str, ...] = ()) -> None:
+          reviewer: str = "", allow_hosts: tuple[str, ...] = (), users: Path | None = None,
+          session_minutes: float = 60, ready: Callable[[str], None] | None = None) -> None:
     """Run the review app on ``host:port`` until interrupted.
 
     Parameters
@@ -96,22 +117,39 @@ def serve(out: Path, *, host: str = "127.0.0.1", port: int = 8000, allow_remote:
         Further names the browser may use for this server (``--allow-host``, e.g. the
         name of a machine served with ``--allow-remote``); requests naming any other host
         are refused (DNS rebinding).
+    users
+        The accounts file (default ``OUT/qc/reviewers.json``); with accounts, sign-in is
+        required.
+    session_minutes
+        A session unused this long ends (it ends 12 hours after sign-in in any case).
+    ready
+        Called with the app's address once every check has passed, before serving.
 
     Raises
     ------
     BindError
-        Non-loopback ``host`` without ``allow_remote``, or a port that is taken.
+        Non-loopback ``host`` without ``allow_remote`` or without accounts, or a port that
+        is taken.
     FileNotFoundError
         ``out`` has no ``slides/`` folder.
+    pathology.run.review_log.ReviewError
+        The review log does not verify (the message names the line).
+    pathology.review.accounts.AccountError
+        The accounts file cannot be read.
     """
     import uvicorn
 
     from pathology.review.app import create_app
 
-    check_bind(host, allow_remote=allow_remote)
+    users = users_file(out, users)
+    check_bind(host, allow_remote=allow_remote, accounts=users)
     if not RunFolder(out).slides.is_dir():
         raise FileNotFoundError(f"{out}: no slides/ folder (run 'hccbio slides run' first)")
     check_port(host, port)
-    uvicorn.run(create_app(Path(out), reviewer=reviewer,
-                           allowed_hosts=allowed_hosts(host, allow_hosts)),
-                host=host, port=port, log_level="warning")
+    if not 0 < session_minutes <= 12 * 60:
+        raise BindError(f"--session-minutes {session_minutes:g}: give 1 to 720")
+    app = create_app(Path(out), reviewer=reviewer, allowed_hosts=allowed_hosts(host, allow_hosts),
+                     users=users, session_idle_s=session_minutes * 60)
+    if ready is not None:
+        ready(f"http://{f'[{host}]' if ':' in host else host}:{port}/")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -35,6 +35,7 @@ from pathology.run.progress import BatchProgress
 from pathology.run.provenance import write_run_json
 from pathology.run.qc_summary import write_qc_summary
 from pathology.run.report import BatchRow
+from pathology.run.review_log import ReviewError
 from pathology.run.schedulers import (
     FixedFailure,
     dask_client,
@@ -197,7 +198,10 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
         if finished or (out / PATHOLOGY_FEATURES).is_file():
             write_run_features(out, sample_ids=finished)
         if finished:
-            write_qc_summary(out)
+            try:
+                write_qc_summary(out)
+            except ReviewError as error:  # the slides are done; the summary needs the log
+                log.error("qc/qc_summary.csv not written: %s", error)
         write_run_json(out, jobs, config, model_record, results, started_at, scheduler)
     return results
 

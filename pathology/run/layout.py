@@ -7,7 +7,7 @@ OUT/                              RunFolder
   run.json, batch_report.csv      .run_json, .batch_report
   runs/<started>_pathology.json   .runs: one provenance record per run, never overwritten
   pathology_features.csv (+ _dictionary.csv)
-  qc/qc_summary.csv, index.html, review.csv
+  qc/qc_summary.csv, index.html, review.csv, reviewers.json
   features.csv, exclusions.csv, report.html, analysis/
   slides/<sample_id>/             SlideFolder
     store.zarr, cell_parts/, cells.parquet, cell_classes.parquet, features.json, cells.h5ad
@@ -32,6 +32,7 @@ PATHOLOGY_DICTIONARY = "pathology_features_dictionary.csv"
 QC_SUMMARY = "qc_summary.csv"
 QC_INDEX = "index.html"
 REVIEW_LOG = "review.csv"
+REVIEWERS = "reviewers.json"
 SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -132,3 +133,8 @@ class RunFolder:
     def review_log(self) -> Path:
         """``qc/review.csv``: the pathologist's decisions (:mod:`pathology.run.review_log`)."""
         return self.qc / REVIEW_LOG
+
+    @property
+    def reviewers(self) -> Path:
+        """``qc/reviewers.json``: the review app's accounts (:mod:`pathology.review.accounts`)."""
+        return self.qc / REVIEWERS

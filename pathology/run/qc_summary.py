@@ -3,7 +3,9 @@
 One row per slide with a ``qc.json``: QC status, fired flags with their reasons, areas,
 artefact fractions, stain and nuclei figures, and the pathologist's latest decision (from
 ``OUT/qc/review.csv``). ``review_decision`` is ``rejected`` for slides that downstream tables
-must exclude (:func:`pathology.run.decisions.rejected_samples`).
+must exclude (:func:`pathology.run.decisions.rejected_samples`); ``review_note`` says
+"approved an earlier result" when the approval was given to a result the slide no longer
+holds (computed again since, with another configuration).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathology.io.folder import QC_DIR
 from pathology.io.folder import QC_JSON as QC_FILE
 from pathology.run.decisions import latest_decisions, valid_sample_id
 from pathology.run.layout import RunFolder
-from pathology.run.review_log import NOT_REVIEWED
+from pathology.run.review_log import EARLIER_RESULT_NOTE, NOT_REVIEWED, result_digest
 
 SUMMARY_FILE = "qc_summary.csv"
 INDEX_FILE = "index.html"
@@ -30,7 +32,7 @@ SUMMARY_COLUMNS = (
     "clean_tissue_area_mm2", "out_of_focus_fraction", "pen_fraction", "dark_fraction",
     "bright_fraction", "hematoxylin_od_p50", "counterstain_contrast", "n_nuclei",
     "nuclei_density_per_mm2", "median_nuclear_area_um2", "review_decision", "reviewer",
-    "review_time", "review_comment",
+    "review_time", "review_comment", "review_note",
 )
 
 
@@ -44,8 +46,9 @@ def read_slide_qc(out: Path) -> dict[str, dict]:
     return records
 
 
-def summary_row(record: dict, decision=None) -> dict:
-    """One ``qc_summary.csv`` row from a ``qc.json`` record and the latest decision."""
+def summary_row(record: dict, decision=None, result: str | None = None) -> dict:
+    """One ``qc_summary.csv`` row from a ``qc.json`` record, the latest decision and the
+    slide's result digest now (:func:`pathology.run.review_log.result_digest`)."""
     metrics = record["metrics"]
     artefacts = metrics["artefacts"]
     nuclei = metrics["nuclei"]
@@ -66,6 +69,8 @@ def summary_row(record: dict, decision=None) -> dict:
         "reviewer": decision.reviewer if decision else "",
         "review_time": decision.time if decision else "",
         "review_comment": decision.comment if decision else "",
+        "review_note": (EARLIER_RESULT_NOTE if decision is not None
+                        and decision.approved_earlier_result(result) else ""),
     }
 
 
@@ -81,11 +86,18 @@ def write_qc_summary(out: Path) -> Path:
     -------
     pathlib.Path
         The summary CSV.
+
+    Raises
+    ------
+    pathology.run.review_log.ReviewError
+        The review log breaks its contract or its hash chain does not verify.
     """
     out = Path(out)
     records = read_slide_qc(out)
     decisions = latest_decisions(out)
-    rows = [summary_row(r, decisions.get(s)) for s, r in records.items()]
+    run = RunFolder(out)
+    rows = [summary_row(r, decisions.get(s), result_digest(run.slide(s).root))
+            for s, r in records.items()]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -136,7 +148,8 @@ def write_index_html(out: Path, records: dict[str, dict], rows: list[dict]) -> P
             f"<td>{esc(row['flags'].replace(';', ', ') or '–')}</td>"
             f"<td>{_fmt(row['tissue_area_mm2'])}</td><td>{_fmt(row['excluded_area_mm2'])}</td>"
             f"<td>{_fmt(row['nuclei_density_per_mm2'], 4)}</td>"
-            f"<td class='{esc(row['review_decision'])}'>{esc(row['review_decision'])}</td>"
+            f"<td class='{esc(row['review_decision'])}'>{esc(row['review_decision'])}"
+            f"{' (' + esc(row['review_note']) + ')' if row['review_note'] else ''}</td>"
             "</tr>")
     parts.append("</tbody></table>")
     for row in rows:
@@ -153,7 +166,8 @@ def write_index_html(out: Path, records: dict[str, dict], rows: list[dict]) -> P
             f"<p>QC <span class='{esc(record['status'])}'>{esc(record['status'])}</span>; "
             f"review <span class='{esc(row['review_decision'])}'>"
             f"{esc(row['review_decision'])}</span> {esc(row['reviewer'])} "
-            f"{esc(row['review_time'])} {esc(row['review_comment'])}</p>"
+            f"{esc(row['review_time'])} {esc(row['review_comment'])}"
+            f"{' (' + esc(row['review_note']) + ')' if row['review_note'] else ''}</p>"
             f"<ul>{reasons or '<li>no flag fired</li>'}</ul>"
             + "".join(f"<a href='{esc(base + quote(name))}'><img alt='{esc(name)}' "
                       f"src='{esc(base + quote(name))}'></a>" for name in images if name)

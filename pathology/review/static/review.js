@@ -86,15 +86,23 @@
   }
 
   var message = document.getElementById("review-message");
+  var csrf = document.querySelector("meta[name='csrf-token']");
   function send(decision) {
+    // Signed in: the server records the account, never a name sent here; the CSRF token
+    // travels in a header. Without accounts: the typed name.
     var body = {
       decision: decision,
-      reviewer: document.getElementById("reviewer").value,
-      comment: document.getElementById("comment").value
+      comment: document.getElementById("comment").value,
+      result_sha256: config.result
     };
+    var reviewer = document.getElementById("reviewer");
+    if (reviewer) { body.reviewer = reviewer.value; }
+    var headers = { "Content-Type": "application/json" };
+    if (csrf) { headers["X-CSRF-Token"] = csrf.getAttribute("content"); }
     fetch(config.review, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: headers,
+      credentials: "same-origin",
       body: JSON.stringify(body)
     }).then(function (response) {
       return response.json().then(function (data) { return [response.ok, data]; });
@@ -103,7 +111,9 @@
       var status = document.querySelector("[data-status]");
       status.textContent = result[1].decision;
       status.className = "status " + result[1].decision;
-      message.textContent = "saved " + result[1].time;
+      var note = document.querySelector("[data-note]");
+      if (note) { note.remove(); }
+      message.textContent = "saved " + result[1].time + " (" + result[1].reviewer + ")";
     }).catch(function (error) { message.textContent = "not saved: " + error; });
   }
   document.querySelectorAll("button[data-decision]").forEach(function (button) {
