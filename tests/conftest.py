@@ -46,9 +46,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def _review_server(out: Path):
+def _review_server(out: Path, **options):
     """The real review app over run folder ``out`` on a free loopback port (uvicorn in a
-    thread), stopped on exit; yields the port."""
+    thread), stopped on exit; yields the port. ``options`` go to ``create_app`` (e.g.
+    ``users``, ``session_idle_s``)."""
     import uvicorn
 
     from pathology.review.app import create_app
@@ -56,7 +57,8 @@ def _review_server(out: Path):
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(
-        create_app(out, reviewer="Dr Test", allowed_hosts=allowed_hosts("127.0.0.1")),
+        create_app(out, **{"reviewer": "Dr Test", **options},
+                   allowed_hosts=allowed_hosts("127.0.0.1")),
         host="127.0.0.1", port=port, log_level="critical"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -74,5 +76,6 @@ def _review_server(out: Path):
 
 @pytest.fixture
 def review_server():
-    """``with review_server(out) as port``: the review app over run folder ``out``."""
+    """``with review_server(out[, **create_app options]) as port``: the review app over run
+    folder ``out``."""
     return _review_server
