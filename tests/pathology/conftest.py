@@ -61,11 +61,12 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
 
 @pytest.fixture
 def serving(review_server):
-    """``with serving(out) as url``: the review app over run folder ``out``."""
+    """``with serving(out[, **create_app options]) as url``: the review app over run folder
+    ``out``."""
 
     @contextmanager
-    def url(out: Path):
-        with review_server(out) as port:
+    def url(out: Path, **options):
+        with review_server(out, **options) as port:
             yield f"http://127.0.0.1:{port}"
 
     return url
