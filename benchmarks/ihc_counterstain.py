@@ -1,16 +1,18 @@
 """IHC nuclei against counterstain strength: where the negative count stops being reliable.
 
 The DeepLIIF Ki67 test tiles with manual masks are re-rendered with their hematoxylin optical
-density scaled (``HEMATOXYLIN_FACTORS``, :func:`pathology.segmentation.stains.rescale_stains`; DAB
-kept), each
+density scaled (``HEMATOXYLIN_FACTORS``, :func:`pathology.segmentation.stains.rescale_stains`
+with the tile's own counterstain vector, :func:`pathology.segmentation.stains.
+counterstain_matrix`, so that a paler counterstain is less of the same dye; DAB kept), each
 rendering goes through ``hccbio slides run`` (Ki67 panel, the IHC default model), and per
 tile and strength this reports DAB-negative and DAB-positive recall (IoU 0.5), the Ki67 index
 error, and the counterstain contrast that QC measures on every IHC slide
 (:func:`pathology.qc.metrics.counterstain_metrics`). ``qc.counterstain_min_contrast`` is set
 from this curve: the contrast below which DAB-negative recall falls more than
-``RECALL_DROP`` under its value at the tile's own counterstain. The rendering scales the
-Ruifrok-Johnston hematoxylin vector; these tiles' counterstain is bluer than that vector, so
-a paler rendering also shifts towards cyan, a harder case than a real pale slide.
+``RECALL_DROP`` under its value at the tile's own counterstain. (Until 2026-12-07 the
+rendering scaled the Ruifrok-Johnston hematoxylin vector, 11-13 degrees off these tiles'
+counterstain: what that vector does not explain stayed behind, and below x 0.5 the nuclei came
+out cyan and paler than the glass, an image no scanner makes.)
 
 Usage: ``python -m benchmarks.ihc_counterstain`` (writes
 ``benchmarks/results/ihc_counterstain.json``
@@ -36,7 +38,7 @@ from pathology.config import SegmentationSection  # noqa: E402
 from pathology.evaluation.annotations import load_deepliif, shared_data_folder  # noqa: E402
 from pathology.evaluation.harness import annotated_tile_config, run_pipeline, score_instances  # noqa: E402
 from pathology.qc.metrics import counterstain_metrics  # noqa: E402
-from pathology.segmentation.stains import rescale_stains  # noqa: E402
+from pathology.segmentation.stains import counterstain_matrix, rescale_stains  # noqa: E402
 
 HEMATOXYLIN_FACTORS = (1.0, 0.7, 0.5, 0.35, 0.2)
 RECALL_DROP = 0.10
@@ -46,8 +48,10 @@ RESULT = ROOT / "benchmarks" / "results" / "ihc_counterstain.json"
 def measure(data: Path, model: str, work: Path) -> dict:
     """Per tile and hematoxylin factor: recall by class, Ki67 index, counterstain contrast."""
     tiles = load_deepliif(data / "ihc" / "deepliif", "test")
+    matrices = {t.name: counterstain_matrix(t.image) for t in tiles}
     rendered = [dataclasses.replace(t, name=f"{t.name}_h{f:g}",
-                                    image=rescale_stains(t.image, hematoxylin=f))
+                                    image=rescale_stains(t.image, hematoxylin=f,
+                                                         matrix=matrices[t.name]))
                 for f in HEMATOXYLIN_FACTORS for t in tiles]
     results = run_pipeline(rendered, work, modality="ihc", stain="Ki67",
                            config=annotated_tile_config(model))

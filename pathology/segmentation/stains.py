@@ -112,6 +112,51 @@ def estimate_hdab_matrix(rgb: np.ndarray, *, background: float = 255.0,
     return np.vstack([hematoxylin, residual, dab])
 
 
+def counterstain_matrix(rgb: np.ndarray, *, background: float = 255.0) -> np.ndarray:
+    """Stain vectors of an IHC image for re-rendering its counterstain: hematoxylin as seen
+    in its own unstained (DAB-poor) nuclei, DAB Ruifrok-Johnston's, and their cross product.
+
+    The hematoxylin vector is the mean optical-density direction, less the glass's (the
+    palest 20 % of pixels), of the densest pixels (top 15 %) among those with little DAB
+    (Ruifrok DAB density under a quarter of the hematoxylin density): counterstained nuclei.
+    On the four DeepLIIF tiles it lies within 0.2-4.6 degrees of the direction of their
+    annotated DAB-negative nuclei, where Macenko's estimate (:func:`estimate_hdab_matrix`) is
+    up to 20 degrees off on a tile dominated by DAB; on scikit-image's IHC image it is within
+    3 degrees of Macenko's. For :func:`rescale_stains` (``matrix=``): a paler counterstain is
+    less of the same dye.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(3, 3)`` rows hematoxylin, residual, DAB (unit vectors).
+
+    Examples
+    --------
+    >>> from skimage.data import immunohistochemistry
+    >>> image = immunohistochemistry()
+    >>> m = counterstain_matrix(image)
+    >>> bool(angle_degrees(m[0], estimate_hdab_matrix(image)[0]) < 5)
+    True
+    """
+    od = optical_density(np.asarray(rgb)[..., :3], background=background).reshape(-1, 3)
+    od = od.astype(np.float64)
+    total = od.sum(axis=1)
+    glass = od[total <= np.quantile(total, 0.2)].mean(axis=0)
+    densities = (od - glass) @ hed_from_rgb
+    poor = densities[:, 2] < 0.25 * np.clip(densities[:, 0], 1e-6, None)
+    if not poor.any():
+        raise StainError("no pixel with more hematoxylin than DAB")
+    dense = poor & (total > np.quantile(total[poor], 0.85))
+    if dense.sum() < 100:
+        raise StainError(f"only {int(dense.sum())} counterstained pixels; need at least 100")
+    hematoxylin = np.clip(od[dense].mean(axis=0) - glass, 1e-6, None)
+    hematoxylin /= np.linalg.norm(hematoxylin)
+    dab_vector = DEFAULT_MATRIX[2] / np.linalg.norm(DEFAULT_MATRIX[2])
+    residual = np.cross(hematoxylin, dab_vector)
+    residual /= np.linalg.norm(residual)
+    return np.vstack([hematoxylin, residual, dab_vector])
+
+
 def angle_degrees(u: np.ndarray, v: np.ndarray) -> float:
     """Angle between two stain vectors (degrees)."""
     cos = float(np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v)))
@@ -124,7 +169,7 @@ def deconvolution_matrix(matrix: np.ndarray) -> np.ndarray:
 
 
 def rescale_stains(rgb: np.ndarray, *, hematoxylin: float = 1.0, eosin: float = 1.0,
-                   dab: float = 1.0) -> np.ndarray:
+                   dab: float = 1.0, matrix: np.ndarray | None = None) -> np.ndarray:
     """Re-render a brightfield image with each stain's amount scaled (a stain-batch shift).
 
     Colour deconvolution with the Ruifrok-Johnston vectors
@@ -140,6 +185,12 @@ def rescale_stains(rgb: np.ndarray, *, hematoxylin: float = 1.0, eosin: float = 
         ``(H, W, 3)`` uint8 image.
     hematoxylin, eosin, dab
         Non-negative factors on each stain's optical density.
+    matrix
+        ``(3, 3)`` stain vectors (rows hematoxylin, eosin or residual, DAB) to unmix and
+        render with, e.g. the image's own from :func:`estimate_hdab_matrix`: a stain whose hue
+        differs from Ruifrok-Johnston's then keeps its hue when scaled (with the default
+        vectors, the part of a bluish counterstain that the hematoxylin vector does not
+        explain stays behind in the eosin channel, and a paler rendering turns cyan).
 
     Returns
     -------
@@ -154,10 +205,16 @@ def rescale_stains(rgb: np.ndarray, *, hematoxylin: float = 1.0, eosin: float = 
     True
     >>> bool(rescale_stains(image, hematoxylin=2.0).mean() < image.mean())
     True
+    >>> own = estimate_hdab_matrix(image)
+    >>> int(np.abs(rescale_stains(image, matrix=own).astype(int) - image).max()) <= 1
+    True
     """
     factors = np.array([hematoxylin, eosin, dab], dtype=np.float64)
     if np.any(factors < 0) or not np.all(np.isfinite(factors)):
         raise ValueError(f"stain factors must be finite and >= 0, got {factors.tolist()}")
-    stains = stain_densities(np.asarray(rgb)[..., :3]).astype(np.float64) * factors
-    intensity = 255.0 * np.power(10.0, -(stains @ rgb_from_hed))
+    vectors = rgb_from_hed if matrix is None else np.asarray(matrix, dtype=np.float64)
+    unmixing = None if matrix is None else deconvolution_matrix(vectors)
+    stains = stain_densities(np.asarray(rgb)[..., :3], unmixing=unmixing).astype(
+        np.float64) * factors
+    intensity = 255.0 * np.power(10.0, -(stains @ vectors))
     return np.clip(intensity, 0, 255).round().astype(np.uint8)
