@@ -61,6 +61,7 @@ N_VAL_MONUSEG = 3
 N_TUNE_MONUSEG_TRAIN = 3
 IHC_REPEATS = 3  # each DeepLIIF training tile counts this many times among the images
 HDAB_SHARE = 0.5  # share of brightfield training patches re-rendered as hematoxylin + DAB
+IHC_RESTAIN_SHARE = 0.75  # share of real IHC patches re-rendered at another stain strength
 # Ruifrok-Johnston optical-density vectors (unit length) of hematoxylin and DAB, and a cyan
 # hematoxylin (more red absorption) as seen on IHC counterstains such as DeepLIIF's tiles
 HEMATOXYLIN_OD = np.array([0.650, 0.704, 0.286])
@@ -133,7 +134,7 @@ def render_hdab(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator)
     """Re-render an H&E image (float RGB in [0, 1]) as a hematoxylin + DAB IHC image.
 
     The hematoxylin of the H&E (colour deconvolution) is kept and scaled by a random factor
-    (0.25-1.1: pale to dark counterstain, as IHC counterstains are usually paler than H&E);
+    (0.15-1.1: pale to dark counterstain, as IHC counterstains are usually paler than H&E);
     eosin is dropped. DAB is added on a random share (0-70 %) of the annotated nuclei (nuclear
     markers such as Ki67) or, in a third of images, as a ring around them (membrane and
     cytoplasm markers such as CD8 or PD-L1), with random strength per nucleus. Stain vectors
@@ -141,7 +142,7 @@ def render_hdab(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator)
     """
     from scipy import ndimage as ndi
 
-    hematoxylin = he_to_hematoxylin(image) * rng.uniform(0.25, 1.1)
+    hematoxylin = he_to_hematoxylin(image) * rng.uniform(0.15, 1.1)
     mix = rng.uniform(0, 1)
     h_vector = (1 - mix) * HEMATOXYLIN_OD + mix * HEMATOXYLIN_CYAN_OD + rng.normal(0, 0.03, 3)
     dab_vector = DAB_OD + rng.normal(0, 0.04, 3)
@@ -164,6 +165,49 @@ def render_hdab(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator)
     od = (hematoxylin[..., None] * h_vector[None, None] + dab[..., None] * dab_vector[None, None]
           + tint)
     return np.exp(-np.clip(od, 0, None))
+
+
+def restain_ihc(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Re-render a real IHC image (float RGB in [0, 1]) at another counterstain and DAB strength.
+
+    The image's own counterstain vector
+    (:func:`pathology.segmentation.stains.counterstain_matrix`) unmixes it, so a paler
+    rendering is less of the same dye (the Ruifrok vectors would turn a bluish counterstain
+    cyan).
+    Hematoxylin is scaled by 0.15-1.2 (down to the palest counterstains labs scan), DAB by
+    0.3-2.5 on a log scale (faint to saturated), the residual by 0.5-1.
+    """
+    from pathology.segmentation.stains import StainError, counterstain_matrix
+
+    rgb = np.clip(image * 255.0, 1.0, 255.0)
+    try:
+        matrix = counterstain_matrix(rgb.astype(np.uint8))
+    except StainError:
+        return image
+    od = -np.log10(rgb / 255.0)
+    stains = od.reshape(-1, 3) @ np.linalg.inv(matrix)
+    stains = np.clip(stains, 0, None) * np.array(
+        [rng.uniform(0.15, 1.2), rng.uniform(0.5, 1.0), np.exp(rng.uniform(np.log(0.3),
+                                                                          np.log(2.5)))])
+    return np.power(10.0, -(stains @ matrix)).reshape(image.shape)
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scanner artefacts on a float RGB image in [0, 1]: slight defocus (Gaussian blur, sigma
+    0.3-1.2 px, a third of patches) and JPEG compression (quality 30-90, a third of patches)."""
+    import io
+
+    from PIL import Image
+    from scipy import ndimage as ndi
+
+    if rng.random() < 1 / 3:
+        image = ndi.gaussian_filter(image, sigma=(*(rng.uniform(0.3, 1.2),) * 2, 0))
+    if rng.random() < 1 / 3:
+        buffer = io.BytesIO()
+        Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(
+            buffer, format="JPEG", quality=int(rng.integers(30, 91)))
+        image = np.asarray(Image.open(buffer), dtype=np.float64) / 255.0
+    return image
 
 
 def fluo_split(root: Path) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
@@ -204,7 +248,10 @@ def augmenter(kind: str):
         x, y = np.rot90(x, k, axes=(0, 1)), np.rot90(y, k, axes=(0, 1))
         if rng.random() < 0.5:
             x, y = x[:, ::-1], y[:, ::-1]
-        if kind == "bf" and rng.random() < HDAB_SHARE and not _looks_like_ihc(x):
+        if kind == "bf" and _looks_like_ihc(x):
+            if rng.random() < IHC_RESTAIN_SHARE:
+                x = restain_ihc(x, rng)
+        elif kind == "bf" and rng.random() < HDAB_SHARE:
             x = render_hdab(x, y, rng)
         if kind == "bf":
             # Global stain strength (pale to dark), then per-channel jitter as for "he".
@@ -218,6 +265,8 @@ def augmenter(kind: str):
             x = np.exp(-np.clip(od, 0, None))
         else:
             x = x * rng.uniform(0.7, 1.3) + rng.uniform(-0.1, 0.1)
+        if kind == "bf":
+            x = degrade(x, rng)
         x = x + rng.normal(0, 0.02, size=x.shape)
         return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
 
