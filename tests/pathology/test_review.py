@@ -153,7 +153,8 @@ def test_non_loopback_bind_is_refused_unless_allowed(tmp_path):
         check_bind(host, allow_remote=False)
     with pytest.raises(BindError, match="--allow-remote"):
         check_bind("0.0.0.0", allow_remote=False)
-    check_bind("0.0.0.0", allow_remote=True)
+    with pytest.raises(BindError, match="without reviewer accounts"):  # issue 32
+        check_bind("0.0.0.0", allow_remote=True)
     result = CliRunner().invoke(cli_app, ["review", str(tmp_path), "--host", "0.0.0.0"])
     assert result.exit_code == 2 and "allow-remote" in result.output
 
