@@ -105,7 +105,8 @@ def _history(history: list[dict]) -> str:
     for h in history:
         who = esc(h["reviewer"]) + (" <span class='hint'>(typed, no sign-in)</span>"
                                      if h.get("source") == "typed" else "")
-        rows.append(f"<tr><td>{esc(h['time'])}</td><td>{_status(h['decision'])}</td>"
+        rows.append(f"<tr><td>{esc(h['time'])}</td><td><span class='status "
+                    f"{esc(h['decision'])}'>{esc(h['decision'])}</span></td>"
                     f"<td>{who}</td><td>{esc(h['comment'])}</td>"
                     f"<td>{esc(h.get('result') or 'not recorded')}</td></tr>")
     return ("<table id='history'><thead><tr><th>time</th><th>decision</th><th>reviewer</th>"

@@ -145,11 +145,13 @@ def serve(out: Path, *, host: str = "127.0.0.1", port: int = 8000, allow_remote:
     check_bind(host, allow_remote=allow_remote, accounts=users)
     if not RunFolder(out).slides.is_dir():
         raise FileNotFoundError(f"{out}: no slides/ folder (run 'hccbio slides run' first)")
-    check_port(host, port)
     if not 0 < session_minutes <= 12 * 60:
         raise BindError(f"--session-minutes {session_minutes:g}: give 1 to 720")
+    # the review log and the accounts are checked before the port: a log that does not
+    # verify is named whatever the port
     app = create_app(Path(out), reviewer=reviewer, allowed_hosts=allowed_hosts(host, allow_hosts),
                      users=users, session_idle_s=session_minutes * 60)
+    check_port(host, port)
     if ready is not None:
         ready(f"http://{f'[{host}]' if ':' in host else host}:{port}/")
     uvicorn.run(app, host=host, port=port, log_level="warning")
