@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -188,17 +189,98 @@ class CellsSection(_Section):
                                          "compartment).")
 
 
-class SlurmSection(_Section):
-    """A SLURM cluster started through dask-jobqueue (``--scheduler slurm``)."""
+SLURM_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{1,2}){0,2}|\d+(:\d{1,2}){0,2})$")
+SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-    queue: str | None = Field(None, description="Partition to submit to.")
-    account: str | None = Field(None, description="Account to charge.")
-    cores: int = Field(4, ge=1, description="Cores per job; one single-threaded worker each.")
-    memory: str = Field("16GB", description="Memory per job (dask-jobqueue syntax).")
-    walltime: str = Field("04:00:00", description="Wall time per job.")
-    jobs: int = Field(4, ge=1, description="Number of jobs to start.")
-    job_extra_directives: tuple[str, ...] = Field((), description="Extra #SBATCH lines, e.g. "
-                                                  "'--gres=gpu:1'.")
+
+class SlurmSection(_Section):
+    """A SLURM cluster started through dask-jobqueue (``--scheduler slurm``, docs/hpc.md)."""
+
+    partition: str | None = Field(None, description="Partition the worker jobs are submitted "
+                                  "to (sbatch -p); empty = the cluster's default partition.")
+    account: str | None = Field(None, description="Account charged for the jobs (sbatch -A); "
+                                "empty = your default account.")
+    cores: int = Field(4, ge=1, description="Cores per job: one single-threaded Dask worker "
+                       "per core.")
+    memory: str = Field("16GB", description="Memory per job (e.g. 16GB), shared equally by its "
+                        "workers; a worker that passes its share is restarted and its task "
+                        "retried (batch.retries).")
+    walltime: str = Field("04:00:00", description="Wall time per job: minutes, HH:MM:SS or "
+                          "D-HH:MM:SS. A job that reaches it is ended by SLURM: its slides' "
+                          "tasks are retried (batch.retries) and a new job replaces it.")
+    jobs: int = Field(4, ge=1, description="Worker jobs kept running while slides remain.")
+    resubmit: int = Field(10, ge=0, description="Jobs ended by SLURM while slides remain (wall "
+                          "time, node failure, preemption, out of memory) are replaced, up to "
+                          "this many times per run; jobs cancelled with scancel never are.")
+    job_name: str = Field("hccbio", description="Job name (squeue, scancel --name) and the "
+                          "start of its log files' names.")
+    job_extra_directives: tuple[str, ...] = Field((), description="Extra sbatch options, one "
+                                                  "per #SBATCH line, e.g. '--gres=gpu:1', "
+                                                  "'--qos=long', '--constraint=avx2'.")
+    prologue: tuple[str, ...] = Field((), description="Shell lines each job runs before its "
+                                      "workers start, e.g. 'module load python/3.11', "
+                                      "'source /path/to/venv/bin/activate'.")
+    python: str | None = Field(None, description="Python on the compute nodes, with hccbio "
+                               "installed; empty = the submitting Python, which the nodes "
+                               "must see at the same path.")
+    log_dir: str | None = Field(None, description="Folder of the jobs' logs "
+                                "(<job_name>-<job id>.out / .err); empty = OUT/logs/slurm. "
+                                "Must be on a filesystem the compute nodes share.")
+    interface: str | None = Field(None, description="Network interface of the Dask scheduler "
+                                  "and workers (e.g. ib0, eth0) when the host name does not "
+                                  "resolve to an address the nodes reach.")
+    local_directory: str | None = Field(None, description="Scratch folder of each worker on "
+                                        "its node (e.g. $TMPDIR); empty = Dask's default.")
+
+    @field_validator("walltime")
+    @classmethod
+    def _slurm_time(cls, value: str) -> str:
+        value = value.strip()
+        if not SLURM_TIME.match(value):
+            raise ValueError(f"{value!r} is not a SLURM time: write minutes (90), HH:MM:SS "
+                             "(04:00:00) or D-HH:MM:SS (1-00:00:00)")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        from dask.utils import parse_bytes
+
+        try:
+            size = parse_bytes(value)
+        except (ValueError, TypeError):
+            size = 0
+        if size <= 0:
+            raise ValueError(f"{value!r} is not an amount of memory: write e.g. 16GB or "
+                             "4000MB") from None
+        return value
+
+    @field_validator("job_name")
+    @classmethod
+    def _job_name(cls, value: str) -> str:
+        if not SLURM_NAME.match(value):
+            raise ValueError(f"{value!r}: a job name is letters, digits and '_.-' "
+                             "(it names the log files)")
+        return value
+
+    @field_validator("partition", "account")
+    @classmethod
+    def _word(cls, value: str | None) -> str | None:
+        if value is not None and not SLURM_NAME.match(value.strip()):
+            raise ValueError(f"{value!r} is not a SLURM name (letters, digits, '_.-')")
+        return value.strip() if value is not None else None
+
+    @field_validator("job_extra_directives")
+    @classmethod
+    def _directives(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for line in value:
+            if line.strip().upper().startswith("#SBATCH"):
+                raise ValueError(f"{line!r}: write the option alone, without '#SBATCH' (it "
+                                 "is added), e.g. '--gres=gpu:1'")
+            if not line.strip().startswith("-"):
+                raise ValueError(f"{line!r} is not an sbatch option: each starts with '-', "
+                                 "e.g. '--qos=long'")
+        return tuple(line.strip() for line in value)
 
 
 class BatchSection(_Section):

@@ -12,7 +12,8 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import CancelledError
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from pathology.run.qc_summary import write_qc_summary
 from pathology.run.report import BatchRow
 from pathology.run.review_log import ReviewError
 from pathology.run.schedulers import (
+    DaskSession,
     FixedFailure,
     dask_client,
     parse_scheduler,
@@ -156,7 +158,8 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
                                     problem or "already done with this input and config", 0.0))
                 else:
                     todo.append(job)
-            if sched.kind == "sync":
+            cluster_record = None
+            if sched.kind == "sync" or not todo:  # nothing to compute: no cluster started
                 models = ModelCache(config)
                 for job in todo:
                     row = _run_one_sync(job, out, config, models, progress,
@@ -170,19 +173,21 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
                     record(row)
                 model_record = models.describe()
             else:
-                with dask_client(sched, config) as client:
+                with dask_client(sched, config, out) as session:
                     progress.close()
                     progress = BatchProgress(len(jobs), live=show_progress,
-                                             dashboard=client.dashboard_link)
+                                             dashboard=session.client.dashboard_link)
                     for status in ("skipped",):
                         for _ in range(sum(r.status == status for r in rows.values())):
                             progress.slide_finished(status)
-                    model_record = _run_dask(client, todo, out, config, progress, record,
+                    model_record = _run_dask(session, todo, out, config, progress, record,
                                              deferred, held, fresh=force)
+                    finish_client = None if session.stopped() else session.client
                     for row in finish_serial_sections(pairs, {j.sample_id: j for j in jobs},
                                                       held, _failed_ids(rows), out, config,
-                                                      client=client):
+                                                      client=finish_client):
                         record(row)
+                    cluster_record = session.record()
         finally:
             progress.close()
         results = [rows[job.sample_id] for job in jobs]
@@ -202,7 +207,8 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
                 write_qc_summary(out)
             except ReviewError as error:  # the slides are done; the summary needs the log
                 log.error("qc/qc_summary.csv not written: %s", error)
-        write_run_json(out, jobs, config, model_record, results, started_at, scheduler)
+        write_run_json(out, jobs, config, model_record, results, started_at, scheduler,
+                       cluster=cluster_record)
     return results
 
 
@@ -230,12 +236,19 @@ def _run_one_sync(job: SlideJob, out: Path, config: PathologyConfig, models: Mod
         return _failed(job, error, time.perf_counter() - started)
 
 
-def _failed(job: SlideJob, error: BaseException, seconds: float) -> BatchRow:
+def _failed(job: SlideJob, error: BaseException, seconds: float,
+            session: DaskSession | None = None) -> BatchRow:
+    lost = session.explain(error) if session is not None else None
+    stopped = session.stopped() if session is not None else None
     if isinstance(error, (SlideError, ModelError, OSError, ValueError)):
         reason = _one_line(error)
+    elif type(error).__name__ == "KilledWorker" and lost:
+        reason = f"the worker processing this slide was lost: {lost}"
     elif type(error).__name__ == "KilledWorker":
         reason = ("the worker processing this slide died (out of memory or crashed) "
                   f"after retries: {_one_line(error)}")
+    elif isinstance(error, CancelledError) and stopped:
+        reason = stopped
     else:
         reason = f"unexpected {type(error).__name__}: {_one_line(error)}"
         log.error("slide=%s unexpected error (hccbio --debug shows the traceback): %s",
@@ -245,11 +258,30 @@ def _failed(job: SlideJob, error: BaseException, seconds: float) -> BatchRow:
     return BatchRow(job.sample_id, "failed", reason, seconds)
 
 
-def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
+def _finished(session: DaskSession, pending, meta: dict) -> Iterator:
+    """``pending``'s futures as they finish. When no worker can come back (every SLURM job
+    ended), the futures left are cancelled, so that they finish too, with that reason."""
+    cancelled = False
+    while not pending.is_empty():
+        done = pending.next_batch(block=False)
+        if done:
+            yield from done
+            continue
+        if not cancelled and session.stopped():
+            cancelled = True
+            session.client.cancel(list(meta))
+        time.sleep(0.05)
+
+
+def _run_dask(session, todo: list[SlideJob], out: Path, config: PathologyConfig,
               progress: BatchProgress, record, deferred: set[str] = frozenset(),
               held: dict | None = None, *, fresh: bool = False) -> dict:
+    """The slides' tasks on a :class:`DaskSession` (or a plain ``distributed.Client``)."""
     from distributed import as_completed
 
+    if not isinstance(session, DaskSession):
+        session = DaskSession(session)
+    client = session.client
     retries = config.batch.retries
     pending = as_completed()
     meta: dict = {}
@@ -259,12 +291,14 @@ def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
         future = client.submit(function, *args, retries=retries, pure=False)
         meta[future] = (step, job)
         pending.add(future)
+        if session.stopped():  # no worker will take it
+            future.cancel()
 
     for job in todo:
         state[job.sample_id] = {"started": time.perf_counter(), "left": 0, "computed": 0,
                                 "failed": False}
         submit("prepare", job, task_prepare, job, out, config, fresh)
-    for future in pending:
+    for future in _finished(session, pending, meta):
         step, job = meta.pop(future)
         slide = state[job.sample_id]
         if slide["failed"]:
@@ -273,7 +307,7 @@ def _run_dask(client, todo: list[SlideJob], out: Path, config: PathologyConfig,
             value = future.result()
         except Exception as error:
             slide["failed"] = True
-            record(_failed(job, error, time.perf_counter() - slide["started"]))
+            record(_failed(job, error, time.perf_counter() - slide["started"], session))
             continue
         if isinstance(value, FixedFailure):  # returned, not raised: Dask did not retry it
             slide["failed"] = True

@@ -6,6 +6,7 @@ of spelling ``"slides"`` or ``"run.json"``. A slide folder's own files are named
 OUT/                              RunFolder
   run.json, batch_report.csv      .run_json, .batch_report
   runs/<started>_pathology.json   .runs: one provenance record per run, never overwritten
+  logs/slurm/                     .slurm_logs: --scheduler slurm jobs' logs (<name>-<id>.out/.err)
   pathology_features.csv (+ _dictionary.csv)
   qc/qc_summary.csv, index.html, review.csv, reviewers.json
   features.csv, exclusions.csv, report.html, analysis/
@@ -26,6 +27,7 @@ from pathology.io.folder import QC_DIR, SlideFolder
 SLIDES_DIR = "slides"
 RUN_JSON = "run.json"
 RUNS_DIR = "runs"
+SLURM_LOGS = "logs/slurm"
 BATCH_REPORT = "batch_report.csv"
 PATHOLOGY_FEATURES = "pathology_features.csv"
 PATHOLOGY_DICTIONARY = "pathology_features_dictionary.csv"
@@ -98,6 +100,12 @@ class RunFolder:
     def runs(self) -> Path:
         """``runs/``: every run's provenance record, one file per run."""
         return self.root / RUNS_DIR
+
+    @property
+    def slurm_logs(self) -> Path:
+        """``logs/slurm/``: the SLURM worker jobs' logs (when ``batch.slurm.log_dir`` is
+        empty)."""
+        return self.root / SLURM_LOGS
 
     @property
     def batch_report(self) -> Path:

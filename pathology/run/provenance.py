@@ -33,9 +33,11 @@ def versions() -> dict[str, str]:
 
 def write_run_json(out: Path, jobs: list[SlideJob], config: PathologyConfig,
                     models: dict, results: list[BatchRow], started_at: str,
-                    scheduler: str) -> None:
+                    scheduler: str, *, cluster: dict | None = None) -> None:
     """``run.json`` holds the latest run; ``runs/<started>_pathology.json`` every run (an
-    earlier record without its own file, from an older version, is moved there first)."""
+    earlier record without its own file, from an older version, is moved there first).
+    ``cluster``: with ``--scheduler slurm``, the worker jobs, how each ended and where their
+    logs are (``slurm`` in the record)."""
     path = out / RUN_FILE
     try:
         previous = json.loads(path.read_text()) if path.is_file() else {}
@@ -52,6 +54,7 @@ def write_run_json(out: Path, jobs: list[SlideJob], config: PathologyConfig,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "scheduler": scheduler,
+        **({"slurm": cluster} if cluster is not None else {}),
         "config": config.model_dump(mode="json"),
         "config_sha256": config.digest(),
         "models": models,

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pathology.config import PathologyConfig
 from pathology.run.pipeline import (
@@ -70,40 +71,82 @@ def parse_scheduler(spec: str) -> Scheduler:
     raise ValueError(f"--scheduler {spec!r}: expected sync, local[:N], tcp://HOST:PORT or slurm")
 
 
+@dataclass
+class DaskSession:
+    """A Dask client and, with ``--scheduler slurm``, the watch over its worker jobs."""
+
+    client: Any
+    slurm: Any = None  # pathology.run.slurm.SlurmWorkers
+
+    def stopped(self) -> str | None:
+        """Why no worker will come back (every SLURM job ended), or None."""
+        return self.slurm.stop_reason if self.slurm is not None else None
+
+    def explain(self, error: BaseException) -> str | None:
+        """What became of the worker a ``KilledWorker`` names (its SLURM job's end)."""
+        return self.slurm.explain(error) if self.slurm is not None else None
+
+    def record(self) -> dict | None:
+        """For run.json: the SLURM jobs and how they ended (None for other schedulers)."""
+        return self.slurm.record() if self.slurm is not None else None
+
+
 @contextmanager
-def dask_client(scheduler: Scheduler, config: PathologyConfig) -> Iterator:
-    """A ``distributed.Client`` for the scheduler (a LocalCluster or SLURM cluster is started
-    and closed here; an existing scheduler is only connected to)."""
+def dask_client(scheduler: Scheduler, config: PathologyConfig,
+                out: Path | None = None) -> Iterator[DaskSession]:
+    """A :class:`DaskSession` for the scheduler (a LocalCluster or SLURM cluster is started
+    and closed here; an existing scheduler is only connected to).
+
+    ``batch.retries`` is the number of times a task may lose its worker (Dask's
+    ``distributed.scheduler.allowed-failures``) before its slide fails, for the clusters
+    started here. ``out`` (the run folder) is needed for ``slurm``: the jobs check that they
+    see it, and write their logs into it unless ``batch.slurm.log_dir`` says otherwise.
+    """
+    import dask
     from distributed import Client, LocalCluster
 
-    if scheduler.kind == "local":
-        cluster = LocalCluster(n_workers=scheduler.workers, threads_per_worker=1,
-                               processes=True, env=SINGLE_THREAD_ENV, dashboard_address=":0",
-                               # a failed task's traceback ("Compute Failed") is logged at
-                               # ERROR by the worker: the batch report has the reason
-                               silence_logs=logging.ERROR if log.isEnabledFor(logging.DEBUG)
-                               else logging.CRITICAL)
-    elif scheduler.kind == "slurm":
-        from dask_jobqueue import SLURMCluster
+    quiet = logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
+    watch = None
+    with dask.config.set({"distributed.scheduler.allowed-failures": config.batch.retries}):
+        if scheduler.kind == "local":
+            cluster = LocalCluster(n_workers=scheduler.workers, threads_per_worker=1,
+                                   processes=True, env=SINGLE_THREAD_ENV,
+                                   dashboard_address=":0",
+                                   # a failed task's traceback ("Compute Failed") is logged at
+                                   # ERROR by the worker: the batch report has the reason
+                                   silence_logs=quiet)
+        elif scheduler.kind == "slurm":
+            from pathology.run.slurm import start_slurm_cluster
 
-        slurm = config.batch.slurm
-        cluster = SLURMCluster(queue=slurm.queue, account=slurm.account, cores=slurm.cores,
-                               processes=slurm.cores, memory=slurm.memory,
-                               walltime=slurm.walltime, job_script_prologue=[
-                                   f"export {k}={v}" for k, v in SINGLE_THREAD_ENV.items()],
-                               job_extra_directives=list(slurm.job_extra_directives))
-        cluster.scale(jobs=slurm.jobs)
-    elif scheduler.kind == "address":
-        cluster = None
-    else:
-        raise ValueError(f"no Dask client for scheduler kind {scheduler.kind!r}")
-    client = Client(cluster if cluster is not None else scheduler.address)
+            if out is None:
+                raise ValueError("--scheduler slurm needs the run folder")
+            cluster = start_slurm_cluster(config.batch.slurm, out, env=SINGLE_THREAD_ENV,
+                                          silence_logs=quiet)
+        elif scheduler.kind == "address":
+            cluster = None
+        else:
+            raise ValueError(f"no Dask client for scheduler kind {scheduler.kind!r}")
     try:
-        yield client
+        client = Client(cluster if cluster is not None else scheduler.address)
+        try:
+            if scheduler.kind == "slurm":
+                from pathology.run.slurm import SlurmWorkers
+
+                watch = SlurmWorkers(cluster, client, config.batch.slurm, out)
+                watch.wait_for_first_worker()
+                watch.start()
+            yield DaskSession(client, watch)
+        finally:
+            if watch is not None:
+                watch.close()
+            client.close()
     finally:
-        client.close()
         if cluster is not None:
             cluster.close()
+        if scheduler.kind == "slurm":
+            from pathology.run.slurm import remove_probe
+
+            remove_probe(out)
 
 
 # -- worker-side tasks: module-level so that they pickle by reference ----------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -115,3 +116,47 @@ def kidney_block(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
             "type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
             "properties": {"classification": {"name": "Tumor"}}}]}))
     return paths
+
+
+SLURM_AREA = Path(__file__).resolve().parents[2] / ".slurm-test"
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A real single-node SLURM cluster (munged, slurmctld, slurmd; ``slurm_cluster.py``) for
+    the session, with ``SLURM_CONF`` set so that sbatch and hccbio use it; stopped at the end.
+    Its ``shared`` folder (in the checkout's ``.slurm-test/``) is what the jobs see; their
+    ``/tmp`` is private, as on a real cluster. Skips without root or the packages, except
+    under CI (``.ci/run`` installs them)."""
+    import shutil
+    import tempfile
+
+    from slurm_cluster import SlurmTestCluster, SlurmUnavailable
+
+    SLURM_AREA.mkdir(exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="session-", dir=SLURM_AREA))
+    under_tmp = any(str(p).startswith(tempfile.gettempdir() + os.sep)
+                    for p in (SLURM_AREA, Path(sys.executable).resolve()))
+    cluster = SlurmTestCluster(root / "slurm", private_tmp=not under_tmp)
+    try:
+        cluster.start()
+    except SlurmUnavailable as error:
+        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"SLURM tests cannot run under CI: {error}")
+        pytest.skip(str(error))
+    cluster.shared = root / "shared"
+    cluster.shared.mkdir()
+    previous = os.environ.get("SLURM_CONF")
+    os.environ.update(cluster.env)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        shutil.rmtree(root, ignore_errors=True)
+        if SLURM_AREA.is_dir() and not any(SLURM_AREA.iterdir()):
+            SLURM_AREA.rmdir()
