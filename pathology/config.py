@@ -155,13 +155,18 @@ class WholeCellSection(_Section):
     cell. ``expand``: each nucleus grows (scikit-image ``expand_labels``, nearest nucleus wins)
     up to ``max_distance_um`` into that signal, keeping the part connected to it; ``watershed``:
     the same area split between nuclei by a watershed on the smoothed signal (borders on
-    membrane ridges); ``ring``: the nucleus plus a fixed ring of ``cells.ring_width_um``, no
-    signal used.
+    membrane ridges); ``membrane``: a seeded watershed flooding the signal upwards from the
+    nuclei (neighbours meet on membrane ridges) within ``max_distance_um``, without the
+    threshold; ``ring``: the nucleus plus a fixed ring of ``cells.ring_width_um``, no signal
+    used. A multiplex panel's ``whole_cell:`` mapping overrides these keys for its slides.
     """
 
-    method: Literal["expand", "watershed", "ring"] = Field(
+    method: Literal["expand", "watershed", "membrane", "ring"] = Field(
         "expand", description="expand | watershed (both limited by the cytoplasm / membrane "
-        "signal and max_distance_um) | ring (nucleus + cells.ring_width_um, no signal).")
+        "signal and max_distance_um) | membrane (seeded watershed on the membrane composite, "
+        "borders on its ridges, within max_distance_um, no signal threshold: IMC / MIBI "
+        "panels) | ring (nucleus + cells.ring_width_um, no signal). A multiplex panel may "
+        "override these keys for its slides (its whole_cell: mapping).")
     max_distance_um: float = Field(4.0, gt=0, description="Largest growth from the nucleus "
                                    "border (um).")
     channels: tuple[str, ...] = Field((), description="Channels whose sum is the cytoplasm / "

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pathology.config import PROJECT_ROOT
+from pathology.config import PROJECT_ROOT, WholeCellSection
 from pathology.io.metadata import safe_channel_name
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -126,6 +126,17 @@ class Panel(_Model):
     channels: tuple[str, ...] = Field((), description="Multiplex: the image's channel names in "
                                       "file order, for stacks that carry none (no OME / QPTIFF "
                                       "/ ImageJ names and no <file>.channels.txt sidecar).")
+    nuclei_mpp: float | None = Field(None, gt=0, description="Multiplex: pixel size (um/px) "
+                                     "at which the fluorescence nucleus model sees the nuclear "
+                                     "channel, read from the slide at that size and the nuclei "
+                                     "mapped back to the working resolution; finer than "
+                                     "slide.working_mpp for instruments with small nuclei in "
+                                     "pixels (IMC, MIBI: 0.33 shows their 5-10 um nuclei at "
+                                     "the model's training size of about 20 px). Empty = the "
+                                     "working resolution.")
+    whole_cell: dict[str, Any] = Field(default_factory=dict, description="Multiplex: keys of "
+                                       "cells.whole_cell (method, max_distance_um, smooth_um, "
+                                       "channels) that apply to this panel's slides.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Panel:
@@ -137,6 +148,12 @@ class Panel(_Model):
             raise ValueError(f"prefix {self.prefix!r} + phenotype names up to {longest} "
                              f"characters + {LONGEST_SUFFIX!r} exceed the 32-character column "
                              "limit: shorten the prefix or the phenotype names")
+        unknown_keys = set(self.whole_cell) - set(WholeCellSection.model_fields)
+        if unknown_keys:
+            raise ValueError(f"whole_cell: unknown key(s) {', '.join(sorted(unknown_keys))} "
+                             f"(keys of cells.whole_cell: "
+                             f"{', '.join(WholeCellSection.model_fields)})")
+        WholeCellSection.model_validate(self.whole_cell)
         names = [m.name for m in self.markers]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate marker names in {names}")

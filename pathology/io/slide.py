@@ -466,12 +466,14 @@ class Slide:
         return max(1, int(math.floor(height * scale))), max(1, int(math.floor(width * scale)))
 
     def read_region_at(self, x: int, y: int, width: int, height: int, *, mpp: float,
-                       order: int = 1) -> np.ndarray:
+                       order: int = 1, channels: tuple[int, ...] | None = None) -> np.ndarray:
         """Read a box given in pixel coordinates of a virtual image at ``mpp`` um/px.
 
         The value of each output pixel depends only on its position, not on the box: pixel
         centres are mapped exactly to the source level and interpolated (with a Gaussian
         anti-aliasing prefilter when downsampling), so adjacent or overlapping boxes agree.
+        ``channels`` keeps only those channel indices (interpolated alone: cheaper for one
+        channel of a many-channel stack).
 
         Returns
         -------
@@ -480,15 +482,17 @@ class Slide:
         """
         level = self.best_level(mpp)
         ratio = mpp / self.info.level_mpp(level)  # source pixels per output pixel (>= ~1)
+        pick = list(channels) if channels is not None else slice(None)
         if abs(ratio - 1) < 1e-6:
-            return self.read_level(level, x, y, width, height)
+            return self.read_level(level, x, y, width, height)[..., pick]
         sigma = max(0.0, (ratio - 1) / 2)
         margin = int(math.ceil(4 * sigma)) + 2
         src_x0 = int(math.floor((x + 0.5) * ratio - 0.5)) - margin
         src_y0 = int(math.floor((y + 0.5) * ratio - 0.5)) - margin
         src_w = int(math.ceil(width * ratio)) + 2 * margin + 2
         src_h = int(math.ceil(height * ratio)) + 2 * margin + 2
-        source = self.read_level(level, src_x0, src_y0, src_w, src_h).astype(np.float32)
+        source = self.read_level(level, src_x0, src_y0, src_w, src_h)[..., pick].astype(
+            np.float32)
         if sigma > 0.05:
             source = ndi.gaussian_filter(source, sigma=(sigma, sigma, 0), mode="nearest",
                                          truncate=4.0)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from hcccore.atomic import write_text
 from pathology.cells.measure import measure_tile
 from pathology.cells.nucleus_classes import PatchClassifier, is_patch_model, load_patch_classifier
-from pathology.config import PathologyConfig
+from pathology.config import PathologyConfig, WholeCellSection
 from pathology.io import folder as slide_folder
 from pathology.io.metadata import file_signature
 from pathology.io.slide import Slide, SlideError, nuclear_channel_index
@@ -34,10 +34,13 @@ from pathology.run.store import SlideStore
 from pathology.segmentation.nuclei import (
     NucleusModel,
     Prediction,
+    TileNuclei,
     gpu_available,
     instances_from_prediction,
     load_model,
+    network_box,
     normalization_range,
+    nuclei_to_working,
     predict_tiles,
 )
 from pathology.segmentation.tiles import Tile, tile_grid
@@ -186,6 +189,7 @@ class SlidePlan:
     info: dict
     stains: dict | None = None  # cells.stain_matrix: method, matrix rows, note
     whole_cell: WholeCellPlan | None = None  # fluorescence: cells.whole_cell, per-slide values
+    nuclei_mpp: float | None = None  # fluorescence: the panel's network pixel size (um/px)
 
 
 def slide_stain_matrix(slide: Slide, mask: np.ndarray, mask_mpp: float, working_mpp: float, *,
@@ -277,18 +281,38 @@ def check_panel_channels(job: SlideJob, channels: tuple[str, ...], source: str,
                          f"{', '.join(channels)}{hint}")
 
 
+def whole_cell_section(job: SlideJob, config: PathologyConfig) -> WholeCellSection:
+    """``cells.whole_cell`` for one slide: the config's, with the keys its multiplex panel
+    sets (the panel's ``whole_cell:`` mapping) replaced."""
+    panel = _panel(job, config)
+    section = config.cells.whole_cell
+    if panel is None or not panel.whole_cell:
+        return section
+    return WholeCellSection.model_validate({**section.model_dump(), **panel.whole_cell})
+
+
+def panel_nuclei_mpp(job: SlideJob, config: PathologyConfig) -> float | None:
+    """The pixel size at which the nucleus model sees a fluorescence slide's nuclear channel
+    (its panel's ``nuclei_mpp``), or None for the working resolution."""
+    panel = _panel(job, config)
+    mpp = panel.nuclei_mpp if panel is not None else None
+    if mpp is None or abs(mpp - config.slide.working_mpp) < 1e-9:
+        return None
+    return float(mpp)
+
+
 def whole_cell_channels(channels: tuple[str, ...], nuclear: int | None, job: SlideJob,
                         config: PathologyConfig) -> tuple[int, ...]:
     """Indices of the channels summed into the cytoplasm / membrane signal
-    (``cells.whole_cell.channels``; default the panel's markers read outside the nucleus,
-    else every channel but the nuclear one).
+    (``cells.whole_cell.channels``, or the panel's; default the panel's markers read
+    outside the nucleus, else every channel but the nuclear one).
 
     Raises
     ------
     SlideError
         A configured channel is not in the slide.
     """
-    wanted = config.cells.whole_cell.channels
+    wanted = whole_cell_section(job, config).channels
     if wanted:
         missing = [c for c in wanted if c not in channels]
         if missing:
@@ -341,6 +365,12 @@ def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
         identity = {"input": file_signature(job.path), "config": cfg.digest(),
                     "model": model.sha256, "modality": job.modality,
                     "manifest_mpp": job.mpp}
+        panel = _panel(job, cfg) if kind == "fluorescence" else None
+        nuclei_mpp = panel_nuclei_mpp(job, cfg) if kind == "fluorescence" else None
+        if panel is not None and (panel.nuclei_mpp is not None or panel.whole_cell):
+            # the panel's segmentation keys change the cells: a stored slide is redone
+            identity["panel_segmentation"] = {"nuclei_mpp": panel.nuclei_mpp,
+                                              "whole_cell": dict(panel.whole_cell)}
         classifier = models.cell_classifier(job.modality)
         if classifier is not None:  # its probabilities are per-tile columns
             identity["cell_classes"] = classifier.sha256
@@ -383,7 +413,7 @@ def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
                                      config=cfg) if kind == "brightfield" else None)
         whole_cell = None
         if kind == "fluorescence":
-            wc = cfg.cells.whole_cell
+            wc = whole_cell_section(job, cfg)
             whole_cell = plan_whole_cells(
                 _sample_windows(slide, mask, mask_mpp, working_mpp) if wc.method != "ring"
                 else [], method=wc.method,
@@ -398,7 +428,7 @@ def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
             store.set_attr("reset_reason", store.reset_reason)
     return SlidePlan(job, kind, nuclear, tuple(tiles), norm_range,
                      float(mask.sum()) * mask_mpp**2 / 1e6, identity, info.to_json(), stains,
-                     whole_cell)
+                     whole_cell, nuclei_mpp)
 
 
 def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: ModelCache,
@@ -434,9 +464,11 @@ def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: M
 
         def read_and_predict(batch: list[Tile]) -> list[tuple[Tile, np.ndarray, Prediction]]:
             images = [_read_tile(slide, tile, config) for tile in batch]
-            predictions = predict_tiles(
-                model, [_segmentation_input(image, plan.kind, plan.nuclear) for image in images],
-                plan.norm_range, batch_size=per_forward)
+            if plan.nuclei_mpp is None:
+                inputs = [_segmentation_input(image, plan.kind, plan.nuclear) for image in images]
+            else:
+                inputs = [_read_nuclear_box(slide, tile, plan, config) for tile in batch]
+            predictions = predict_tiles(model, inputs, plan.norm_range, batch_size=per_forward)
             return list(zip(batch, images, predictions, strict=True))
 
         run = ahead.submit if config.batch.read_ahead else _run_now
@@ -447,6 +479,8 @@ def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: M
                 pending = run(read_and_predict, batches[number + 1])
             for tile, image, prediction in results:
                 nuclei = instances_from_prediction(model, prediction)
+                if plan.nuclei_mpp is not None:
+                    nuclei = _nuclei_at_working(nuclei, tile, plan, config)
                 table = measure_tile(
                     tile, nuclei, image, kind=plan.kind, working_mpp=config.slide.working_mpp,
                     level0_mpp=level0_mpp, channels=channels,
@@ -498,6 +532,33 @@ def _run_now(function, *args) -> Future:
     return future
 
 
+def _nuclei_scale(plan: SlidePlan, config: PathologyConfig) -> float:
+    return config.slide.working_mpp / plan.nuclei_mpp  # type: ignore[operator]
+
+
+def _read_nuclear_box(slide: Slide, tile: Tile, plan: SlidePlan,
+                      config: PathologyConfig) -> np.ndarray:
+    """The nuclear channel of a tile's read box, read from the slide at the panel's
+    ``nuclei_mpp`` (one interpolation from the source pixels, not a second one of the
+    working-resolution tile: that blurs small nuclei together)."""
+    y0, x0, height, width = network_box(tile.read_y, tile.read_x, tile.read_height,
+                                        tile.read_width, scale=_nuclei_scale(plan, config))
+    channel = 0 if plan.nuclear is None else plan.nuclear
+    image = slide.read_region_at(x0, y0, width, height, mpp=plan.nuclei_mpp,  # type: ignore
+                                 channels=None if plan.nuclear is None else (channel,))
+    return _segmentation_input(image, plan.kind, None if plan.nuclear is None else 0)
+
+
+def _nuclei_at_working(nuclei: TileNuclei, tile: Tile, plan: SlidePlan,
+                       config: PathologyConfig) -> TileNuclei:
+    scale = _nuclei_scale(plan, config)
+    y0, x0, _, _ = network_box(tile.read_y, tile.read_x, tile.read_height, tile.read_width,
+                               scale=scale)
+    return nuclei_to_working(nuclei, scale=scale, read_origin=(tile.read_y, tile.read_x),
+                             network_origin=(y0, x0),
+                             shape=(tile.read_height, tile.read_width))
+
+
 def _read_tile(slide: Slide, tile: Tile, config: PathologyConfig) -> np.ndarray:
     return slide.read_region_at(tile.read_x, tile.read_y, tile.read_width, tile.read_height,
                                 mpp=config.slide.working_mpp)
@@ -536,6 +597,8 @@ def finalize_slide(plan: SlidePlan, out: Path, config: PathologyConfig, models: 
                        if plan.whole_cell else None),
         "identity": plan.identity, "n_tiles": len(plan.tiles), "seconds": round(seconds, 2),
     }
+    if plan.kind == "fluorescence":  # where the nucleus model saw the nuclear channel
+        features["nuclei_mpp"] = plan.nuclei_mpp or config.slide.working_mpp
     write_text(folder / FEATURES_FILE, json.dumps(features, indent=2) + "\n")
     note = str(store.group.attrs.get("reset_reason", "") or "")
     log.info("slide=%s step=segmentation cells=%d tiles=%d computed=%d seconds=%.1f",

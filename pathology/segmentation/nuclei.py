@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -630,3 +631,77 @@ def segment_tile(model: NucleusModel, image: np.ndarray,
     """
     (prediction,) = predict_tiles(model, [image], norm_range)
     return instances_from_prediction(model, prediction)
+
+
+def network_box(read_y: int, read_x: int, height: int, width: int, *,
+                scale: float) -> tuple[int, int, int, int]:
+    """The box of the network-resolution image that covers a working-resolution read box.
+
+    When the nuclear channel is segmented at a finer pixel size than the working resolution
+    (a multiplex panel's ``nuclei_mpp``: IMC and MIBI nuclei are 5-10 px across, the
+    fluorescence model was trained on nuclei of about 20 px), ``scale`` = working um/px /
+    network um/px (> 1) and the box is read from the slide at the network pixel size.
+
+    Returns
+    -------
+    tuple of int
+        ``(y0, x0, height, width)`` in network pixels.
+
+    Examples
+    --------
+    >>> network_box(10, 20, 100, 50, scale=1.5)
+    (15, 30, 150, 75)
+    """
+    y0, x0 = int(math.floor(read_y * scale)), int(math.floor(read_x * scale))
+    y1 = int(math.ceil((read_y + height) * scale))
+    x1 = int(math.ceil((read_x + width) * scale))
+    return y0, x0, y1 - y0, x1 - x0
+
+
+def nuclei_to_working(nuclei: TileNuclei, *, scale: float, read_origin: tuple[int, int],
+                      network_origin: tuple[int, int], shape: tuple[int, int]) -> TileNuclei:
+    """Nuclei found at the network resolution mapped back onto the working-resolution read box.
+
+    Pixel centres map as ``(u + 0.5) * scale = v + 0.5`` (global working pixel ``u``, global
+    network pixel ``v``): centres and polygon vertices are scaled, and the label image is
+    sampled at the working pixels' centres (nearest network pixel), so every nucleus keeps its
+    id and record; a nucleus too small to cover a working pixel centre keeps its record but
+    has no pixels (it is then not measured).
+
+    Parameters
+    ----------
+    nuclei
+        From :func:`instances_from_prediction` on the network-resolution box.
+    scale
+        Working um/px divided by network um/px.
+    read_origin, network_origin
+        ``(row, col)`` of the two boxes' top-left pixels, each in its own resolution.
+    shape
+        ``(H, W)`` of the working-resolution read box.
+
+    Returns
+    -------
+    TileNuclei
+        In working-resolution read-box pixels.
+
+    Examples
+    --------
+    >>> labels = np.zeros((6, 6), np.int32); labels[2:4, 2:4] = 1
+    >>> found = TileNuclei(labels, np.array([[2.5, 2.5]]), np.array([0.9], np.float32),
+    ...                    np.zeros((1, 2, 4), np.float32))
+    >>> back = nuclei_to_working(found, scale=2.0, read_origin=(0, 0), network_origin=(0, 0),
+    ...                          shape=(3, 3))
+    >>> back.labels.tolist(), back.points.tolist()
+    ([[0, 0, 0], [0, 1, 0], [0, 0, 0]], [[1.0, 1.0]])
+    """
+    offset = np.array([(network_origin[0] + 0.5) / scale - 0.5 - read_origin[0],
+                       (network_origin[1] + 0.5) / scale - 0.5 - read_origin[1]])
+    rows = (np.arange(shape[0]) + read_origin[0] + 0.5) * scale - 0.5 - network_origin[0]
+    cols = (np.arange(shape[1]) + read_origin[1] + 0.5) * scale - 0.5 - network_origin[1]
+    rows = np.clip(np.rint(rows).astype(np.int64), 0, nuclei.labels.shape[0] - 1)
+    cols = np.clip(np.rint(cols).astype(np.int64), 0, nuclei.labels.shape[1] - 1)
+    labels = nuclei.labels[np.ix_(rows, cols)]
+    points = nuclei.points / scale + offset.reshape(1, 2)
+    coord = nuclei.coord / scale + offset.reshape(1, 2, 1)
+    return TileNuclei(np.ascontiguousarray(labels, dtype=np.int32),
+                      points.astype(np.float64), nuclei.prob, coord.astype(np.float32))

@@ -12,7 +12,11 @@ cytoplasm / membrane signal (``cells.whole_cell``):
    ``expand_labels``: each pixel goes to the nearest nucleus, so growth stops halfway between
    neighbours) and keeps only signal pixels connected to it; **watershed**: the same
    allowed area split by a watershed on the smoothed signal seeded by the nuclei (borders
-   fall on membrane ridges); **ring**: the nucleus plus a fixed ring, no signal;
+   fall on membrane ridges); **membrane**: a seeded watershed on the membrane composite
+   itself, flooded from the nuclei upwards so that neighbouring cells meet on the membrane
+   ridges, within ``max_distance_um`` and not limited by the signal threshold (a membrane
+   marker is dark inside the cell it outlines); **ring**: the nucleus plus a fixed ring, no
+   signal;
 3. the nucleus itself always belongs to its cell.
 
 Outlines are stored as star polygons (32 rays from the nucleus' star-convex centre, like the
@@ -143,7 +147,9 @@ def grow_cells(nuclei: np.ndarray, image: np.ndarray, plan: WholeCellPlan) -> np
     signal = membrane_signal(image, plan.channels, plan.scales, smooth_px=plan.smooth_px)
     allowed = (signal > plan.threshold) & (reach > 0)
     allowed |= nuclei > 0
-    if plan.method == "watershed":
+    if plan.method == "membrane":
+        cells = watershed(signal, markers=nuclei, mask=(reach > 0) | (nuclei > 0))
+    elif plan.method == "watershed":
         cells = watershed(-signal, markers=nuclei, mask=allowed)
     else:
         cells = np.where(allowed, reach, 0)
