@@ -499,6 +499,26 @@ class QcSection(_Section):
         "ring by less than this, or when nuclei were found but none DAB-negative; the level "
         "below which the IHC model's DAB-negative recall falls by more than 0.1 "
         "(benchmarks/README.md, python -m benchmarks.ihc_counterstain).")
+    lineage_cd3_markers: tuple[str, ...] = Field(("CD3",), description="Multiplex: panel "
+                                                 "marker names of the T-cell lineage (CD3) "
+                                                 "for the lineage check (case-insensitive).")
+    lineage_cd8_markers: tuple[str, ...] = Field(("CD8", "CD8a"), description="Multiplex: "
+                                                 "marker names of CD8.")
+    lineage_cd45_markers: tuple[str, ...] = Field(("CD45",), description="Multiplex: marker "
+                                                  "names of CD45 (leukocytes).")
+    lineage_keratin_markers: tuple[str, ...] = Field(
+        ("PanKRT", "panCK", "PanCK", "CK", "Keratin", "KRT"), description="Multiplex: marker "
+        "names of (pan)keratin (epithelial / tumour cells).")
+    lineage_min_cd3_of_cd8: float = Field(
+        0.8, ge=0, le=1, description="Multiplex: flag 'lineage' when fewer than this share of "
+        "the CD8+ cells are CD3+ (CD8+ cells outside CD3+ are marker-call errors: spill-over, "
+        "a threshold too low on a sparse channel).")
+    lineage_min_cd45neg_of_keratin: float = Field(
+        0.9, ge=0, le=1, description="Multiplex: flag 'lineage' when fewer than this share "
+        "of the keratin+ cells are CD45- (epithelium and leukocytes are exclusive).")
+    lineage_min_cells: int = Field(5, ge=1, description="Multiplex: a lineage share is "
+                                   "checked only when at least this many cells are in its "
+                                   "denominator (CD8+, keratin+).")
     overlay_max_points: int = Field(200_000, ge=1000, description="Detections overlay: at most "
                                     "this many cells are drawn (a seeded random sample).")
     density_bin_um: float = Field(100.0, gt=0, description="Bin side (um) of the density "

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -37,7 +38,18 @@ class Threshold(_Model):
                                                     "per-slide Otsu / 2-component Gaussian "
                                                     "mixture threshold on the cells' values.")
     value: float | None = Field(None, description="The threshold for method fixed.")
-    log: bool = Field(False, description="Automatic methods work on log1p(value) (counts).")
+    log: bool = Field(False, description="Automatic methods work on log1p(value) (counts); "
+                      "the same as transform: log1p.")
+    transform: Literal["none", "log1p", "asinh"] = Field(
+        "none", description="Scale on which automatic thresholds are fitted: none; log1p; "
+        "asinh = arcsinh(value / cofactor), the usual transform of ion counts (IMC, MIBI): "
+        "linear below the cofactor, logarithmic above.")
+    cofactor: float = Field(1.0, gt=0, description="transform asinh: the cofactor, in the "
+                            "units of the cells' values (mean counts per pixel).")
+    zeros: Literal["include", "exclude"] = Field(
+        "include", description="exclude: automatic thresholds are fitted on the cells with a "
+        "non-zero value only (zero-inflated count channels, where most cells have no count "
+        "and a fit on all cells would only separate zero from non-zero).")
     floor: float | None = Field(None, description="Automatic thresholds are raised to this.")
     ceiling: float | None = Field(None, description="Automatic thresholds are lowered to this.")
 
@@ -45,7 +57,31 @@ class Threshold(_Model):
     def _fixed_needs_value(self) -> Threshold:
         if self.method == "fixed" and self.value is None:
             raise ValueError("threshold method 'fixed' needs a value")
+        if self.log and self.transform not in ("none", "log1p"):
+            raise ValueError(f"log: true and transform: {self.transform} contradict each other "
+                             "(log is transform: log1p): keep one")
         return self
+
+    @property
+    def scale(self) -> str:
+        """The transform in effect (``log: true`` is ``log1p``)."""
+        return "log1p" if self.log else self.transform
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        """Values on the fitting scale (negative values count as 0 for log1p / asinh)."""
+        if self.scale == "log1p":
+            return np.log1p(np.maximum(values, 0.0))
+        if self.scale == "asinh":
+            return np.arcsinh(np.maximum(values, 0.0) / self.cofactor)
+        return values
+
+    def inverse(self, values: float) -> float:
+        """A cut on the fitting scale back on the values' scale."""
+        if self.scale == "log1p":
+            return float(np.expm1(values))
+        if self.scale == "asinh":
+            return float(np.sinh(values) * self.cofactor)
+        return float(values)
 
 
 class Background(_Model):

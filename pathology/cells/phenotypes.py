@@ -38,6 +38,9 @@ class MarkerCall:
     n_positive: int
     n_pigment_excluded: int = 0
     bin_counts: tuple[int, int, int, int] | None = None  # 0, 1+, 2+, 3+
+    transform: str = "none"  # the fitting scale of automatic thresholds
+    cofactor: float | None = None  # transform asinh
+    zero_fraction: float = 0.0  # cells whose value is 0 (count channels)
 
     @property
     def percent_positive(self) -> float:
@@ -58,7 +61,9 @@ class MarkerCall:
                 "n_cells": self.n_cells, "n_positive": self.n_positive,
                 "n_pigment_excluded": self.n_pigment_excluded,
                 "bin_counts": list(self.bin_counts) if self.bin_counts else None,
-                "percent_positive": self.percent_positive, "h_score": self.h_score}
+                "percent_positive": self.percent_positive, "h_score": self.h_score,
+                "transform": self.transform, "cofactor": self.cofactor,
+                "zero_fraction": self.zero_fraction}
 
 
 @dataclass
@@ -129,7 +134,10 @@ def auto_threshold(values: np.ndarray, spec: Threshold, *, seed: int = 0) -> flo
     Returns
     -------
     float
-        The threshold on the original scale (``log1p`` undone), clipped to floor/ceiling.
+        The threshold on the original scale (``log1p`` / ``asinh`` undone), clipped to
+        floor/ceiling. On count data (``transform: asinh``, ``zeros: exclude``) the fit sees
+        only the cells with counts, so a channel where most cells have none does not give a
+        cut between zero and the first count.
 
     Examples
     --------
@@ -137,20 +145,24 @@ def auto_threshold(values: np.ndarray, spec: Threshold, *, seed: int = 0) -> flo
     >>> v = np.r_[rng.normal(1, 0.2, 500), rng.normal(5, 0.5, 100)]
     >>> 1.5 < auto_threshold(v, Threshold(method="otsu")) < 4.5
     True
+    >>> counts = np.r_[np.zeros(900), rng.poisson(0.3, 80) / 20, 2 + rng.random(20)]
+    >>> spec = Threshold(method="otsu", transform="asinh", cofactor=1.0, zeros="exclude")
+    >>> 0.1 < auto_threshold(counts, spec) < 2
+    True
     """
     if spec.method == "fixed":
         return float(spec.value)  # type: ignore[arg-type]
     x = values[np.isfinite(values)]
-    if spec.log:
-        x = np.log1p(np.maximum(x, 0.0))
+    if spec.zeros == "exclude":
+        x = x[x > 0]
+    x = spec.forward(x)
     if x.size < 2 or np.ptp(x) == 0:
         cut = float(x.max()) if x.size else 0.0
     elif spec.method == "otsu":
         cut = float(threshold_otsu(x))
     else:
         cut = _gmm_threshold(x, seed=seed)
-    if spec.log:
-        cut = float(np.expm1(cut))
+    cut = spec.inverse(cut)
     if spec.floor is not None:
         cut = max(cut, spec.floor)
     if spec.ceiling is not None:
@@ -214,9 +226,13 @@ def call_marker(cells: pd.DataFrame, marker: Marker, *, kind: str,
         bin_counts = tuple(int(c) for c in np.bincount(bins, minlength=4)[:4])
         if marker.bins is None:
             bins, bin_counts = None, None
-    call = MarkerCall(marker.name, column, marker.threshold.method, float(threshold),
+    spec = marker.threshold
+    finite = values[np.isfinite(values)]
+    call = MarkerCall(marker.name, column, spec.method, float(threshold),
                       float(background), len(cells), int(positive.sum()),
-                      int(excluded.sum()), bin_counts)  # type: ignore[arg-type]
+                      int(excluded.sum()), bin_counts,  # type: ignore[arg-type]
+                      spec.scale, spec.cofactor if spec.scale == "asinh" else None,
+                      float((finite == 0).mean()) if finite.size else 0.0)
     return positive, call, bins, pigment
 
 

@@ -29,6 +29,7 @@ from pathology.io.slide import Slide, SlideError
 from pathology.qc import geojson, overlays
 from pathology.qc.artefacts import ARTEFACT_MASK_FILE, ARTEFACTS, save_artefact_mask
 from pathology.qc.flags import Flag
+from pathology.qc.markers import marker_qc
 from pathology.qc.metrics import SlideQc, slide_qc
 from pathology.qc.shapes import REGION_CODES, mask_polygons, region_raster
 from pathology.tissue.detect import TissueMaskError, read_tissue_mask
@@ -286,6 +287,12 @@ def run_slide_qc(folder: Path, *, slide_path: Path, manifest_mpp: float | None,
         _region_features(qc, codes), target / REGIONS_FILE, mpp_x=info.pixel_size.mpp_x,
         mpp_y=info.pixel_size.mpp_y, colors=region_colors, decimals=qcc.geojson_decimals)
     registration = list(checks)  # serial sections: the fit onto the reference
+    lineage, marker_files = {}, {}
+    if modality == "mif":  # multiplex marker calls: histograms and lineage consistency
+        lineage, lineage_check, marker_files = marker_qc(
+            folder / CELLS_FILE, folder / CLASSES_FILE, record, target, config=qcc)
+        if lineage_check is not None:
+            registration.append(lineage_check)
     fired = [*qc.fired, *(f for f in registration if f.fired)]
     result = {
         "sample_id": sample_id, "modality": modality, "kind": kind,
@@ -293,7 +300,7 @@ def run_slide_qc(folder: Path, *, slide_path: Path, manifest_mpp: float | None,
         "flags": [f.name for f in fired],
         "reasons": [f.reason for f in fired],
         "checks": [f.to_json() for f in (*qc.flags, *registration)],
-        "metrics": qc.metrics,
+        "metrics": {**qc.metrics, **({"lineage": lineage} if lineage else {})},
         "slide": {"path": str(info.path), "backend": info.backend,
                   "dimensions": list(info.dimensions), "mpp_x": info.pixel_size.mpp_x,
                   "mpp_y": info.pixel_size.mpp_y, "channels": list(info.channels)},
@@ -305,7 +312,8 @@ def run_slide_qc(folder: Path, *, slide_path: Path, manifest_mpp: float | None,
                       target / "registration.png").is_file() else None,
                   "layers": VIEWER_LAYERS, "crops": crops,
                   "detections_geojson": DETECTIONS_FILE if has_polygons else None,
-                  "regions_geojson": REGIONS_FILE},
+                  "regions_geojson": REGIONS_FILE,
+                  **({"marker_histograms": marker_files} if marker_files else {})},
         # the composite's channel colours (panel colours; None = hidden), which the review
         # app's channel controls start from
         "display": ({"colors": [overlays.hex_color(t) if t else None for t in tints]}
