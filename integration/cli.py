@@ -483,6 +483,8 @@ def study_run(
         _fail(str(error))
     for arm, counts in summary["arms"].items():
         typer.echo(f"{arm:16s} {counts}")
+    for arm, place in summary["where"].items():
+        typer.echo(f"{arm:16s} ran {place}")
     for key in ("batch_report", "features", "data_dictionary", "report", "qc"):
         typer.echo(f"{key:16s} {summary.get(key) or '-'}")
     if summary["failed"]:

@@ -152,9 +152,11 @@ def run_study(path: str | Path, *, force: bool = False, show_progress: bool = Fa
     -------
     dict
         ``name``, ``out``; ``arms``: per arm ``{"samples", "done", "skipped", "failed"}`` or
-        ``{"skipped": reason}``; ``failed``: sample ids that failed in any arm; ``seconds`` per
-        step; and the paths ``batch_report``, ``features``, ``data_dictionary``, ``analysis``,
-        ``report`` and ``qc`` (the slide QC page ``qc/index.html``; ``None`` when not written).
+        ``{"skipped": reason}``; ``where``: where each arm runs (:func:`arm_placement`: only
+        the slides go to the scheduler); ``failed``: sample ids that failed in any arm;
+        ``seconds`` per step; and the paths ``batch_report``, ``features``,
+        ``data_dictionary``, ``analysis``, ``report`` and ``qc`` (the slide QC page
+        ``qc/index.html``; ``None`` when not written).
 
     Raises
     ------
@@ -190,9 +192,13 @@ def run_study(path: str | Path, *, force: bool = False, show_progress: bool = Fa
 
     out = study.out
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"name": study.name, "out": out, "arms": {}, "failed": [], "seconds": {}}
+    where = arm_placement(study, configs.get("pathology"))
+    summary: dict = {"name": study.name, "out": out, "arms": {}, "failed": [], "seconds": {},
+                     "where": where}
     log.info("study=%s samples=%d slides=%d blood=%d rnaseq=%d out=%s", study.name,
              len(samples), len(slides), len(blood), len(rnaseq), out)
+    for arm, place in where.items():
+        log.info("study=%s arm=%s runs %s", study.name, arm, place)
     steps = (("pathology", slides, lambda: _run_slide_arm(slides, study, configs["pathology"],
                                                           force=force,
                                                           show_progress=show_progress)),
@@ -237,6 +243,57 @@ def run_study(path: str | Path, *, force: bool = False, show_progress: bool = Fa
         "qc": _existing(out / QC_INDEX),  # written by the slide arm
     })
     return summary
+
+
+def arm_placement(study: StudySection, pathology_config=None) -> dict[str, str]:
+    """Where each arm of the study runs: only the slide arm goes to the ``scheduler`` (Dask
+    workers, on a SLURM cluster with ``slurm``); blood, RNA-seq, the integration and the
+    analysis run in this process.
+
+    Parameters
+    ----------
+    study
+        The study section (its ``scheduler`` and ``out``).
+    pathology_config
+        The resolved pathology configuration (its ``batch.slurm`` section describes the
+        jobs); ``None`` for the defaults.
+
+    Returns
+    -------
+    dict
+        Arm (``pathology``, ``blood``, ``transcriptome``, ``integration``, ``analysis``) ->
+        a phrase such as ``"in this process"`` or ``"on the SLURM cluster: ..."``.
+
+    Examples
+    --------
+    >>> section = StudySection(name="s", manifest="m.csv", clinical="c.csv", out="o",
+    ...                        scheduler="local:4")
+    >>> arm_placement(section)["pathology"]
+    'on this machine: a Dask LocalCluster of 4 worker processes'
+    """
+    from pathology.run.schedulers import parse_scheduler
+
+    here = "in this process"
+    sched = parse_scheduler(study.scheduler)
+    if sched.kind == "slurm":
+        from pathology.config import PathologyConfig
+        from pathology.run.slurm import slurm_log_dir
+
+        slurm = (pathology_config or PathologyConfig()).batch.slurm
+        slides = (f"on the SLURM cluster: {slurm.jobs} job(s) of {slurm.cores} core(s) and "
+                  f"{slurm.memory}, wall time {slurm.walltime}, partition "
+                  f"{slurm.partition or '(default)'}; job logs "
+                  f"{slurm_log_dir(slurm, study.out)}")
+    elif sched.kind == "local":
+        slides = f"on this machine: a Dask LocalCluster of {sched.workers} worker processes"
+    elif sched.kind == "address":
+        slides = f"on the Dask scheduler at {sched.address}"
+    else:
+        slides = here
+    if sched.kind != "sync":
+        here += " (not on the workers)"
+    return {"pathology": slides, "blood": here, "transcriptome": here, "integration": here,
+            "analysis": here}
 
 
 def _existing(path: Path) -> Path | None:

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                      "TF_NUM_INTEROP_THREADS": "1",
                      # TensorFlow's start-up notes, printed before its logging starts.
                      "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+SCHEDULER_LOGGERS = ("distributed.scheduler", "distributed.deploy", "dask_jobqueue")
 _LOCAL = re.compile(r"^local(?::(\d+))?$")
 
 
@@ -106,8 +107,9 @@ def dask_client(scheduler: Scheduler, config: PathologyConfig,
     from distributed import Client, LocalCluster
 
     quiet = logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
-    watch = None
-    with dask.config.set({"distributed.scheduler.allowed-failures": config.batch.retries}):
+    with ExitStack() as stack:
+        stack.enter_context(dask.config.set(
+            {"distributed.scheduler.allowed-failures": config.batch.retries}))
         if scheduler.kind == "local":
             cluster = LocalCluster(n_workers=scheduler.workers, threads_per_worker=1,
                                    processes=True, env=SINGLE_THREAD_ENV,
@@ -115,38 +117,37 @@ def dask_client(scheduler: Scheduler, config: PathologyConfig,
                                    # a failed task's traceback ("Compute Failed") is logged at
                                    # ERROR by the worker: the batch report has the reason
                                    silence_logs=quiet)
+            stack.callback(cluster.close)
         elif scheduler.kind == "slurm":
-            from pathology.run.slurm import start_slurm_cluster
+            from pathology.run.slurm import remove_probe, start_slurm_cluster
 
             if out is None:
                 raise ValueError("--scheduler slurm needs the run folder")
+            # the scheduler runs in this process: its notes on lost workers and tasks repeat
+            # what the batch report and the SLURM watch say (the job, its end, its log)
+            for name in SCHEDULER_LOGGERS:
+                logger = logging.getLogger(name)
+                stack.callback(logger.setLevel, logger.level)
+                logger.setLevel(max(quiet, logger.level))
+            stack.callback(remove_probe, out)
             cluster = start_slurm_cluster(config.batch.slurm, out, env=SINGLE_THREAD_ENV,
                                           silence_logs=quiet)
+            stack.callback(cluster.close)
         elif scheduler.kind == "address":
             cluster = None
         else:
             raise ValueError(f"no Dask client for scheduler kind {scheduler.kind!r}")
-    try:
         client = Client(cluster if cluster is not None else scheduler.address)
-        try:
-            if scheduler.kind == "slurm":
-                from pathology.run.slurm import SlurmWorkers
-
-                watch = SlurmWorkers(cluster, client, config.batch.slurm, out)
-                watch.wait_for_first_worker()
-                watch.start()
-            yield DaskSession(client, watch)
-        finally:
-            if watch is not None:
-                watch.close()
-            client.close()
-    finally:
-        if cluster is not None:
-            cluster.close()
+        stack.callback(client.close)
+        watch = None
         if scheduler.kind == "slurm":
-            from pathology.run.slurm import remove_probe
+            from pathology.run.slurm import SlurmWorkers
 
-            remove_probe(out)
+            watch = SlurmWorkers(cluster, client, config.batch.slurm, out)
+            watch.wait_for_first_worker()
+            watch.start()
+            stack.callback(watch.close)
+        yield DaskSession(client, watch)
 
 
 # -- worker-side tasks: module-level so that they pickle by reference ----------------------

@@ -277,6 +277,8 @@ class SlurmWorkers:
         self.jobs: dict[str, str] = {}  # dask-jobqueue name -> SLURM job id
         self.connected: set[str] = set()  # names whose worker joined the scheduler
         self.ended: dict[str, JobEnd] = {}  # job id -> how it ended
+        self._seen_end: set[str] = set()  # job ids whose end the watch has acted on
+        self._unsubmitted: dict[str, float] = {}  # worker spec -> when first seen without id
         self.replaced = 0
         self.stop_reason: str | None = None
         self._lock = threading.Lock()
@@ -341,13 +343,19 @@ class SlurmWorkers:
                 time.sleep(1.0)
         if end is None:
             return f"SLURM job {job_id} lost its worker while still running"
+        self.ended.setdefault(job_id, end)
         return end.describe(self.section)
 
     def record(self) -> dict:
         """For run.json: the jobs, how each ended, the logs folder."""
+        ids = sorted({j for j in (*self.jobs.values(), *self.ended) if j}, key=int)
+        for job_id in ids:
+            if job_id not in self.ended:
+                end = job_end(job_id)
+                if end is not None:
+                    self.ended[job_id] = end
         return {"jobs": {job_id: (self.ended[job_id].state if job_id in self.ended
-                                  else "running at the end of the batch")
-                         for job_id in sorted(set(self.jobs.values()) - {""}, key=int)},
+                                  else "running at the end of the batch") for job_id in ids},
                 "replaced": self.replaced, "logs": str(self.logs)}
 
     # -- the watch ----------------------------------------------------------------------------
@@ -376,14 +384,15 @@ class SlurmWorkers:
         queued = self._squeue()
         finished: list[str] = []
         for name, job_id in list(self.jobs.items()):
-            if not job_id or job_id in self.ended:
+            if not job_id or job_id in self._seen_end:
                 continue
             if queued.get(job_id) in ALIVE:
                 continue
-            end = job_end(job_id)
+            end = self.ended.get(job_id) or job_end(job_id)
             if end is None:
                 continue
             self.ended[job_id] = end
+            self._seen_end.add(job_id)
             finished.append(name)
             text = end.describe(self.section)
             tail = _log_tail(end.log) if name not in self.connected else ""
@@ -394,8 +403,7 @@ class SlurmWorkers:
             room = self.section.resubmit - self.replaced
             if room > 0:
                 self._replace(replace[:room])
-        alive = [job_id for job_id in self.jobs.values()
-                 if not job_id or job_id not in self.ended]
+        alive = [name for name in list(self.cluster.worker_spec) if self._alive(name)]
         if not alive and self.connected and self.stop_reason is None:
             ends = ", ".join(f"job {job_id} {end.state}" for job_id, end in self.ended.items())
             self.stop_reason = (f"no SLURM worker job is left ({ends}) before this slide "
@@ -403,6 +411,16 @@ class SlurmWorkers:
                                 "command again to resume")
             log.warning("slurm: %s", self.stop_reason.replace(" before this slide finished",
                                                               ""))
+
+    def _alive(self, name: str) -> bool:
+        """Whether the job of this worker spec is (or will soon be) running: submitted and
+        not ended, or still being submitted (for at most two minutes)."""
+        job_id = self.jobs.get(name, "")
+        if job_id:
+            self._unsubmitted.pop(name, None)
+            return job_id not in self._seen_end
+        first = self._unsubmitted.setdefault(name, time.monotonic())
+        return time.monotonic() - first < 120
 
     def _replace(self, names: list[str]) -> None:
         async def forget() -> None:
