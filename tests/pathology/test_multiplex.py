@@ -122,7 +122,7 @@ def test_mibi_marker_calls_follow_lineages(mif_run):
     pos = {m: classes[f"{m.lower()}_pos"].to_numpy(bool)
            for m in ("CD3", "CD8", "CD45", "PanKRT")}
     assert pos["CD8"].sum() >= 5 and pos["PanKRT"].sum() >= 100
-    assert pos["CD3"][pos["CD8"]].mean() >= 0.5  # CD8+ cells are mostly CD3+ T cells ...
+    assert pos["CD3"][pos["CD8"]].mean() >= 0.8  # CD8+ cells are CD3+ T cells (issue 33) ...
     assert pos["CD3"][pos["CD8"]].mean() >= 5 * pos["CD3"].mean()  # ... far above the base rate
     assert pos["CD45"][pos["PanKRT"]].mean() <= 0.1  # panCK+ epithelial cells are CD45-
     record = features["phenotyping"]["markers"]["PanKRT"]
@@ -132,6 +132,69 @@ def test_mibi_marker_calls_follow_lineages(mif_run):
     n_cd8 = int(classes["is_cd8_t"].sum())
     clean_mm2 = features["features"]["mif_mibi_tissue_mm2"]["value"]
     assert density["value"] == pytest.approx(n_cd8 / clean_mm2, rel=0.05)
+    # counts: thresholds fitted on arcsinh(counts / cofactor), zero-inflated channels kept apart
+    cd8 = features["phenotyping"]["markers"]["CD8"]
+    assert cd8["transform"] == "asinh" and cd8["cofactor"] == 1.0
+    assert cd8["zero_fraction"] > 0.8  # most cells carry no CD8 count ...
+    assert cd8["threshold"] > 0.1  # ... and the threshold does not fall to the first count
+    # QC: the lineage shares, checked, and one histogram with its threshold per marker
+    qc = json.loads((mif_run / "slides" / "mibi" / "qc" / "qc.json").read_text())
+    lineage = qc["metrics"]["lineage"]
+    assert lineage["cd3_of_cd8"]["value"] == pytest.approx(pos["CD3"][pos["CD8"]].mean())
+    assert lineage["cd3_of_cd8"]["n"] == pos["CD8"].sum()
+    assert lineage["cd45neg_of_keratin"]["value"] >= 0.9
+    [check] = [c for c in qc["checks"] if c["name"] == "lineage"]
+    assert not check["fired"] and "lineage" not in qc["flags"]
+    files = qc["files"]["marker_histograms"]
+    assert set(files) == {m.name for m in _panel_markers("mibi_breast")}
+    from PIL import Image
+
+    with Image.open(mif_run / "slides" / "mibi" / "qc" / files["CD8"]) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    # the threshold line (#d55e00) and the bars (#56b4e9) are drawn
+    assert (np.abs(pixels - (213, 94, 0)).sum(axis=2) < 40).sum() > 100
+    assert (np.abs(pixels - (86, 180, 233)).sum(axis=2) < 40).sum() > 100
+
+
+def _panel_markers(name: str):
+    from pathology.cells.panels import load_panel
+
+    return load_panel(PROJECT / "configs" / "panels" / f"{name}.yaml").markers
+
+
+def test_lineage_flag_fires_on_inconsistent_calls():
+    from pathology.config import QcSection
+    from pathology.qc.markers import lineage_flag, lineage_metrics
+
+    cd8 = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0], bool)
+    cd3 = np.array([1, 1, 1, 0, 0, 0, 1, 1, 0, 0], bool)  # 3 of 6 CD8+ cells CD3+
+    keratin = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1], bool)
+    cd45 = np.zeros(10, bool)
+    config = QcSection(lineage_min_cells=5)
+    metrics = lineage_metrics({"CD3": cd3, "CD8": cd8, "CD45": cd45, "panCK": keratin},
+                              config=config)
+    assert metrics["cd3_of_cd8"] == {"value": 0.5, "n": 6, "markers": ["CD8", "CD3"]}
+    assert metrics["cd45neg_of_keratin"]["n"] == 4  # too few to be checked (< 5)
+    flag = lineage_flag(metrics, config=config)
+    assert flag.fired and flag.value == 0.5 and "CD3+ 0.5 of 6 < 0.8" in flag.reason
+    consistent = lineage_metrics({"CD3": cd8, "CD8": cd8}, config=config)
+    assert not lineage_flag(consistent, config=config).fired
+
+
+def test_count_thresholds_do_not_collapse_on_zero_inflated_channels():
+    from pathology.cells.panels import Threshold
+    from pathology.cells.phenotypes import auto_threshold
+
+    rng = np.random.default_rng(4)
+    # 80 % of cells without a count, background counts (mean 0.05), 20 positive cells
+    counts = np.r_[np.zeros(900), rng.poisson(2.0, 200) / 40, 0.15 + 0.2 * rng.random(20)]
+    on_all = auto_threshold(counts, Threshold(method="otsu"))
+    assert (counts >= on_all).sum() > 100  # on all cells the cut sinks into the background
+    spec = Threshold(method="otsu", transform="asinh", cofactor=1.0, zeros="exclude")
+    cut = auto_threshold(counts, spec)
+    assert 20 <= (counts >= cut).sum() <= 25
+    with pytest.raises(ValueError, match="contradict"):
+        Threshold(method="otsu", log=True, transform="asinh")
 
 
 @pytest.mark.parametrize("sample", ["G01", "J02"])
@@ -258,9 +321,11 @@ def _raster(cells: pd.DataFrame, shape: tuple[int, int], mpp: float, prefix: str
     return out
 
 
-# Measured 2026-12-01 with models/fluo_nuclei and the shipped defaults (docs/phenotypes.md):
-# sample: (cells found, true cells, whole-cell F1, mean IoU of matched whole cells)
-IMC_AGREEMENT = {"G01": (78, 122, 0.25, 0.59), "J02": (68, 127, 0.14, 0.60)}
+# Measured 2026-12-07 with models/fluo_nuclei and the shipped imc_pancreas panel (nuclei at
+# 0.33 um/px, whole cells by the membrane watershed; docs/phenotypes.md, python -m
+# benchmarks.multiplex): sample: (cells found, true cells, whole-cell F1, mean IoU of matches).
+# The issue's target F1 >= 0.6 is not reached: the nuclei are the limit (see the docs).
+IMC_AGREEMENT = {"G01": (128, 122, 0.45, 0.60), "J02": (109, 127, 0.31, 0.61)}
 
 
 @pytest.mark.parametrize("sample", ["G01", "J02"])
@@ -271,11 +336,14 @@ def test_whole_cells_against_the_imc_whole_cell_masks(mif_run, shared_data, samp
     found, n_true, f1, mean_iou = IMC_AGREEMENT[sample]
     assert whole["n_true"] == n_true
     assert whole["n_pred"] == pytest.approx(found, abs=3)
+    assert abs(whole["n_pred"] - n_true) <= 0.3 * n_true  # the count within 30 % (issue 33)
     assert whole["f1"] >= f1 - 0.03 and whole["mean_iou"] >= mean_iou - 0.03
-    # most cells grow beyond their nucleus (those in signal-free areas stay the nucleus:
-    # a quarter in J02); the model finds ~60 % of the cells in 1 um/px IMC (docs)
     assert (cells["cell_area_um2"] >= cells["area_um2"]).all()
     assert (cells["cell_area_um2"] > cells["area_um2"]).mean() > 0.6
+    _, _, features = _slide(mif_run, f"imc_{sample}")
+    assert features["nuclei_mpp"] == 0.33  # the panel's network resolution
+    assert features["whole_cell"]["method"] == "membrane"
+    assert features["whole_cell"]["channels"] == ["CD99", "CD8a", "CDH"]
 
 
 # -- readers on the real data (no model) ------------------------------------------------------
