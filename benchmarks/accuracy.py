@@ -38,6 +38,18 @@ Sets (none of them used to train or tune the model reported, unless the table sa
 
 The table ends with issue 12's targets against the pipeline's default models (the ones
 ``hccbio slides run`` uses for ``he`` and ``ihc`` rows): measured, on what, met or not.
+
+``--organs`` adds, for those default models, the figures per organ and stain that issue 27
+asks for, measured by the same functions as their own benchmarks (one definition each):
+
+* ``cell_classes`` (:mod:`benchmarks.cell_classes`): the H&E lymphocyte call on breast
+  (BRCA-M2C) and colon (CRCHistoPhenotypes) report images, precision / recall / F1 and the
+  share of tumour nuclei called lymphocytes, beside the other approaches compared;
+* ``ihc_counterstain`` (:mod:`benchmarks.ihc_counterstain`): DAB-negative and DAB-positive
+  recall and the Ki67 index error of the DeepLIIF test tiles at their own counterstain and
+  re-rendered paler (hematoxylin x 0.7 to 0.2).
+
+It then writes the cards of the default IHC and nucleus-class models from the report.
 """
 
 from __future__ import annotations
@@ -351,6 +363,7 @@ def table(report: dict) -> str:
                   "before tuning splits were kept apart): its MoNuSeg validation figures are "
                   "optimistic."]
     lines += target_lines(report)
+    lines += organ_lines(report)
     lines += int8_lines(report)
     for name, r in report.get("fluorescence", {}).items():
         d = r["dsb2018_fluo"]
@@ -359,6 +372,86 @@ def table(report: dict) -> str:
                   f"| {name} | {d['iou50']['f1']:.3f} ({d['iou50']['precision']:.2f} / "
                   f"{d['iou50']['recall']:.2f}) | {d['centroid']['f1']:.3f} |"]
     return "\n".join(lines)
+
+
+def organ_lines(report: dict) -> list[str]:
+    """Issue 27's targets per organ and stain (``report["organs"]``, from ``--organs``)."""
+    from benchmarks import cell_classes, ihc_counterstain
+
+    organs = report.get("organs", {})
+    lines: list[str] = []
+    if "cell_classes" in organs:
+        r = organs["cell_classes"]
+        shipped = r["approaches"]["patch_cnn"]
+        lines += ["", "Per organ (issue 27), H&E lymphocyte call of the default nucleus-class "
+                  f"network `{r['model']}` on report images (never trained or tuned on), "
+                  f"measured {r['date'][:10]}:", "",
+                  "| target | organ (report images) | measured | |", "|---|---|---|---|"]
+        for organ, sc in shipped.items():
+            n = len(r["images"][organ]["report"])
+            lines.append(f"| lymphocyte F1 >= {cell_classes.TARGET_F1} | {organ} ({n}) | "
+                         f"{sc['f1']:.3f} (P {sc['precision']:.3f} / R {sc['recall']:.3f}) | "
+                         f"{_verdict(sc['f1'] >= cell_classes.TARGET_F1)} |")
+            share = sc["tumour_called_lymphocyte"]
+            lines.append(f"| tumour nuclei called lymphocytes <= "
+                         f"{cell_classes.TARGET_TUMOUR_SHARE:.0%} | {organ} ({n}) | "
+                         f"{share:.1%} | "
+                         f"{_verdict(share <= cell_classes.TARGET_TUMOUR_SHARE)} |")
+        lines += ["", "Approaches compared:", "", cell_classes.table(r)]
+    if "ihc_counterstain" in organs:
+        r = organs["ihc_counterstain"]
+        lines += ["", f"Per counterstain strength (issue 27), IHC nuclei of `{r['model']}` on the "
+                  f"DeepLIIF Ki67 test tiles ({', '.join(r['tiles'])}; lung / bladder, never "
+                  f"trained or tuned on), measured {r['date'][:10]}:", "",
+                  "| hematoxylin x | DAB- recall (lowest tile) | DAB+ recall (lowest tile) | "
+                  f"recall >= {TARGET_IHC_RECALL} | Ki67 index error, median over tiles "
+                  f"(points) | within {TARGET_KI67_POINTS:g} |", "|---|---|---|---|---|---|"]
+        for factor in sorted({row["hematoxylin_factor"] for row in r["rows"]}, reverse=True):
+            rows = [row for row in r["rows"] if row["hematoxylin_factor"] == factor]
+            negative = min(row["recall_negative"] for row in rows)
+            positive = min(row["recall_positive"] for row in rows)
+            error = float(np.median([abs(row["ki67_error_points"]) for row in rows]))
+            lines.append(f"| {factor:g} | {negative:.2f} | {positive:.2f} | "
+                         f"{_verdict(min(negative, positive) >= TARGET_IHC_RECALL)} | "
+                         f"{error:.1f} | {_verdict(error <= TARGET_KI67_POINTS)} |")
+        lines += ["", ihc_counterstain.table(r)]
+    return lines
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def measure_organs(root: Path, work: Path) -> dict:
+    """Issue 27's per-organ figures for the pipeline's default models (see module doc)."""
+    from benchmarks import cell_classes, ihc_counterstain
+    from pathology.config import PhenotypesSection, SegmentationSection
+
+    lymphocyte_model = PhenotypesSection().lymphocyte_model
+    ihc_model = SegmentationSection().ihc_model
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    classes = cell_classes.measure(root, lymphocyte_model, work / "cell_classes")
+    classes.update({"model": lymphocyte_model, "match_um": cell_classes.MATCH_UM, "date": date})
+    counterstain = ihc_counterstain.measure(root, ihc_model, work / "ihc_counterstain")
+    counterstain["date"] = date
+    return {"cell_classes": classes, "ihc_counterstain": counterstain}
+
+
+def write_organ_cards(report: dict) -> None:
+    """Write the default IHC and nucleus-class models' cards from the report."""
+    from benchmarks import cell_classes
+
+    sys.path.insert(0, str(ROOT / "models"))
+    from card import render as render_card
+
+    organs = report.get("organs", {})
+    if "cell_classes" in organs:
+        folder = ROOT / organs["cell_classes"]["model"]
+        write_text(folder / "MODEL_CARD.md", cell_classes.model_card(organs["cell_classes"],
+                                                                     folder))
+    if "ihc_counterstain" in organs:
+        folder = ROOT / organs["ihc_counterstain"]["model"]
+        write_text(folder / "MODEL_CARD.md", render_card(folder))
 
 
 # issue 12's targets, on images never used to train or tune
@@ -471,8 +564,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=["float32", "int8"], default="float32",
                         help="int8: the models' quantised networks (models/quantize.py), "
                         "reported as '<model>+int8' beside the float32 rows")
+    parser.add_argument("--organs", action="store_true",
+                        help="also measure the default models per organ and counterstain "
+                        "(issue 27: benchmarks.cell_classes and benchmarks.ihc_counterstain) "
+                        "and write their model cards from the report")
     parser.add_argument("--no-readme", action="store_true",
-                        help="do not rewrite the table in benchmarks/README.md")
+                        help="do not rewrite the table in benchmarks/README.md (nor the cards)")
     args = parser.parse_args(argv)
     root = shared_data()
     models = (args.models if args.models is not None else
@@ -515,9 +612,16 @@ def main(argv: list[str] | None = None) -> int:
                 "dsb2018_fluo": dsb2018_fluo(root, FLUORESCENCE_MODEL, Path(tmp)),
                 "measured": report["date"]}
         write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
+    report.setdefault("organs", previous.get("organs", {}))
+    if args.organs:
+        with tempfile.TemporaryDirectory(prefix="hccbio-accuracy-") as tmp:
+            report["organs"] = measure_organs(root, Path(tmp))
+        write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
     print(table(report))
     if not args.no_readme:
         update_readme(report)
+        if args.organs:
+            write_organ_cards(report)
     return 0
 
 
