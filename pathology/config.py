@@ -202,7 +202,8 @@ class SlurmSection(_Section):
     """A SLURM cluster started through dask-jobqueue (``--scheduler slurm``, docs/hpc.md)."""
 
     partition: str | None = Field(None, description="Partition the worker jobs are submitted "
-                                  "to (sbatch -p); empty = the cluster's default partition.")
+                                  "to (sbatch -p; a comma-separated list is allowed); empty = "
+                                  "the cluster's default partition.")
     account: str | None = Field(None, description="Account charged for the jobs (sbatch -A); "
                                 "empty = your default account.")
     cores: int = Field(4, ge=1, description="Cores per job: one single-threaded Dask worker "
@@ -271,9 +272,13 @@ class SlurmSection(_Section):
     @field_validator("partition", "account")
     @classmethod
     def _word(cls, value: str | None) -> str | None:
-        if value is not None and not SLURM_NAME.match(value.strip()):
-            raise ValueError(f"{value!r} is not a SLURM name (letters, digits, '_.-')")
-        return value.strip() if value is not None else None
+        if value is None:
+            return None
+        names = [name.strip() for name in value.split(",")]  # partitions: a list is allowed
+        if not all(SLURM_NAME.match(name) for name in names):
+            raise ValueError(f"{value!r} is not a SLURM name (letters, digits, '_.-'; "
+                             "partitions may be a comma-separated list)")
+        return ",".join(names)
 
     @field_validator("job_extra_directives")
     @classmethod

@@ -147,7 +147,17 @@ def dask_client(scheduler: Scheduler, config: PathologyConfig,
             watch.wait_for_first_worker()
             watch.start()
             stack.callback(watch.close)
+            # the workers leave before their scheduler closes, so that their logs end
+            # without a 'connection closed' traceback; then the jobs are cancelled
+            stack.callback(_retire_workers, client)
         yield DaskSession(client, watch)
+
+
+def _retire_workers(client) -> None:
+    try:
+        client.retire_workers(close_workers=True)
+    except Exception as error:  # closing goes on: the jobs are cancelled all the same
+        log.debug("workers not retired: %s", error)
 
 
 # -- worker-side tasks: module-level so that they pickle by reference ----------------------

@@ -86,16 +86,16 @@ def _slurm(command: list[str], *, timeout: float = 60) -> subprocess.CompletedPr
                           check=False)
 
 
-def _first_line(text: str) -> str:
+def _last_lines(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return " ".join(lines[-3:]) if lines else ""
 
 
 def partitions() -> dict[str, bool]:
     """The cluster's partitions (``sinfo``): name -> whether it is the default one."""
-    done = _slurm(["sinfo", "-h", "-o", "%P"])
+    done = _slurm(["sinfo", "--all", "-h", "-o", "%P"])
     if done.returncode != 0:
-        raise SlurmError(f"sinfo failed: {_first_line(done.stderr)} (is slurmctld reachable "
+        raise SlurmError(f"sinfo failed: {_last_lines(done.stderr)} (is slurmctld reachable "
                          "from this node?)")
     names = {}
     for line in done.stdout.split():
@@ -129,10 +129,11 @@ def check_slurm(section: SlurmSection, script: str) -> None:
     known = partitions()
     listed = ", ".join(f"{name}{' (default)' if default else ''}"
                        for name, default in known.items()) or "none"
-    if section.partition is not None and section.partition not in known:
-        raise SlurmError(f"batch.slurm.partition: {section.partition!r} is not a partition "
-                         f"of this cluster (sinfo lists: {listed}); set batch.slurm.partition "
-                         "to one of them")
+    for name in (section.partition or "").split(","):  # sbatch -p takes a list
+        if name and name not in known:
+            raise SlurmError(f"batch.slurm.partition: {name!r} is not a partition of this "
+                             f"cluster (sinfo lists: {listed}); set batch.slurm.partition to "
+                             "one of them")
     if section.partition is None and not any(known.values()):
         raise SlurmError(f"batch.slurm.partition is empty and this cluster has no default "
                          f"partition (sinfo lists: {listed}); set batch.slurm.partition")
@@ -143,7 +144,7 @@ def check_slurm(section: SlurmSection, script: str) -> None:
     finally:
         os.unlink(handle.name)
     if done.returncode != 0:
-        raise SlurmError(f"sbatch refuses the worker job: {_first_line(done.stderr)} (check "
+        raise SlurmError(f"sbatch refuses the worker job: {_last_lines(done.stderr)} (check "
                          "batch.slurm: partition, account, cores, memory, walltime, "
                          "job_extra_directives)")
 
@@ -275,6 +276,7 @@ class SlurmWorkers:
         self.section = section
         self.poll = poll
         self.jobs: dict[str, str] = {}  # dask-jobqueue name -> SLURM job id
+        self._every_job: dict[str, str] = {}  # the same, replaced jobs included
         self.connected: set[str] = set()  # names whose worker joined the scheduler
         self.ended: dict[str, JobEnd] = {}  # job id -> how it ended
         self._seen_end: set[str] = set()  # job ids whose end the watch has acted on
@@ -330,11 +332,10 @@ class SlurmWorkers:
         if name is None:
             return None
         self._refresh_jobs()
-        job_name = next((n for n in self.jobs if str(name) == n or
-                         str(name).startswith(f"{n}-")), None)
-        if job_name is None or not self.jobs[job_name]:
+        job_id = next((j for n, j in self._every_job.items()
+                       if str(name) == n or str(name).startswith(f"{n}-")), None)
+        if job_id is None:
             return None
-        job_id = self.jobs[job_name]
         end = self.ended.get(job_id)
         deadline = time.monotonic() + 30  # SLURM marks the job as it kills the workers
         while end is None and time.monotonic() < deadline:
@@ -348,7 +349,7 @@ class SlurmWorkers:
 
     def record(self) -> dict:
         """For run.json: the jobs, how each ended, the logs folder."""
-        ids = sorted({j for j in (*self.jobs.values(), *self.ended) if j}, key=int)
+        ids = sorted({*self._every_job.values(), *self.ended}, key=lambda j: (len(j), j))
         for job_id in ids:
             if job_id not in self.ended:
                 end = job_end(job_id)
@@ -371,6 +372,8 @@ class SlurmWorkers:
             for name, job in list(self.cluster.workers.items()):
                 job_id = getattr(job, "job_id", None)
                 self.jobs[name] = str(job_id) if job_id else self.jobs.get(name, "")
+                if self.jobs[name]:
+                    self._every_job[name] = self.jobs[name]
 
     def _look(self) -> None:
         self._refresh_jobs()
@@ -406,11 +409,11 @@ class SlurmWorkers:
         alive = [name for name in list(self.cluster.worker_spec) if self._alive(name)]
         if not alive and self.connected and self.stop_reason is None:
             ends = ", ".join(f"job {job_id} {end.state}" for job_id, end in self.ended.items())
-            self.stop_reason = (f"no SLURM worker job is left ({ends}) before this slide "
-                                "finished; its finished tiles are kept: run the same "
-                                "command again to resume")
-            log.warning("slurm: %s", self.stop_reason.replace(" before this slide finished",
-                                                              ""))
+            self.stop_reason = (f"no SLURM worker job was left to finish this slide ({ends}"
+                                "); its finished tiles are kept: run the same command "
+                                "again to resume")
+            log.warning("slurm: no worker job is left (%s): the slides not finished are "
+                        "reported failed; run the same command again to resume", ends)
 
     def _alive(self, name: str) -> bool:
         """Whether the job of this worker spec is (or will soon be) running: submitted and
