@@ -401,7 +401,7 @@ def organ_lines(report: dict) -> list[str]:
     if "ihc_counterstain" in organs:
         r = organs["ihc_counterstain"]
         lines += ["", f"Per counterstain strength (issue 27), IHC nuclei of `{r['model']}` on the "
-                  f"DeepLIIF Ki67 test tiles ({', '.join(r['tiles'])}; lung / bladder, never "
+                  f"DeepLIIF Ki67 test tiles ({', '.join(r['tiles'])}; never "
                   f"trained or tuned on), measured {r['date'][:10]}:", "",
                   "| hematoxylin x | DAB- recall (lowest tile) | DAB+ recall (lowest tile) | "
                   f"recall >= {TARGET_IHC_RECALL} | Ki67 index error, median over tiles "
@@ -585,7 +585,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-              "centroid_um": CENTROID_UM, "models": dict(previous.get("models", {}))}
+              "centroid_um": CENTROID_UM, "models": dict(previous.get("models", {})),
+              # every write keeps what this run does not measure again
+              "fluorescence": dict(previous.get("fluorescence", {})),
+              "organs": dict(previous.get("organs", {}))}
     for model in models:
         started = time.perf_counter()
         key = Path(model).name + ("+int8" if args.precision == "int8" else "")
@@ -605,14 +608,12 @@ def main(argv: list[str] | None = None) -> int:
         report["models"][key] = result
         write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
         print(f"{model}: done in {result['seconds']} s", flush=True)
-    report.setdefault("fluorescence", previous.get("fluorescence", {}))
     if args.fluorescence:
         with tempfile.TemporaryDirectory(prefix="hccbio-accuracy-") as tmp:
             report["fluorescence"][Path(FLUORESCENCE_MODEL).name] = {
                 "dsb2018_fluo": dsb2018_fluo(root, FLUORESCENCE_MODEL, Path(tmp)),
                 "measured": report["date"]}
         write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
-    report.setdefault("organs", previous.get("organs", {}))
     if args.organs:
         with tempfile.TemporaryDirectory(prefix="hccbio-accuracy-") as tmp:
             report["organs"] = measure_organs(root, Path(tmp))

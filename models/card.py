@@ -69,7 +69,7 @@ def accuracy_lines(name: str, report_path: Path = ACCURACY_REPORT, *,
     lym = r["crc_lymphocytes"]
     return [
         "## Accuracy through `hccbio slides run`", "",
-        f"From `benchmarks/results/accuracy.json` ({report['date'][:10]}; "
+        f"From `benchmarks/results/accuracy.json` ({r.get('measured', report['date'])[:10]}; "
         "`python -m benchmarks.accuracy` writes it by running the annotated tiles through the "
         "pipeline: reader, resampling to 0.5 um/px, tiling, normalisation, this model, "
         "measurements, phenotypes). " + (

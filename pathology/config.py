@@ -499,7 +499,7 @@ class QcSection(_Section):
         (10.0, 150.0), description="Flag 'nuclear_area' when the median nuclear area (um^2) "
         "falls outside this range (wrong pixel size or failed segmentation).")
     counterstain_min_contrast: float = Field(
-        0.125, ge=0, description="IHC: flag 'counterstain' (too pale for reliable negative "
+        0.035, ge=0, description="IHC: flag 'counterstain' (too pale for reliable negative "
         "counts) when the median hematoxylin OD of DAB-negative nuclei exceeds that of their "
         "ring by less than this, or when nuclei were found but none DAB-negative; the level "
         "below which the IHC model's DAB-negative recall falls by more than 0.1 "

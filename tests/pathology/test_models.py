@@ -152,3 +152,49 @@ def test_accuracy_report_refuses_a_folder_that_is_no_model(tmp_path, capsys):
     assert stopped.value.code == 2
     assert f"{tmp_path / 'he_nucleii'}: not a model folder" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_accuracy_report_keeps_what_a_run_does_not_measure(tmp_path, shared_data,
+                                                           project_root):
+    """Measuring one set of one model rewrites the report with everything else it held (other
+    models, the fluorescence model, the per-organ figures): an int8 run once dropped the
+    per-organ figures of the run before it."""
+    from benchmarks.accuracy import main
+
+    out = tmp_path / "accuracy.json"
+    earlier = {"models": {"other": {"monuseg_val": {"f1": 0.5}}},
+               "fluorescence": {"fluo_nuclei": {"measured": "earlier", "dsb2018_fluo": {
+                   "iou50": {"f1": 0.8, "precision": 0.8, "recall": 0.8},
+                   "centroid": {"f1": 0.9}}}},
+               "organs": _accuracy_report(project_root)["organs"]}
+    out.write_text(json.dumps(earlier))
+    assert main(["--models", "models/he_nuclei", "--sets", "speed", "--no-readme",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["models"]["other"] == earlier["models"]["other"]
+    assert report["fluorescence"] == earlier["fluorescence"]
+    assert report["organs"] == earlier["organs"]
+    assert report["models"]["he_nuclei"]["speed"]["s_per_mpx"] > 0
+
+
+def test_accuracy_report_has_issue_27_figures_per_organ_and_the_cards_follow_it(project_root):
+    """`python -m benchmarks.accuracy --organs` reports the default models per organ (breast,
+    colon) and per counterstain strength (down to 0.2x hematoxylin), against the targets, and
+    the nucleus-class network's card is the one written from that report."""
+    from benchmarks import cell_classes
+    from benchmarks.accuracy import organ_lines
+    from pathology.config import PhenotypesSection, SegmentationSection
+
+    report = _accuracy_report(project_root)
+    organs = report["organs"]
+    classes, counterstain = organs["cell_classes"], organs["ihc_counterstain"]
+    assert classes["model"] == PhenotypesSection().lymphocyte_model
+    assert counterstain["model"] == SegmentationSection().ihc_model
+    assert set(classes["approaches"]["patch_cnn"]) == {"breast", "colon"}
+    assert {r["hematoxylin_factor"] for r in counterstain["rows"]} >= {1.0, 0.5, 0.2}
+    lines = "\n".join(organ_lines(report))
+    for organ in ("breast", "colon"):
+        assert f"| lymphocyte F1 >= {cell_classes.TARGET_F1} | {organ} (" in lines
+    assert "| 0.2 |" in lines
+    folder = project_root / classes["model"]
+    assert (folder / "MODEL_CARD.md").read_text() == cell_classes.model_card(classes, folder)

@@ -77,8 +77,12 @@ def test_ki67_34_3_truth_mask_leaves_positive_nuclei_unannotated(deepliif_pipeli
     rows = np.clip((cells["y_um"] / DEEPLIIF_MPP).astype(int).to_numpy(), 0, TILE - 1)
     cols = np.clip((cells["x_um"] / DEEPLIIF_MPP).astype(int).to_numpy(), 0, TILE - 1)
     on_truth = annotated[rows, cols]
-    assert (positive & ~on_truth).sum() > 0.3 * positive.sum()
-    assert (~positive & ~on_truth).sum() < 0.1 * (~positive).sum()
+    off_positive = (positive & ~on_truth).sum() / positive.sum()
+    off_negative = (~positive & ~on_truth).sum() / (~positive).sum()
+    assert off_positive > 0.3
+    # far more often than negative ones (0.13 with the 2026-12-07 bf_nuclei, which finds
+    # paler negative nuclei than before, some of them unannotated too)
+    assert off_positive > 2.5 * off_negative, (off_positive, off_negative)
 
 
 def test_pigment_is_not_counted_positive(shared_data, panels_dir):

@@ -263,21 +263,22 @@ def test_cli_slides_qc_rechecks_the_run(qc_run):
 
 @pytest.fixture(scope="module")
 def counterstain_runs(shared_data, tmp_path_factory) -> dict:
-    """DeepLIIF's Ki67 tile 22_2 at its own counterstain and re-rendered with half its
-    hematoxylin (DAB kept; a pale counterstain, the case the flag is for), through
-    `hccbio slides run` with the IHC defaults: factor -> qc.json."""
+    """DeepLIIF's Ki67 tile 22_2 at its own counterstain and re-rendered with 0.15 of its
+    hematoxylin (its own counterstain vector, DAB kept; a very pale counterstain, the case the
+    flag is for), through `hccbio slides run` with the IHC defaults: factor -> qc.json."""
     import dataclasses
 
     from pathology.config import SegmentationSection
     from pathology.evaluation.annotations import load_deepliif
     from pathology.evaluation.harness import annotated_tile_config, run_pipeline, sample_id_for
-    from pathology.segmentation.stains import rescale_stains
+    from pathology.segmentation.stains import counterstain_matrix, rescale_stains
 
     tile = next(t for t in load_deepliif(shared_data / "ihc" / "deepliif", "test")
                 if t.name == "22_2")
+    matrix = counterstain_matrix(tile.image)
     items = [dataclasses.replace(tile, name=f"22_2_h{f:g}",
-                                 image=rescale_stains(tile.image, hematoxylin=f))
-             for f in (1.0, 0.5)]
+                                 image=rescale_stains(tile.image, hematoxylin=f, matrix=matrix))
+             for f in (1.0, 0.15)]
     work = tmp_path_factory.mktemp("counterstain")
     run_pipeline(items, work, modality="ihc", stain="Ki67",
                  config=annotated_tile_config(SegmentationSection().ihc_model))
@@ -287,7 +288,7 @@ def counterstain_runs(shared_data, tmp_path_factory) -> dict:
 
 
 def test_pale_ihc_counterstain_is_flagged_and_a_normal_one_is_not(counterstain_runs):
-    normal, pale = counterstain_runs["1"], counterstain_runs["0.5"]
+    normal, pale = counterstain_runs["1"], counterstain_runs["0.15"]
     assert "counterstain" not in normal["flags"]
     assert normal["metrics"]["counterstain"]["contrast"] > 0.12
     assert "counterstain" in pale["flags"]
@@ -323,10 +324,10 @@ def test_no_dab_negative_nucleus_fires_the_counterstain_flag():
 
 def test_counterstain_check_over_every_real_ihc_image(shared_data, tmp_path):
     """Every real IHC image of the shared data and scikit-image through `hccbio slides run`:
-    the counterstain check passes them, except DeepLIIF 34_3, whose counterstain is the
-    faintest (contrast about 0.105) and whose Ki67 index reads 14.5 points high: the case the
-    flag is for (benchmarks/README.md). The ANHIR kidney IHC is a 5 % overview with no
-    resolvable nuclei, not an image to count nuclei on."""
+    the counterstain check passes every one (their DAB-negative nuclei are found about as
+    well as at any counterstain down to half: benchmarks/README.md); DeepLIIF 34_3 has the
+    faintest counterstain of them. The ANHIR kidney IHC is a 5 % overview with no resolvable
+    nuclei, not an image to count nuclei on."""
     from skimage.data import immunohistochemistry
 
     from pathology.config import SegmentationSection
@@ -338,11 +339,13 @@ def test_counterstain_check_over_every_real_ihc_image(shared_data, tmp_path):
         items += list(load_deepliif(shared_data / "ihc" / "deepliif", split))
     run_pipeline(items, tmp_path, modality="ihc", stain="Ki67",
                  config=annotated_tile_config(SegmentationSection().ihc_model))
-    flagged = {}
+    flagged, contrast = {}, {}
     for item in items:
         record = json.loads((tmp_path / "run" / "slides" / item.name / "qc" / "qc.json")
                             .read_text())
         assert record["metrics"]["counterstain"]["n_dab_negative"] > 20, item.name
         flagged[item.name] = "counterstain" in record["flags"]
-    assert {name for name, fired in flagged.items() if fired} == {"34_3"}
+        contrast[item.name] = record["metrics"]["counterstain"]["contrast"]
+    assert not any(flagged.values()), contrast
+    assert min(contrast, key=contrast.get) == "34_3"
     assert len(flagged) >= 5
