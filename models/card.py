@@ -302,8 +302,10 @@ def _render_brightfield(folder: Path, meta: dict, config: dict) -> str:
         *_target_lines(folder.name),
         "No liver tissue and two real IHC tiles in training (the rest of the IHC appearance "
         "is rendered from H&E); expect lower accuracy on unusual stains, heavy pigment or "
-        "out-of-focus areas. Retrain with `python models/train.py bf` when annotated HCC "
-        "tiles are available.", "",
+        "out-of-focus areas. Trained with blur, it finds blobs where no nucleus can be "
+        "resolved: on a 2 um/px overview resampled to 0.5 um/px it outlines hundreds "
+        "(tests/pathology/reference_run.json, kidney-ck); QC's focus flag marks such slides. "
+        "Retrain with `python models/train.py bf` when annotated HCC tiles are available.", "",
         "## Reproduce", "",
         "```", *_stage_commands(folder.name, "bf", meta), "python -m benchmarks.accuracy",
         f"python models/card.py models/{folder.name}", "```", "", *_stage_notes(meta),
