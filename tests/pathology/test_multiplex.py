@@ -22,6 +22,9 @@ import pytest
 import tifffile
 import yaml
 
+# matched-cell agreement and rasterising: the benchmark's definitions, one for both
+from benchmarks.multiplex import cell_agreement
+from benchmarks.multiplex import raster as _raster
 from pathology.config import PathologyConfig, TissueSection
 from pathology.io.slide import Slide, SlideError
 
@@ -292,33 +295,6 @@ def test_review_app_channel_toggles_and_contrast(mif_run, browser, serving, tmp_
         assert one.mean() > dimmer.mean()
 
 
-def cell_agreement(predicted: np.ndarray, truth: np.ndarray) -> dict:
-    """Matched-cell agreement of two label images: a pair matches at IoU > 0.5 (so each cell
-    matches at most one); F1 = 2 TP / (predicted + true cells), mean IoU of matched pairs."""
-    n_p, n_t = int(predicted.max()), int(truth.max())
-    pairs = np.bincount(predicted.astype(np.int64).ravel() * (n_t + 1) + truth.ravel(),
-                        minlength=(n_p + 1) * (n_t + 1)).reshape(n_p + 1, n_t + 1)
-    inter = pairs[1:, 1:]
-    union = pairs.sum(1)[1:, None] + pairs.sum(0)[None, 1:] - inter
-    iou = inter / np.maximum(union, 1)
-    matched = iou > 0.5
-    n_pred = int(np.count_nonzero(pairs.sum(1)[1:]))
-    n_true = int(np.count_nonzero(pairs.sum(0)[1:]))
-    tp = int(matched.sum())
-    return {"n_pred": n_pred, "n_true": n_true, "tp": tp,
-            "f1": 2 * tp / (n_pred + n_true) if n_pred + n_true else 0.0,
-            "mean_iou": float(iou[matched].mean()) if tp else 0.0}
-
-
-def _raster(cells: pd.DataFrame, shape: tuple[int, int], mpp: float, prefix: str) -> np.ndarray:
-    from skimage.draw import polygon
-
-    out = np.zeros(shape, dtype=np.int32)
-    for k, (xs, ys) in enumerate(zip(cells[f"{prefix}poly_x_um"], cells[f"{prefix}poly_y_um"],
-                                     strict=True), start=1):
-        rows, cols = polygon(np.asarray(ys) / mpp - 0.5, np.asarray(xs) / mpp - 0.5, shape)
-        out[rows, cols] = k
-    return out
 
 
 # Measured 2026-12-07 with models/fluo_nuclei and the shipped imc_pancreas panel (nuclei at
