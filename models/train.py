@@ -177,19 +177,17 @@ def restain_ihc(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     Hematoxylin is scaled by 0.15-1.2 (down to the palest counterstains labs scan), DAB by
     0.3-2.5 on a log scale (faint to saturated), the residual by 0.5-1.
     """
-    from pathology.segmentation.stains import StainError, counterstain_matrix
+    from pathology.segmentation.stains import StainError, counterstain_matrix, rescale_stains
 
-    rgb = np.clip(image * 255.0, 1.0, 255.0)
+    rgb = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     try:
-        matrix = counterstain_matrix(rgb.astype(np.uint8))
+        matrix = counterstain_matrix(rgb)
     except StainError:
         return image
-    od = -np.log10(rgb / 255.0)
-    stains = od.reshape(-1, 3) @ np.linalg.inv(matrix)
-    stains = np.clip(stains, 0, None) * np.array(
-        [rng.uniform(0.15, 1.2), rng.uniform(0.5, 1.0), np.exp(rng.uniform(np.log(0.3),
-                                                                          np.log(2.5)))])
-    return np.power(10.0, -(stains @ matrix)).reshape(image.shape)
+    hematoxylin, residual = rng.uniform(0.15, 1.2), rng.uniform(0.5, 1.0)
+    dab = float(np.exp(rng.uniform(np.log(0.3), np.log(2.5))))
+    return rescale_stains(rgb, hematoxylin=hematoxylin, eosin=residual, dab=dab,
+                          matrix=matrix) / 255.0
 
 
 def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
