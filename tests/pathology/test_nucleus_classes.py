@@ -10,12 +10,15 @@ import pytest
 
 from pathology.cells.nucleus_classes import (
     CELL_CLASSES,
+    IR_TAG,
     MODEL_FILE,
     NETWORK_FILE,
+    PATCH_PX,
     NucleusClassModelError,
     extract_patches,
     is_patch_model,
     load_patch_classifier,
+    openvino_graph,
     probability_column,
 )
 
@@ -200,9 +203,28 @@ def test_openvino_and_tensorflow_give_the_same_class_probabilities(project_root,
     scratch = [np.full(1 << 20, 7.0) for _ in range(64)]  # reuse freed memory
     openvino = converted.classify(image, rows, cols)
     del scratch
-    assert (folder / backends.IR_FOLDER / f"{classifier.sha256}.xml").is_file()
+    assert (folder / backends.IR_FOLDER / f"{classifier.sha256}.{IR_TAG}.xml").is_file()
     for column, values in keras.items():
         assert np.allclose(values, openvino[column], atol=1e-4), column
     assert classifier.on_backend("openvino").describe()["backend"] == "openvino"
     with pytest.raises(ValueError, match="unknown backend"):
         classifier.on_backend("onnx")
+
+
+def test_openvino_graph_uses_native_group_normalization_and_refuses_other_layers(project_root):
+    """The built graph holds OpenVINO's GroupNormalization (not convert_model's transposes and
+    reductions, the slower spelling) and refuses a layer it does not know, naming it, so that
+    the caller converts such a network with ov.convert_model instead (synthetic network)."""
+    from pathology.segmentation.nuclei import import_tensorflow
+
+    keras = import_tensorflow().keras
+    network = keras.models.load_model(project_root / "models" / "he_cell_classes" / "model.keras",
+                                      compile=False)
+    graph = openvino_graph(network, PATCH_PX)
+    kinds = {op.get_type_name() for op in graph.get_ops()}
+    assert "GroupNormalization" in kinds and "ReduceMean" in kinds  # the global pooling
+    assert sum(op.get_type_name() == "Transpose" for op in graph.get_ops()) == 1  # to NCHW
+    inputs = keras.Input((PATCH_PX, PATCH_PX, 3))
+    other = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(inputs))
+    with pytest.raises(ValueError, match="bn: BatchNormalization"):
+        openvino_graph(other, PATCH_PX)
