@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import platform
 import pstats
 import subprocess
@@ -45,6 +44,7 @@ import numpy as np
 import tifffile
 
 from benchmarks.reports import save_report, write_block
+from pathology.run.auto_backend import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -60,45 +60,6 @@ TARGETS: dict[str, tuple[str, float]] = {
 
 # --------------------------------------------------------------------------------------
 # the machine
-
-
-def cpu_description(cpuinfo: str | None = None) -> dict:
-    """The CPU of this machine: model, the vector extensions that matter to the network
-    (AVX2, AVX-512) and the cores this process may use.
-
-    Parameters
-    ----------
-    cpuinfo
-        Text of ``/proc/cpuinfo`` (None: read it; empty where there is none).
-
-    Returns
-    -------
-    dict
-        ``model``, ``avx2``, ``avx512`` (the ``avx512*`` flags), ``cores``, ``label``.
-
-    Examples
-    --------
-    >>> cpu = cpu_description("model name\\t: Some CPU\\nflags\\t\\t: sse avx2 avx512f\\n")
-    >>> cpu["avx2"], cpu["avx512"]
-    (True, ['avx512f'])
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    model, flags = platform.processor() or platform.machine(), set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    avx512 = sorted(f for f in flags if f.startswith("avx512"))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return {"model": model, "avx2": "avx2" in flags, "avx512": avx512, "cores": cores,
-            "label": f"{model}, {vector}, {cores} cores"}
 
 
 # --------------------------------------------------------------------------------------

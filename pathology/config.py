@@ -121,8 +121,10 @@ class SegmentationSection(_Section):
                                 "dropped as debris.")
     backend: Literal["auto", "tensorflow", "openvino"] = Field(
         "auto", description="What runs the network: tensorflow; openvino (on the CPU, the "
-        "converted network cached beside the weights by their SHA-256); auto = OpenVINO when "
-        "it is installed, TensorFlow sees no GPU and the network converts, else TensorFlow. "
+        "converted network cached beside the weights by their SHA-256); auto = TensorFlow "
+        "with a GPU or without OpenVINO, else OpenVINO unless TensorFlow measured at least "
+        "10 % faster on this CPU model (measured once, cached in "
+        "$HCCBIO_CACHE/backend-choice.json). "
         "The same nuclei either way (tested); the backend used is recorded in features.json "
         "and run.json. Not part of the config hash (like batch).")
     precision: Literal["float32", "int8"] = Field(

@@ -173,6 +173,8 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
                     record(row)
                 model_record = models.describe()
             else:
+                if sched.kind == "local":
+                    resolve_auto_backends(config, {job.modality for job in todo})
                 with dask_client(sched, config, out) as session:
                     progress.close()
                     progress = BatchProgress(len(jobs), live=show_progress,
@@ -210,6 +212,35 @@ def run_slides(jobs: Iterable[SlideJob], out: Path, config: PathologyConfig, *,
         write_run_json(out, jobs, config, model_record, results, started_at, scheduler,
                        cluster=cluster_record)
     return results
+
+
+def resolve_auto_backends(config: PathologyConfig, modalities: set[str]) -> None:
+    """Measure ``segmentation.backend: auto``'s choice for these slide kinds now, once, when
+    this CPU has none cached, so that a local cluster's workers (one thread each, started
+    together) read it instead of each measuring at once. The measurement runs in a child
+    process: it loads TensorFlow and both backends' networks, which this coordinating process
+    need not keep. A failure here is left to the slides (their model errors say more)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if config.segmentation.backend != "auto":
+        return
+    try:
+        models = ModelCache(config)
+        missing = sorted(m for m in modalities if models.backend_for(m, measure_missing=False)
+                         is None)
+        if not missing:
+            return
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(_measure_backends, config, missing).result()
+    except Exception as error:  # the workers measure, or report the model's problem
+        log.debug("backend choice not measured before the cluster: %s", error)
+
+
+def _measure_backends(config: PathologyConfig, modalities: list[str]) -> None:
+    models = ModelCache(config)
+    for modality in modalities:
+        models.backend_for(modality)
 
 
 def _failed_ids(rows: dict[str, BatchRow]) -> set[str]:

@@ -29,6 +29,7 @@ from pathology.config import PathologyConfig, WholeCellSection
 from pathology.io import folder as slide_folder
 from pathology.io.metadata import file_signature
 from pathology.io.slide import Slide, SlideError, nuclear_channel_index
+from pathology.run.auto_backend import auto_backend
 from pathology.run.layout import RunFolder
 from pathology.run.store import SlideStore
 from pathology.segmentation.nuclei import (
@@ -98,9 +99,29 @@ class ModelCache:
         spec = seg.model_for(modality)
         if spec not in self._models:
             self._models[spec] = load_model(spec, prob_thresh=seg.prob_thresh,
-                                            nms_thresh=seg.nms_thresh, backend=seg.backend,
+                                            nms_thresh=seg.nms_thresh,
+                                            backend=self.backend_for(modality) or "auto",
                                             precision=seg.precision)
         return self._models[spec]
+
+    def backend_for(self, modality: str, *, measure_missing: bool = True) -> str | None:
+        """``segmentation.backend``, with ``auto`` on a CPU resolved by measurement (once per
+        CPU model and networks, cached: :mod:`pathology.run.auto_backend`).
+        ``auto`` stays ``auto`` when OpenVINO is chosen, so that a network OpenVINO cannot
+        convert still falls back to TensorFlow. None: not measured yet and
+        ``measure_missing`` is False."""
+        seg = self.config.segmentation
+        if seg.backend != "auto" or seg.precision != "float32":
+            return seg.backend
+        classes = self.config.phenotypes.lymphocyte_model
+        box = self.config.tiling.tile_size + 2 * self.config.tiling.halo
+        choice = auto_backend(seg.model_for(modality),
+                              classes if modality == "he" and is_patch_model(classes) else None,
+                              box_px=box, prob_thresh=seg.prob_thresh,
+                              nms_thresh=seg.nms_thresh, measure_missing=measure_missing)
+        if choice is None:
+            return None
+        return "tensorflow" if choice == "tensorflow" else "auto"
 
     def cell_classifier(self, modality: str) -> PatchClassifier | None:
         """The patch network that classifies H&E nuclei while their tile is in memory, when
