@@ -481,7 +481,9 @@ def table(report: dict) -> str:
              "JPEG TIFF.", "",
              "| run | s | s per mm^2 of tissue | tissue mm^2 | tiles | cells | backend | "
              "peak RSS main / largest worker (GB) |", "|---|---|---|---|---|---|---|---|"]
-    for key, label in RUN_LABELS.items():
+    extra = {key: f"`slides run --scheduler {key.removeprefix('scheduler_')}`"
+             for key in report["runs"] if key.startswith("scheduler_")}
+    for key, label in {**RUN_LABELS, **extra}.items():
         run = report["runs"].get(key)
         if run:
             rss = run["peak_rss"]
@@ -527,9 +529,11 @@ def table(report: dict) -> str:
 
 def measure(work: Path, *, rows: int, cols: int, tensorflow: bool = True,
             profile: bool = True, profile_read_ahead: bool = False,
-            crop: int | None = None) -> dict:
+            crop: int | None = None, schedulers: tuple[str, ...] = ()) -> dict:
     """Every figure of the report, in one run, in ``work`` (an empty folder); ``crop``: the
-    region's top-left ``crop`` x ``crop`` pixels only (smoke tests)."""
+    region's top-left ``crop`` x ``crop`` pixels only (smoke tests); ``schedulers``: more
+    ``--scheduler`` values to run (``local:1``: one worker with every core), reported as
+    ``scheduler_<value>``."""
     region, mpp = real_region()
     if crop:
         region = np.ascontiguousarray(region[:crop, :crop])
@@ -548,9 +552,11 @@ def measure(work: Path, *, rows: int, cols: int, tensorflow: bool = True,
             ("sync_openvino", {"segmentation": {"backend": "openvino"}}, "sync")]
     if tensorflow:
         plan.append(("sync_tensorflow", {"segmentation": {"backend": "tensorflow"}}, "sync"))
+    plan += [(f"scheduler_{spec}", {}, spec) for spec in schedulers]
     for key, config, scheduler in plan:
         print(f"run {key} ...", flush=True)
-        report["runs"][key] = run_slides_cli(manifest, work / f"run_{key}", config=config,
+        report["runs"][key] = run_slides_cli(manifest, work / f"run_{key.replace(':', '_')}",
+                                             config=config,
                                              scheduler=scheduler)
         print(f"  {report['runs'][key]}", flush=True)
     if tensorflow:
@@ -585,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
                              "in a thread cProfile does not see)")
     parser.add_argument("--crop", type=int, help="smoke test: the region's top-left "
                         "CROP x CROP pixels only")
+    parser.add_argument("--schedulers", nargs="*", default=[], metavar="SCHEDULER",
+                        help="more --scheduler values to run and report (e.g. local:1)")
     parser.add_argument("--out", type=Path, default=RESULTS / "whole_run.json")
     parser.add_argument("--no-readme", action="store_true",
                         help="do not write the README block")
@@ -594,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hccbio-whole-run-") as tmp:
         report = measure(Path(tmp), rows=rows, cols=cols, tensorflow=not args.no_tensorflow,
                          profile=not args.no_profile,
-                         profile_read_ahead=args.profile_read_ahead, crop=args.crop)
+                         profile_read_ahead=args.profile_read_ahead, crop=args.crop,
+                         schedulers=tuple(args.schedulers))
     report = save_report(report, args.out, started=started)
     text = table(report)
     print(text)

@@ -299,8 +299,9 @@ class BatchSection(_Section):
     """How a batch of slides is spread over workers."""
 
     scheduler: str = Field("local", description="sync (in this process), local[:N] (a Dask "
-                           "LocalCluster with N single-threaded workers; N = cores if omitted), "
-                           "tcp://HOST:PORT (an existing Dask scheduler) or slurm.")
+                           "LocalCluster with N workers sharing the cores; N = cores / 2 if "
+                           "omitted, cores with a GPU), tcp://HOST:PORT (an existing Dask "
+                           "scheduler) or slurm.")
     tiles_per_task: int = Field(16, ge=1, description="Tiles per Dask task: a large slide is "
                                 "split into tasks so that several workers share it.")
     retries: int = Field(1, ge=0, description="Retries of a failed task (a worker that died "

@@ -30,13 +30,49 @@ from pathology.run.pipeline import (
 
 log = logging.getLogger("hccbio.pathology")
 
-SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                     "OPENBLAS_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
-                     "TF_NUM_INTEROP_THREADS": "1",
-                     # TensorFlow's start-up notes, printed before its logging starts.
-                     "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """Environment of a worker process whose networks and numerical libraries use ``threads``
+    CPU threads (OpenVINO reads ``TF_NUM_INTRAOP_THREADS`` too).
+
+    Examples
+    --------
+    >>> worker_env(2)["TF_NUM_INTRAOP_THREADS"], worker_env(2)["OMP_NUM_THREADS"]
+    ('2', '2')
+    """
+    count = str(max(1, int(threads)))
+    return {"OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count, "OPENBLAS_NUM_THREADS": count,
+            "TF_NUM_INTRAOP_THREADS": count, "TF_NUM_INTEROP_THREADS": "1",
+            # TensorFlow's start-up notes, printed before its logging starts.
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+
+
+SINGLE_THREAD_ENV = worker_env(1)
 SCHEDULER_LOGGERS = ("distributed.scheduler", "distributed.deploy", "dask_jobqueue")
 _LOCAL = re.compile(r"^local(?::(\d+))?$")
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use (its affinity mask, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+
+
+def default_local_workers() -> int:
+    """Workers of ``--scheduler local`` without N.
+
+    With a GPU (TensorFlow sees one), one per core: the CPU work per tile is then the
+    bottleneck. On a CPU, one per two cores, each with two threads, so that a worker's network
+    (read-ahead thread) and its measurement of the tile before run side by side: on two cores
+    two single-threaded workers took 2.2x (one-slide mosaic of 14 tiles) and 1.6x (59 tiles)
+    the time of one sync process, one worker with both cores 1.2x
+    (benchmarks/README.md, whole runs).
+    """
+    from pathology.segmentation.nuclei import gpu_available
+
+    cores = available_cores()
+    return cores if gpu_available() else max(1, cores // 2)
 
 
 @dataclass(frozen=True)
@@ -46,6 +82,11 @@ class Scheduler:
     kind: str  # sync | local | address | slurm
     workers: int | None = None
     address: str | None = None
+
+    @property
+    def threads_per_worker(self) -> int:
+        """CPU threads of each local worker's networks: the cores shared among the workers."""
+        return max(1, available_cores() // max(1, self.workers or 1))
 
 
 def parse_scheduler(spec: str) -> Scheduler:
@@ -63,7 +104,7 @@ def parse_scheduler(spec: str) -> Scheduler:
         return Scheduler("slurm")
     match = _LOCAL.match(spec)
     if match:
-        workers = int(match.group(1)) if match.group(1) else (os.cpu_count() or 1)
+        workers = int(match.group(1)) if match.group(1) else default_local_workers()
         if workers < 1:
             raise ValueError(f"--scheduler {spec}: at least one worker is needed")
         return Scheduler("local", workers=workers)
@@ -112,7 +153,8 @@ def dask_client(scheduler: Scheduler, config: PathologyConfig,
             {"distributed.scheduler.allowed-failures": config.batch.retries}))
         if scheduler.kind == "local":
             cluster = LocalCluster(n_workers=scheduler.workers, threads_per_worker=1,
-                                   processes=True, env=SINGLE_THREAD_ENV,
+                                   processes=True,
+                                   env=worker_env(scheduler.threads_per_worker),
                                    dashboard_address=":0",
                                    # a failed task's traceback ("Compute Failed") is logged at
                                    # ERROR by the worker: the batch report has the reason

@@ -18,7 +18,7 @@ from hcccore.lock import RunLock, RunLockedError
 from pathology.config import BatchSection, PathologyConfig, TilingSection
 from pathology.run.batch import run_slides
 from pathology.run.pipeline import SlideJob
-from pathology.run.schedulers import parse_scheduler
+from pathology.run.schedulers import available_cores, parse_scheduler, worker_env
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,24 @@ def test_parse_scheduler():
     assert parse_scheduler("tcp://10.0.0.1:8786").address == "tcp://10.0.0.1:8786"
     with pytest.raises(ValueError, match="expected sync"):
         parse_scheduler("local:x")
+
+
+def test_local_workers_share_the_cores(monkeypatch):
+    """``local`` without N on a CPU: one worker per two cores, each worker's networks and
+    numerical libraries on cores / N threads (this machine's real core count; the GPU check
+    is pinned to 'none' so the rule under test is the CPU one)."""
+    from pathology.segmentation import nuclei
+
+    monkeypatch.setattr(nuclei, "gpu_available", lambda: False)
+    cores = available_cores()
+    default = parse_scheduler("local")
+    assert default.workers == max(1, cores // 2)
+    assert default.threads_per_worker == cores // default.workers
+    assert parse_scheduler(f"local:{cores}").threads_per_worker == 1
+    env = worker_env(default.threads_per_worker)
+    assert env["TF_NUM_INTRAOP_THREADS"] == env["OMP_NUM_THREADS"] == str(cores // default.workers)
+    monkeypatch.setattr(nuclei, "gpu_available", lambda: True)
+    assert parse_scheduler("local").workers == cores
 
 
 def test_two_workers_give_the_same_outputs_as_one(three_slides, shared_data, tmp_path):
