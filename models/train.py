@@ -62,6 +62,7 @@ N_TUNE_MONUSEG_TRAIN = 3
 IHC_REPEATS = 3  # each DeepLIIF training tile counts this many times among the images
 HDAB_SHARE = 0.5  # share of brightfield training patches re-rendered as hematoxylin + DAB
 IHC_RESTAIN_SHARE = 0.75  # share of real IHC patches re-rendered at another stain strength
+COARSE_SHARE = 0.5  # fluo --coarse: share of patches re-rendered as a low-resolution count image
 # Ruifrok-Johnston optical-density vectors (unit length) of hematoxylin and DAB, and a cyan
 # hematoxylin (more red absorption) as seen on IHC counterstains such as DeepLIIF's tiles
 HEMATOXYLIN_OD = np.array([0.650, 0.704, 0.286])
@@ -208,6 +209,30 @@ def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return image
 
 
+def coarsen(image: np.ndarray, rng: np.random.Generator, *, nucleus_px: float) -> np.ndarray:
+    """A fluorescence image as imaging mass cytometry / MIBI record it and the pipeline reads
+    it (``nuclei_mpp`` above the instrument's pixel size): nuclei of ``nucleus_px`` (median)
+    shrunk to 5-10 px by area averaging, ion counts with Poisson noise (a bright nucleus at
+    3-30 counts per pixel), then interpolated back to the original size (bilinear).
+
+    Parameters
+    ----------
+    image
+        ``(H, W)`` float image normalised to about [0, 1].
+    nucleus_px
+        Median nucleus diameter of the image in pixels.
+    """
+    from skimage.transform import resize
+
+    factor = max(1.0, nucleus_px / rng.uniform(5.0, 10.0))
+    small_shape = tuple(max(8, round(n / factor)) for n in image.shape[:2])
+    small = resize(np.clip(image, 0, None), small_shape, order=1, anti_aliasing=True,
+                   preserve_range=True)
+    peak = rng.uniform(3.0, 30.0)
+    counts = rng.poisson(small * peak) / peak
+    return resize(counts, image.shape[:2], order=1, preserve_range=True).astype(np.float32)
+
+
 def fluo_split(root: Path) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
     """Training and validation images for the fluorescence model (native resolution)."""
     items = load_dsb2018(root / "nuclei" / "dsb2018", "fluorescence")
@@ -236,8 +261,9 @@ def pad_to(x: np.ndarray, y: np.ndarray, size: int, kind: str) -> tuple[np.ndarr
             np.pad(y, ((0, pad_h), (0, pad_w)), constant_values=0))
 
 
-def augmenter(kind: str):
-    """Random flips, 90-degree rotations, intensity and (brightfield) stain jitter."""
+def augmenter(kind: str, *, coarse: bool = False):
+    """Random flips, 90-degree rotations, intensity and (brightfield) stain jitter; ``coarse``
+    (fluo): :data:`COARSE_SHARE` of the patches rendered by :func:`coarsen`."""
 
     rng = np.random.default_rng(SEED)
 
@@ -246,6 +272,8 @@ def augmenter(kind: str):
         x, y = np.rot90(x, k, axes=(0, 1)), np.rot90(y, k, axes=(0, 1))
         if rng.random() < 0.5:
             x, y = x[:, ::-1], y[:, ::-1]
+        if coarse and kind == "fluo" and y.max() > 0 and rng.random() < COARSE_SHARE:
+            x = coarsen(x, rng, nucleus_px=median_equivalent_diameter(y))
         if kind == "bf" and _looks_like_ihc(x):
             if rng.random() < IHC_RESTAIN_SHARE:
                 x = restain_ihc(x, rng)
@@ -360,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retune-thresholds", action="store_true",
                         help="he: no training; tune --out's thresholds again on the MoNuSeg "
                         "training-set tuning tiles (not its validation images) and re-evaluate")
+    parser.add_argument("--coarse", action="store_true",
+                        help="fluo: also train and tune on low-resolution count renderings "
+                        "(imaging mass cytometry, MIBI; models/train.py:coarsen)")
     parser.add_argument("--train-seconds", type=float, default=None,
                         help="with --finalize: how long the stopped run trained (for the card)")
     args = parser.parse_args(argv)
@@ -392,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         x_val += [render_hdab(x, y, rng).astype(np.float32)
                   for x, y in zip(x_val, y_val, strict=True)]
         y_val += y_val
+    if args.kind == "fluo" and args.coarse:
+        # Tune on both: the validation images and seeded low-resolution renderings of them.
+        rng = np.random.default_rng(SEED + 1)
+        x_val += [coarsen(x, rng, nucleus_px=median_equivalent_diameter(y))
+                  for x, y in zip(x_val, y_val, strict=True)]
+        y_val += y_val
     patch = args.patch
     # Images smaller than a patch (rescaled DSB2018 histology) are padded with background
     # (white glass / dark field, label 0) so that every image yields full patches.
@@ -421,9 +458,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.init is not None:
             model.keras_model.load_weights(str(args.init / "weights_best.h5"))
         model.train(x_train, y_train, validation_data=(x_val, y_val),
-                    augmenter=augmenter(args.kind))
+                    augmenter=augmenter(args.kind, coarse=args.coarse))
         train_seconds = time.time() - started
     model.optimize_thresholds(x_val, y_val)
+    coarse_metrics = None
+    if args.kind == "fluo" and len(x_val) > len(val):  # --coarse: native and coarse apart
+        coarse_metrics = evaluate(model, x_val[len(val):], y_val[len(val):])
+        x_val, y_val = x_val[:len(val)], y_val[:len(val)]
     metrics = evaluate(model, x_val, y_val)
     baseline = watershed_baseline([i.image for i in val], y_val[:len(val)])
 
@@ -467,6 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         meta.update({"val_images": [i.name for i in val],
                      "val_sources": sorted({i.source for i in val}),
                      "metrics_val": metrics, "watershed_val": baseline})
+        if coarse_metrics is not None:
+            meta.update({"coarse": {"share": COARSE_SHARE, "nucleus_px": [5, 10],
+                                    "peak_counts": [3, 30]},
+                         "metrics_val_coarse": coarse_metrics})
     (args.out / "hccbio_model.json").write_text(json.dumps(meta, indent=2) + "\n")
     (args.out / "MODEL_CARD.md").write_text(render_card(args.out))
     print(json.dumps(meta, indent=2))

@@ -9,6 +9,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pathology.segmentation.nuclei import load_model
@@ -198,3 +199,24 @@ def test_accuracy_report_has_issue_27_figures_per_organ_and_the_cards_follow_it(
     assert "| 0.2 |" in lines
     folder = project_root / classes["model"]
     assert (folder / "MODEL_CARD.md").read_text() == cell_classes.model_card(classes, folder)
+
+
+def test_coarse_rendering_keeps_nuclei_at_imc_detail(project_root, shared_data, monkeypatch):
+    """models/train.py:coarsen (fluo --coarse) on a real DSB2018 fluorescence image whose
+    nuclei are 20 px or more: same size, seeded, the image's content kept (correlated with
+    the original, nuclei brighter than the background) but not the original (shrunk to
+    nuclei of 5-10 px, with count noise)."""
+    monkeypatch.setenv("HCCBIO_SHARED_DATA", str(shared_data))
+    train = _training_module(project_root)
+    item = next(i for i in train.fluo_split(shared_data)[1]
+                if train.median_equivalent_diameter(i.labels) >= 20)
+    x = np.clip(train.normalise(item.image, "fluo"), 0, None)
+    diameter = train.median_equivalent_diameter(item.labels)
+    coarse = train.coarsen(x, np.random.default_rng(0), nucleus_px=diameter)
+    assert coarse.shape == x.shape[:2] and coarse.dtype == np.float32
+    assert np.array_equal(coarse, train.coarsen(x, np.random.default_rng(0),
+                                                nucleus_px=diameter))
+    inside, outside = item.labels > 0, item.labels == 0
+    assert coarse[inside].mean() > 2 * coarse[outside].mean()
+    assert np.corrcoef(coarse.ravel(), x.ravel())[0, 1] > 0.7
+    assert np.mean(np.abs(coarse - x)) > 0.02
