@@ -12,8 +12,10 @@ less memory). The choice and its seconds are cached in ``$HCCBIO_CACHE/backend-c
 SHA-256, so that every later process, Dask worker or SLURM job on such a CPU reads it.
 
 ``slides run`` resolves the choice in the main process before it starts a local cluster, so
-that its workers (one thread each) do not all measure at once; a SLURM job on a CPU model not
-yet in the cache measures on its node.
+that its workers do not all measure at once; a SLURM job on a CPU model not yet in the cache
+measures on its node. ``HCCBIO_AUTO_BACKEND=openvino`` (or ``tensorflow``) skips the
+measurement: for a site that has measured its nodes, or wants the same backend everywhere (the
+two backends' nuclei agree to rounding, not bit for bit).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 log = logging.getLogger("hccbio.pathology")
 
 CHOICE_FILE = "backend-choice.json"
+CHOICE_ENV = "HCCBIO_AUTO_BACKEND"
 SWITCH_MARGIN = 1.10  # TensorFlow must be 10 % faster per tile to be chosen over OpenVINO
 PATCHES_PER_TILE = 512  # about the nuclei in a 1024 px H&E tile at 0.5 um/px
 REPEATS = 2  # timed calls per network and backend, after one warm-up; the fastest counts
@@ -182,9 +185,9 @@ def auto_backend(segmentation_spec: str, classifier_spec: str | None, *, box_px:
                  measure_missing: bool = True) -> str | None:
     """What runs the networks under ``segmentation.backend: auto`` on this CPU.
 
-    ``tensorflow`` when TensorFlow sees a GPU or OpenVINO is not installed; otherwise the
-    cached choice for this CPU model and these networks, measured now (:func:`measure`) when
-    there is none.
+    ``tensorflow`` when TensorFlow sees a GPU or OpenVINO is not installed; otherwise
+    ``$HCCBIO_AUTO_BACKEND`` when set, else the cached choice for this CPU model and these
+    networks, measured now (:func:`measure`) when there is none.
 
     Parameters
     ----------
@@ -201,6 +204,11 @@ def auto_backend(segmentation_spec: str, classifier_spec: str | None, *, box_px:
     -------
     str or None
         ``openvino`` or ``tensorflow``.
+
+    Raises
+    ------
+    ValueError
+        ``$HCCBIO_AUTO_BACKEND`` is neither ``openvino`` nor ``tensorflow``.
     """
     from pathology.cells.nucleus_classes import load_patch_classifier
     from pathology.segmentation import backends
@@ -208,6 +216,11 @@ def auto_backend(segmentation_spec: str, classifier_spec: str | None, *, box_px:
 
     if not backends.openvino_available() or gpu_available():
         return "tensorflow"
+    pinned = os.environ.get(CHOICE_ENV, "").strip().lower()
+    if pinned:
+        if pinned not in ("openvino", "tensorflow"):
+            raise ValueError(f"${CHOICE_ENV}={pinned!r}: expected openvino or tensorflow")
+        return pinned
     cpu = cpu_description()
     segmentation_sha = describe_model(segmentation_spec).get("sha256") or ""
     classifier_sha = (load_patch_classifier(classifier_spec).sha256

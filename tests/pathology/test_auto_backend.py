@@ -31,6 +31,7 @@ def test_auto_measures_both_backends_once_and_caches_the_choice(he_tiff, tmp_pat
     follow; a later process reads it without measuring."""
     cache = tmp_path / "cache"
     monkeypatch.setenv(backends.CACHE_ENV, str(cache))
+    monkeypatch.delenv(auto_backend.CHOICE_ENV, raising=False)  # tests/conftest.py pins it
     assert ModelCache(_config()).backend_for("he", measure_missing=False) is None
     (row,) = run_slides([SlideJob("he", he_tiff, "he")], tmp_path / "out", _config(),
                         scheduler="local:1")
@@ -61,6 +62,7 @@ def test_slides_run_follows_the_cached_choice(he_tiff, tmp_path, monkeypatch):
     ``auto`` runs both networks on TensorFlow and says so; an explicit backend is never
     overridden by the cache."""
     monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(auto_backend.CHOICE_ENV, raising=False)
     config = _config()
     key = auto_backend.choice_key(
         auto_backend.cpu_description(),
@@ -86,3 +88,22 @@ def test_choice_keeps_openvino_unless_tensorflow_is_clearly_faster():
     assert auto_backend.choose({"openvino": 1.0, "tensorflow": 1.0}) == "openvino"
     assert auto_backend.choose({"openvino": 1.05, "tensorflow": 1.0}) == "openvino"
     assert auto_backend.choose({"openvino": 1.2, "tensorflow": 1.0}) == "tensorflow"
+
+
+def test_a_pinned_choice_skips_the_measurement(tmp_path, monkeypatch):
+    """``HCCBIO_AUTO_BACKEND`` wins over measuring (nothing cached, nothing measured); a value
+    that is no backend is an error that names the variable."""
+    monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path))
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured")
+
+    monkeypatch.setattr(auto_backend, "measure", no_measuring)
+    monkeypatch.setenv(auto_backend.CHOICE_ENV, "tensorflow")
+    assert ModelCache(_config()).backend_for("he") == "tensorflow"
+    monkeypatch.setenv(auto_backend.CHOICE_ENV, "OpenVINO")
+    assert ModelCache(_config()).backend_for("he") == "auto"
+    assert not (tmp_path / auto_backend.CHOICE_FILE).exists()
+    monkeypatch.setenv(auto_backend.CHOICE_ENV, "onnx")
+    with pytest.raises(ValueError, match="HCCBIO_AUTO_BACKEND='onnx'"):
+        ModelCache(_config()).backend_for("he")
