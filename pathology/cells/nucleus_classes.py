@@ -176,9 +176,11 @@ def _keras_network(path: str) -> Any:
 
 # The converted network's cache name: weights SHA-256 + this tag. ov.convert_model spells Keras'
 # GroupNormalization as transposes, reductions and element-wise products (three quarters of
-# the time per patch, and slower than TensorFlow); the graph built here uses OpenVINO's own
-# GroupNormalization. A new tag leaves networks converted the old way unused.
-IR_TAG = "native-groupnorm"
+# the time per patch, and slower than TensorFlow); the graph built here normalises each group
+# with OpenVINO's MVN operation, 2x faster. (OpenVINO's GroupNormalization operation is as
+# fast, but its sums depend on the thread count: a one-thread worker and a sync process gave
+# probabilities 1e-6 apart.) A new tag leaves networks converted otherwise unused.
+IR_TAG = "mvn-groupnorm"
 
 
 def _openvino_network(path: Path, sha256: str, patch_px: int) -> Any:
@@ -230,7 +232,8 @@ def _openvino_network(path: Path, sha256: str, patch_px: int) -> Any:
 
 def openvino_graph(keras_model: Any, patch_px: int) -> Any:
     """The patch network as an ``openvino.Model`` built layer by layer from its Keras weights,
-    with OpenVINO's own operations (``GroupNormalization`` among them).
+    with OpenVINO's own operations (group normalisation as ``MVN`` over each group: the same
+    numbers whatever the number of threads).
 
     Covers the layers :func:`models.train_cell_classes.build_network` uses: 3x3 ``Conv2D``
     (same padding, stride 1, no bias), ``GroupNormalization``, ReLU ``Activation``,
@@ -268,8 +271,14 @@ def openvino_graph(keras_model: Any, patch_px: int) -> Any:
             if (config["axis"] not in (-1, 3) or not config["center"] or not config["scale"]):
                 raise ValueError(f"layer {layer.name}: GroupNormalization settings")
             gamma, beta = weights(layer)
-            x = ops.group_normalization(x, ops.constant(gamma), ops.constant(beta),
-                                        int(config["groups"]), float(config["epsilon"]))
+            shape = ops.shape_of(x)
+            grouped = ops.reshape(x, ops.constant(np.array([0, int(config["groups"]), -1],
+                                                           dtype=np.int64)), True)
+            grouped = ops.mvn(grouped, ops.constant(np.array([2], dtype=np.int64)), True,
+                              float(config["epsilon"]), "inside_sqrt")
+            x = ops.add(ops.multiply(ops.reshape(grouped, shape, False),
+                                     ops.constant(gamma.reshape(1, -1, 1, 1))),
+                        ops.constant(beta.reshape(1, -1, 1, 1)))
         elif kind == "Activation" and config["activation"] == "relu":
             x = ops.relu(x)
         elif kind == "MaxPooling2D":

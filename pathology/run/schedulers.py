@@ -32,20 +32,27 @@ log = logging.getLogger("hccbio.pathology")
 
 
 
-def worker_env(threads: int) -> dict[str, str]:
+def worker_env(threads: int | None) -> dict[str, str]:
     """Environment of a worker process whose networks and numerical libraries use ``threads``
-    CPU threads (OpenVINO reads ``TF_NUM_INTRAOP_THREADS`` too).
+    CPU threads (OpenVINO reads ``TF_NUM_INTRAOP_THREADS`` too); None: no limit, for a worker
+    that has every core to itself. A limit set when it is not needed costs: OpenVINO then
+    gives each compiled network its own threads, which contend with each other and with the
+    worker's own (a one-worker local cluster ran 1.2x slower than one process).
 
     Examples
     --------
     >>> worker_env(2)["TF_NUM_INTRAOP_THREADS"], worker_env(2)["OMP_NUM_THREADS"]
     ('2', '2')
+    >>> "TF_NUM_INTRAOP_THREADS" in worker_env(None)
+    False
     """
+    # TensorFlow's start-up notes, printed before its logging starts.
+    env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    if threads is None:
+        return env
     count = str(max(1, int(threads)))
     return {"OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count, "OPENBLAS_NUM_THREADS": count,
-            "TF_NUM_INTRAOP_THREADS": count, "TF_NUM_INTEROP_THREADS": "1",
-            # TensorFlow's start-up notes, printed before its logging starts.
-            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+            "TF_NUM_INTRAOP_THREADS": count, "TF_NUM_INTEROP_THREADS": "1", **env}
 
 
 SINGLE_THREAD_ENV = worker_env(1)
@@ -84,9 +91,11 @@ class Scheduler:
     address: str | None = None
 
     @property
-    def threads_per_worker(self) -> int:
-        """CPU threads of each local worker's networks: the cores shared among the workers."""
-        return max(1, available_cores() // max(1, self.workers or 1))
+    def threads_per_worker(self) -> int | None:
+        """CPU threads of each local worker's networks: the cores shared among the workers;
+        None for a single worker (every core is its own: no limit)."""
+        workers = max(1, self.workers or 1)
+        return None if workers == 1 else max(1, available_cores() // workers)
 
 
 def parse_scheduler(spec: str) -> Scheduler:
@@ -150,7 +159,13 @@ def dask_client(scheduler: Scheduler, config: PathologyConfig,
     quiet = logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
     with ExitStack() as stack:
         stack.enter_context(dask.config.set(
-            {"distributed.scheduler.allowed-failures": config.batch.retries}))
+            {"distributed.scheduler.allowed-failures": config.batch.retries,
+             # Dask's default worker environment caps OMP/MKL/OpenBLAS at one thread and sets
+             # MALLOC_TRIM_THRESHOLD_, which turns off glibc's adaptive mmap threshold: every
+             # large numpy temporary of a tile is then mapped and unmapped again (page faults;
+             # a one-worker cluster ran 1.2x slower than one process). The thread caps the
+             # workers need come from worker_env instead.
+             "distributed.nanny.pre-spawn-environ": {}}))
         if scheduler.kind == "local":
             cluster = LocalCluster(n_workers=scheduler.workers, threads_per_worker=1,
                                    processes=True,

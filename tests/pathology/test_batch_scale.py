@@ -56,10 +56,14 @@ def test_local_workers_share_the_cores(monkeypatch):
     cores = available_cores()
     default = parse_scheduler("local")
     assert default.workers == max(1, cores // 2)
-    assert default.threads_per_worker == cores // default.workers
-    assert parse_scheduler(f"local:{cores}").threads_per_worker == 1
-    env = worker_env(default.threads_per_worker)
-    assert env["TF_NUM_INTRAOP_THREADS"] == env["OMP_NUM_THREADS"] == str(cores // default.workers)
+    # a single worker owns every core: no thread cap (a cap made OpenVINO's networks contend)
+    assert parse_scheduler("local:1").threads_per_worker is None
+    assert "TF_NUM_INTRAOP_THREADS" not in worker_env(None)
+    for workers in range(2, cores + 1):
+        threads = parse_scheduler(f"local:{workers}").threads_per_worker
+        assert threads == cores // workers
+        env = worker_env(threads)
+        assert env["TF_NUM_INTRAOP_THREADS"] == env["OMP_NUM_THREADS"] == str(threads)
     monkeypatch.setattr(nuclei, "gpu_available", lambda: True)
     assert parse_scheduler("local").workers == cores
 

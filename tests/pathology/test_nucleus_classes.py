@@ -211,19 +211,33 @@ def test_openvino_and_tensorflow_give_the_same_class_probabilities(project_root,
         classifier.on_backend("onnx")
 
 
-def test_openvino_graph_uses_native_group_normalization_and_refuses_other_layers(project_root):
-    """The built graph holds OpenVINO's GroupNormalization (not convert_model's transposes and
-    reductions, the slower spelling) and refuses a layer it does not know, naming it, so that
-    the caller converts such a network with ov.convert_model instead (synthetic network)."""
+def test_openvino_graph_is_the_same_on_any_thread_count_and_refuses_other_layers(project_root):
+    """The built graph normalises groups with MVN (not convert_model's transposes and
+    reductions, the slower spelling), gives the same probabilities bit for bit on one thread
+    and on every core (a one-thread Dask worker and a sync run must agree), matches Keras,
+    and refuses a layer it does not know, naming it, so that the caller converts such a
+    network with ov.convert_model instead (synthetic network; random patches)."""
+    import openvino as ov
+
     from pathology.segmentation.nuclei import import_tensorflow
 
     keras = import_tensorflow().keras
     network = keras.models.load_model(project_root / "models" / "he_cell_classes" / "model.keras",
                                       compile=False)
     graph = openvino_graph(network, PATCH_PX)
-    kinds = {op.get_type_name() for op in graph.get_ops()}
-    assert "GroupNormalization" in kinds and "ReduceMean" in kinds  # the global pooling
-    assert sum(op.get_type_name() == "Transpose" for op in graph.get_ops()) == 1  # to NCHW
+    kinds = [op.get_type_name() for op in graph.get_ops()]
+    assert kinds.count("MVN") == 7 and kinds.count("Transpose") == 1  # to NCHW, once
+    patches = np.random.default_rng(0).random((64, PATCH_PX, PATCH_PX, 3), dtype=np.float32)
+    outputs = []
+    for threads in (1, 2, None):
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = ov.Core().compile_model(graph, "CPU", config)
+        outputs.append(np.array(compiled.create_infer_request().infer({0: patches})[
+            compiled.output(0)]))
+    assert np.array_equal(outputs[0], outputs[1]) and np.array_equal(outputs[0], outputs[2])
+    assert np.allclose(outputs[0], network(patches, training=False).numpy(), atol=1e-5)
     inputs = keras.Input((PATCH_PX, PATCH_PX, 3))
     other = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(inputs))
     with pytest.raises(ValueError, match="bn: BatchNormalization"):
