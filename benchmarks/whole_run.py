@@ -12,7 +12,7 @@ into a temporary folder as a tiled, JPEG-compressed pyramidal TIFF with its pixe
 data never enter the repository). On it, each in a fresh run folder:
 
 - ``hccbio slides run`` itself (a subprocess, the installed CLI) with the default configuration
-  (a local Dask cluster, one single-threaded worker per core), then with ``--scheduler sync``;
+  (a local Dask cluster, one worker per two cores), then with ``--scheduler sync``;
 - whole sync runs with ``segmentation.backend: openvino`` and ``tensorflow``;
 - the network alone for the same read boxes as the run's tiles, at the CPU's best: the default
   model through OpenVINO compiled with the LATENCY hint on all cores

@@ -1,8 +1,9 @@
 """What ``segmentation.backend: auto`` runs on a CPU: measured once per CPU model, then cached.
 
-OpenVINO runs StarDist's network 1.6-1.8x faster than TensorFlow on the CPUs measured so far,
-but not every network gains (the H&E nucleus-class CNN, converted naively, ran 1.4x slower),
-and a rule from two CPUs does not hold on every third. So ``auto`` on a machine without a GPU
+Which backend is faster depends on the CPU and the network: on the 2-core AMD EPYC (AVX-512)
+development VM TensorFlow 2.21 runs the segmentation network as fast as OpenVINO, while
+OpenVINO runs the H&E nucleus-class CNN 1.3-1.4x faster (and, converted naively, had run it
+1.4x slower); a rule from one CPU does not hold on the next. So ``auto`` on a machine without a GPU
 times one tile's networks on both backends the first time it meets a CPU model and a pair of
 networks: the segmentation network on a read box of the configured tile size, plus the
 nucleus-class network (H&E) on ``PATCHES_PER_TILE`` patches. OpenVINO is kept unless
@@ -41,6 +42,12 @@ PATCHES_PER_TILE = 512  # about the nuclei in a 1024 px H&E tile at 0.5 um/px
 REPEATS = 2  # timed calls per network and backend, after one warm-up; the fastest counts
 
 
+def available_cores() -> int:
+    """The CPU cores this process may use (its affinity mask, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+
+
 def cpu_description(cpuinfo: str | None = None) -> dict:
     """The CPU of this machine: model, the vector extensions that matter to the network
     (AVX2, AVX-512) and the cores this process may use.
@@ -75,7 +82,7 @@ def cpu_description(cpuinfo: str | None = None) -> dict:
         elif key.strip() == "flags" and not flags:
             flags = set(value.split())
     avx512 = sorted(f for f in flags if f.startswith("avx512"))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     return {"model": model, "avx2": "avx2" in flags, "avx512": avx512, "cores": cores,
             "vector": vector, "label": f"{model}, {vector}, {cores} cores"}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pathology.config import PathologyConfig
+from pathology.run.auto_backend import available_cores
 from pathology.run.pipeline import (
     ModelCache,
     SlideJob,
@@ -29,7 +30,6 @@ from pathology.run.pipeline import (
 )
 
 log = logging.getLogger("hccbio.pathology")
-
 
 
 def worker_env(threads: int | None) -> dict[str, str]:
@@ -63,21 +63,14 @@ SCHEDULER_LOGGERS = ("distributed.scheduler", "distributed.deploy", "dask_jobque
 _LOCAL = re.compile(r"^local(?::(\d+))?$")
 
 
-def available_cores() -> int:
-    """The CPU cores this process may use (its affinity mask, else the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
-
-
 def default_local_workers() -> int:
     """Workers of ``--scheduler local`` without N.
 
     With a GPU (TensorFlow sees one), one per core: the CPU work per tile is then the
     bottleneck. On a CPU, one per two cores, each with two threads, so that a worker's network
     (read-ahead thread) and its measurement of the tile before run side by side: on two cores
-    two single-threaded workers took 2.2x (one-slide mosaic of 14 tiles) and 1.6x (59 tiles)
-    the time of one sync process, one worker with both cores 1.2x
-    (benchmarks/README.md, whole runs).
+    two single-threaded workers took 1.5x the time of one sync process on a 59-tile slide, one
+    worker with both cores 1.06x (benchmarks/README.md, whole runs).
     """
     from pathology.segmentation.nuclei import gpu_available
 
