@@ -179,7 +179,7 @@ def _lookup(values: pa.Array, render) -> pa.Array:
 
 def write_detections(cells_path: Path, target: Path, *, mpp_x: float, mpp_y: float,
                      classes_path: Path | None = None, colors: dict[str, tuple] | None = None,
-                     decimals: int = 2, batch_size: int = 16384) -> int:
+                     decimals: int = 2, batch_size: int = 4096) -> int:
     """Write every cell as a QuPath detection (polygon, classification, measurements).
 
     Parameters
@@ -198,7 +198,10 @@ def write_detections(cells_path: Path, target: Path, *, mpp_x: float, mpp_y: flo
     decimals
         Decimals of the pixel coordinates.
     batch_size
-        Cells per Parquet batch (memory bound).
+        Cells per Parquet batch (memory bound). Each batch's text is built by vectorised
+        Arrow kernels that hold several copies of it (about 10 kB per cell at once): 4096
+        cells kept a whole 87k-cell export within 200 MB of its start, against 350 MB for
+        16384, and ran faster.
 
     Returns
     -------
