@@ -59,6 +59,28 @@ def worker_env(threads: int | None) -> dict[str, str]:
 
 
 SINGLE_THREAD_ENV = worker_env(1)
+NANNY_ENVIRON = "distributed.nanny.pre-spawn-environ"
+
+
+def nanny_environ_unset(keys) -> dict[str, str]:
+    """Environment for worker jobs started outside this process (SLURM) under which their
+    nanny sets none of ``keys`` from Dask's ``pre-spawn-environ``.
+
+    A nanny reads its own configuration; Dask's environment-variable form lower-cases keys
+    and cannot name ``MALLOC_TRIM_THRESHOLD_``, but configuration inherited through
+    ``DASK_INTERNAL_INHERIT_CONFIG`` keeps them, and a key set to None is left unset.
+
+    Examples
+    --------
+    >>> import dask.config
+    >>> env = nanny_environ_unset(["MALLOC_TRIM_THRESHOLD_"])
+    >>> dask.config.deserialize(env["DASK_INTERNAL_INHERIT_CONFIG"])
+    {'distributed': {'nanny': {'pre-spawn-environ': {'MALLOC_TRIM_THRESHOLD_': None}}}}
+    """
+    import dask.config
+
+    return {"DASK_INTERNAL_INHERIT_CONFIG": dask.config.serialize(
+        {"distributed": {"nanny": {"pre-spawn-environ": {k: None for k in keys}}}})}
 SCHEDULER_LOGGERS = ("distributed.scheduler", "distributed.deploy", "dask_jobqueue")
 _LOCAL = re.compile(r"^local(?::(\d+))?$")
 
@@ -153,6 +175,7 @@ def dask_client(scheduler: Scheduler, config: PathologyConfig,
     from distributed import Client, LocalCluster
 
     quiet = logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
+    dask_environ = list(dask.config.get(NANNY_ENVIRON, {}))
     with ExitStack() as stack:
         stack.enter_context(dask.config.set(
             {"distributed.scheduler.allowed-failures": config.batch.retries,
@@ -160,8 +183,9 @@ def dask_client(scheduler: Scheduler, config: PathologyConfig,
              # MALLOC_TRIM_THRESHOLD_, which turns off glibc's adaptive mmap threshold: every
              # large numpy temporary of a tile is then mapped and unmapped again (page faults;
              # a one-worker cluster ran 1.2x slower than one process). The thread caps the
-             # workers need come from worker_env instead.
-             "distributed.nanny.pre-spawn-environ": {}}))
+             # workers need come from worker_env instead. SLURM jobs' nannies read their own
+             # configuration: they are told the same by nanny_environ_unset.
+             NANNY_ENVIRON: {}}))
         if scheduler.kind == "local":
             cluster = LocalCluster(n_workers=scheduler.workers, threads_per_worker=1,
                                    processes=True,
@@ -183,8 +207,10 @@ def dask_client(scheduler: Scheduler, config: PathologyConfig,
                 stack.callback(logger.setLevel, logger.level)
                 logger.setLevel(max(quiet, logger.level))
             stack.callback(remove_probe, out)
-            cluster = start_slurm_cluster(config.batch.slurm, out, env=SINGLE_THREAD_ENV,
-                                          silence_logs=quiet)
+            cluster = start_slurm_cluster(
+                config.batch.slurm, out,
+                env={**SINGLE_THREAD_ENV, **nanny_environ_unset(dask_environ)},
+                silence_logs=quiet)
             stack.callback(cluster.close)
         elif scheduler.kind == "address":
             cluster = None

@@ -18,7 +18,13 @@ from hcccore.lock import RunLock, RunLockedError
 from pathology.config import BatchSection, PathologyConfig, TilingSection
 from pathology.run.batch import run_slides
 from pathology.run.pipeline import SlideJob
-from pathology.run.schedulers import available_cores, parse_scheduler, worker_env
+from pathology.run.schedulers import (
+    NANNY_ENVIRON,
+    available_cores,
+    nanny_environ_unset,
+    parse_scheduler,
+    worker_env,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,37 @@ def test_local_workers_share_the_cores(monkeypatch):
         assert env["TF_NUM_INTRAOP_THREADS"] == env["OMP_NUM_THREADS"] == str(threads)
     monkeypatch.setattr(nuclei, "gpu_available", lambda: True)
     assert parse_scheduler("local").workers == cores
+
+
+_WORKER_ENV_PROBE = """
+import os
+from distributed import Client, LocalCluster
+with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                  dashboard_address=":0") as cluster, Client(cluster) as client:
+    seen = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_", "unset"))
+print(next(iter(seen.values())))
+"""
+
+
+def test_worker_jobs_nanny_leaves_dask_malloc_setting_unset(tmp_path):
+    """A SLURM job's nanny reads the configuration of its own process: started (as a job is)
+    with the environment the jobs export, a real nanny spawns its worker without Dask's
+    MALLOC_TRIM_THRESHOLD_ (which turns off glibc's adaptive mmap threshold); without it,
+    Dask's default reaches the worker."""
+    import dask
+    import distributed  # noqa: F401  (registers Dask's distributed defaults)
+
+    keys = list(dask.config.get(NANNY_ENVIRON))
+    assert "MALLOC_TRIM_THRESHOLD_" in keys  # Dask's default, the case this guards
+    base = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+
+    def probe(env: dict) -> str:
+        done = subprocess.run([sys.executable, "-c", _WORKER_ENV_PROBE], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, check=True)
+        return done.stdout.strip().splitlines()[-1]
+
+    assert probe(base) != "unset"
+    assert probe({**base, **nanny_environ_unset(keys)}) == "unset"
 
 
 def test_two_workers_give_the_same_outputs_as_one(three_slides, shared_data, tmp_path):
