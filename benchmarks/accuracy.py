@@ -69,6 +69,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import ihc_counterstain  # noqa: E402
 from benchmarks.reports import write_block  # noqa: E402
 from hcccore.atomic import write_text  # noqa: E402
 from pathology.evaluation.annotations import (  # noqa: E402
@@ -82,6 +83,7 @@ from pathology.evaluation.annotations import (  # noqa: E402
 from pathology.evaluation.harness import (  # noqa: E402
     annotated_tile_config,
     detection_scores,
+    ki67_tile_scores,
     match_centroids,
     rasterise_cells,
     run_pipeline,
@@ -162,23 +164,14 @@ def deepliif_test(root: Path, model: str, work: Path, precision: str = "float32"
     items = load_deepliif(root / "ihc" / "deepliif", "test")
     results = run_pipeline(items, work, modality="ihc", stain="Ki67",
                            config=annotated_tile_config(model, precision))
-    per_image = []
-    for item, result in zip(items, results, strict=True):
-        scores = score_instances(result, item.labels, classes=item.classes,
-                                 centroid_um=CENTROID_UM)
-        truth_index = 100.0 * float(np.mean(item.classes[1:]))
-        ours = 100.0 * float(result.cells["ki67_pos"].mean()) if len(result.cells) else 0.0
-        per_image.append({
-            "image": item.name, "iou50": scores["iou50"], "centroid": scores["centroid"],
-            "recall_negative": scores["recall_by_class"].get(0, float("nan")),
-            "recall_positive": scores["recall_by_class"].get(1, float("nan")),
-            "ki67_truth_pct": truth_index, "ki67_pct": ours,
-            "ki67_error_points": ours - truth_index})
+    per_image = [{"image": item.name, **ki67_tile_scores(result, item, centroid_um=CENTROID_UM)}
+                 for item, result in zip(items, results, strict=True)]
     return {"images": [i.name for i in items], "iou50": _pooled(per_image, "iou50"),
             "centroid": _pooled(per_image, "centroid"), "per_image": per_image,
             "note": "34_3's manual mask leaves many DAB-positive nuclei unannotated "
-                    "(tests/pathology/test_phenotypes.py), so its precision and Ki67 index "
-                    "are against an incomplete truth; recall is not affected."}
+                    "(tests/pathology/test_phenotypes.py), so its precision and its Ki67 index "
+                    "over every cell found are against an incomplete truth; recall and the "
+                    "index over the annotated nuclei are not affected."}
 
 
 def dsb2018_fluo(root: Path, model: str, work: Path) -> dict:
@@ -376,7 +369,7 @@ def table(report: dict) -> str:
 
 def organ_lines(report: dict) -> list[str]:
     """Issue 27's targets per organ and stain (``report["organs"]``, from ``--organs``)."""
-    from benchmarks import cell_classes, ihc_counterstain
+    from benchmarks import cell_classes
 
     organs = report.get("organs", {})
     lines: list[str] = []
@@ -403,17 +396,29 @@ def organ_lines(report: dict) -> list[str]:
         lines += ["", f"Per counterstain strength (issue 27), IHC nuclei of `{r['model']}` on the "
                   f"DeepLIIF Ki67 test tiles ({', '.join(r['tiles'])}; never "
                   f"trained or tuned on), measured {r['date'][:10]}:", "",
-                  "| hematoxylin x | DAB- recall (lowest tile) | DAB+ recall (lowest tile) | "
-                  f"recall >= {TARGET_IHC_RECALL} | Ki67 index error, median over tiles "
-                  f"(points) | within {TARGET_KI67_POINTS:g} |", "|---|---|---|---|---|---|"]
+                  "| hematoxylin x | DAB- found (lowest tile) | DAB+ found (lowest tile) | "
+                  f"found >= {TARGET_IHC_RECALL} | DAB- / DAB+ recall at IoU 0.5 (lowest tile) "
+                  "| Ki67 index error, median over tiles: every cell / annotated nuclei "
+                  f"(points) | within {TARGET_KI67_POINTS:g} (annotated) |",
+                  "|---|---|---|---|---|---|---|"]
         for factor in sorted({row["hematoxylin_factor"] for row in r["rows"]}, reverse=True):
             rows = [row for row in r["rows"] if row["hematoxylin_factor"] == factor]
+            found_neg = min(row["found_negative"] for row in rows)
+            found_pos = min(row["found_positive"] for row in rows)
             negative = min(row["recall_negative"] for row in rows)
             positive = min(row["recall_positive"] for row in rows)
             error = float(np.median([abs(row["ki67_error_points"]) for row in rows]))
-            lines.append(f"| {factor:g} | {negative:.2f} | {positive:.2f} | "
-                         f"{_verdict(min(negative, positive) >= TARGET_IHC_RECALL)} | "
-                         f"{error:.1f} | {_verdict(error <= TARGET_KI67_POINTS)} |")
+            annotated = float(np.median([abs(row["ki67_annotated_error_points"])
+                                         for row in rows]))
+            lines.append(f"| {factor:g} | {found_neg:.2f} | {found_pos:.2f} | "
+                         f"{_verdict(min(found_neg, found_pos) >= TARGET_IHC_RECALL)} | "
+                         f"{negative:.2f} / {positive:.2f} | {error:.1f} / {annotated:.1f} | "
+                         f"{_verdict(annotated <= TARGET_KI67_POINTS)} |")
+        lines += ["", "Found: an annotated nucleus has a cell's centroid within "
+                  f"{CENTROID_UM:g} um (what the count and the index depend on); recall at IoU "
+                  "0.5 also asks for its outline. The index over annotated nuclei uses the cells "
+                  "matched to an annotated nucleus (34_3's annotation leaves DAB-positive nuclei "
+                  "out)."]
         lines += ["", ihc_counterstain.table(r)]
     return lines
 
@@ -424,7 +429,7 @@ def _verdict(ok: bool) -> str:
 
 def measure_organs(root: Path, work: Path) -> dict:
     """Issue 27's per-organ figures for the pipeline's default models (see module doc)."""
-    from benchmarks import cell_classes, ihc_counterstain
+    from benchmarks import cell_classes
     from pathology.config import PhenotypesSection, SegmentationSection
 
     lymphocyte_model = PhenotypesSection().lymphocyte_model
@@ -456,7 +461,7 @@ def write_organ_cards(report: dict) -> None:
 
 # issue 12's targets, on images never used to train or tune
 TARGET_HE_F1 = 0.85
-TARGET_IHC_RECALL = 0.85
+TARGET_IHC_RECALL = ihc_counterstain.TARGET_IHC_RECALL
 TARGET_KI67_POINTS = 5.0
 TARGET_LYMPHOCYTE_F1 = 0.7
 
@@ -480,19 +485,30 @@ def target_lines(report: dict) -> list[str]:
     recall = min(min(t["recall_negative"], t["recall_positive"]) for t in tiles)
     recalls = "; ".join(f"{t['image']} {t['recall_negative']:.2f} / {t['recall_positive']:.2f}"
                         for t in tiles)
+    found = min(min(t["found_negative"], t["found_positive"]) for t in tiles)
+    founds = "; ".join(f"{t['image']} {t['found_negative']:.2f} / {t['found_positive']:.2f}"
+                       for t in tiles)
     error = max(abs(t["ki67_error_points"]) for t in tiles)
     errors = ", ".join(f"{t['image']} {t['ki67_error_points']:+.1f}" for t in tiles)
+    annotated = max(abs(t["ki67_annotated_error_points"]) for t in tiles)
+    annotated_errors = ", ".join(f"{t['image']} {t['ki67_annotated_error_points']:+.1f}"
+                                 for t in tiles)
     f1 = he["monuseg_val"]["iou50"]["f1"]
     lymphocytes = he["crc_lymphocytes"]["f1"]
     lines = ["", "| target (issue 12) | default model | measured on | measured | |",
              "|---|---|---|---|---|",
              f"| H&E nucleus F1 >= {TARGET_HE_F1} at IoU 0.5 | {he_name} | MoNuSeg validation "
              f"tiles (3) | {f1:.3f} | {verdict(f1 >= TARGET_HE_F1)} |",
-             f"| IHC recall >= {TARGET_IHC_RECALL} of Ki67- and of Ki67+ nuclei, each tile | "
-             f"{ihc_name} | DeepLIIF test tiles (2) | {recalls} | "
-             f"{verdict(recall >= TARGET_IHC_RECALL)} |",
-             f"| Ki67 index within {TARGET_KI67_POINTS:g} points, each tile | {ihc_name} | "
-             f"DeepLIIF test tiles (2) | {errors} | {verdict(error <= TARGET_KI67_POINTS)} |",
+             f"| IHC: >= {TARGET_IHC_RECALL} of Ki67- and of Ki67+ nuclei found (centroid "
+             f"within {CENTROID_UM:g} um), each tile | {ihc_name} | DeepLIIF test tiles (2) | "
+             f"{founds} | {verdict(found >= TARGET_IHC_RECALL)} |",
+             f"| IHC: the same at IoU 0.5 (outline too) | {ihc_name} | DeepLIIF test tiles (2) "
+             f"| {recalls} | {verdict(recall >= TARGET_IHC_RECALL)} |",
+             f"| Ki67 index within {TARGET_KI67_POINTS:g} points, each tile, every cell found "
+             f"| {ihc_name} | DeepLIIF test tiles (2) | {errors} | "
+             f"{verdict(error <= TARGET_KI67_POINTS)} |",
+             f"| the same over the annotated nuclei | {ihc_name} | DeepLIIF test tiles (2) | "
+             f"{annotated_errors} | {verdict(annotated <= TARGET_KI67_POINTS)} |",
              f"| H&E lymphocyte F1 >= {TARGET_LYMPHOCYTE_F1} | {he_name} | CRCHistoPhenotypes "
              f"held-out images (4) | {lymphocytes:.3f} | "
              f"{verdict(lymphocytes >= TARGET_LYMPHOCYTE_F1)} |",

@@ -505,8 +505,8 @@ class QcSection(_Section):
         0.035, ge=0, description="IHC: flag 'counterstain' (too pale for reliable negative "
         "counts) when the median hematoxylin OD of DAB-negative nuclei exceeds that of their "
         "ring by less than this, or when nuclei were found but none DAB-negative; the level "
-        "below which the IHC model's DAB-negative recall falls by more than 0.1 "
-        "(benchmarks/README.md, python -m benchmarks.ihc_counterstain).")
+        "below which the IHC model finds more than 0.1 fewer DAB-negative nuclei than at the "
+        "tile's own counterstain (benchmarks/README.md, python -m benchmarks.ihc_counterstain).")
     lineage_cd3_markers: tuple[str, ...] = Field(("CD3",), description="Multiplex: panel "
                                                  "marker names of the T-cell lineage (CD3) "
                                                  "for the lineage check (case-insensitive).")

@@ -237,7 +237,8 @@ def score_instances(result: PipelineCells, truth: np.ndarray, *,
         Instance labels on the annotated image's grid.
     classes
         Optional class code per truth label (index = label) for per-class recall at IoU 0.5
-        (``recall_by_class``).
+        (``recall_by_class``) and by centroid distance (``found_by_class``: the nucleus was
+        detected, whatever its outline; what a count or an index depends on).
     centroid_um
         Distance (um) within which a predicted centroid matches a truth centroid.
 
@@ -245,8 +246,9 @@ def score_instances(result: PipelineCells, truth: np.ndarray, *,
     -------
     dict
         ``iou50`` (precision, recall, F1, counts), ``centroid`` (the same by centroid
-        distance), ``matched_truth`` (truth label -> cell row of its IoU match) and, with
-        ``classes``, ``recall_by_class``.
+        distance), ``matched_truth`` (truth label -> cell row of its IoU match),
+        ``centroid_matched`` (truth label -> cell row of its centroid match) and, with
+        ``classes``, ``recall_by_class`` and ``found_by_class``.
     """
     from stardist.matching import matching
 
@@ -260,15 +262,73 @@ def score_instances(result: PipelineCells, truth: np.ndarray, *,
                                                          stats.matched_scores, strict=True)
              if score >= 0.5]
     truth_xy = truth_centroids_um(truth, result.mpp)[present - 1]
-    t_idx, _ = match_centroids(truth_xy, result.cells[["x_um", "y_um"]].to_numpy(),
-                               centroid_um)
+    t_idx, p_idx = match_centroids(truth_xy, result.cells[["x_um", "y_um"]].to_numpy(),
+                                   centroid_um)
     out = {"iou50": iou,
            "centroid": detection_scores(n_true, len(result.cells), len(t_idx)),
-           "matched_truth": {t: p - 1 for t, p in pairs}}
+           "matched_truth": {t: p - 1 for t, p in pairs},
+           "centroid_matched": {int(present[t]): int(p) for t, p in zip(t_idx, p_idx,
+                                                                        strict=True)}}
     if classes is not None:
         found = np.zeros(int(truth.max()) + 1, dtype=bool)
         found[[t for t, _ in pairs]] = True
+        detected = np.zeros(int(truth.max()) + 1, dtype=bool)
+        detected[present[t_idx]] = True
+        codes = np.unique(classes[present])
         out["recall_by_class"] = {
-            int(code): float(found[present][classes[present] == code].mean())
-            for code in np.unique(classes[present])}
+            int(code): float(found[present][classes[present] == code].mean()) for code in codes}
+        out["found_by_class"] = {
+            int(code): float(detected[present][classes[present] == code].mean())
+            for code in codes}
     return out
+
+
+def ki67_tile_scores(result: PipelineCells, item: AnnotatedImage, *,
+                     centroid_um: float = 3.0) -> dict:
+    """Nuclei found by class and the Ki67 index of one annotated IHC tile.
+
+    The index is given two ways: over every cell the pipeline found (what a lab reads), and
+    over the cells matched to an annotated nucleus (``ki67_annotated_pct``): where an
+    annotation leaves nuclei out, the first also scores the nuclei it left out; the second
+    measures the detection bias between classes and the DAB call on what was annotated.
+
+    Parameters
+    ----------
+    result
+        From :func:`run_pipeline` with the Ki67 panel (``ki67_pos`` per cell).
+    item
+        The annotated tile; ``classes`` holds 1 for Ki67-positive nuclei, 0 for negative.
+    centroid_um
+        Centroid matching distance (um).
+
+    Returns
+    -------
+    dict
+        ``iou50`` and ``centroid`` scores, ``recall_negative`` / ``recall_positive`` (IoU
+        0.5), ``found_negative`` / ``found_positive`` (centroid within ``centroid_um``), the
+        truth index, both indices and their errors (points), and ``dab_call_agreement`` (share
+        of matched nuclei whose call equals the annotation).
+    """
+    scores = score_instances(result, item.labels, classes=item.classes, centroid_um=centroid_um)
+    present = np.unique(item.labels)
+    present = present[present > 0]
+    truth_index = 100.0 * float(np.mean(item.classes[present]))
+    positive = (result.cells["ki67_pos"].to_numpy(dtype=bool) if len(result.cells)
+                else np.zeros(0, dtype=bool))
+    ours = 100.0 * float(positive.mean()) if len(positive) else 0.0
+    matched = scores["centroid_matched"]
+    truth_rows = np.fromiter(matched.keys(), dtype=np.int64, count=len(matched))
+    cell_rows = np.fromiter(matched.values(), dtype=np.int64, count=len(matched))
+    annotated = 100.0 * float(positive[cell_rows].mean()) if len(cell_rows) else 0.0
+    agreement = (float(np.mean(positive[cell_rows] == item.classes[truth_rows].astype(bool)))
+                 if len(cell_rows) else float("nan"))
+    return {"iou50": scores["iou50"], "centroid": scores["centroid"],
+            "recall_negative": scores["recall_by_class"].get(0, float("nan")),
+            "recall_positive": scores["recall_by_class"].get(1, float("nan")),
+            "found_negative": scores["found_by_class"].get(0, float("nan")),
+            "found_positive": scores["found_by_class"].get(1, float("nan")),
+            "ki67_truth_pct": truth_index, "ki67_pct": ours,
+            "ki67_error_points": ours - truth_index,
+            "ki67_annotated_pct": annotated,
+            "ki67_annotated_error_points": annotated - truth_index,
+            "dab_call_agreement": agreement}

@@ -16,6 +16,7 @@ import pytest
 from pathology.config import SegmentationSection
 from pathology.evaluation.harness import (
     PipelineCells,
+    ki67_tile_scores,
     match_centroids,
     rasterise_cells,
     score_instances,
@@ -55,29 +56,48 @@ def test_rasterised_polygons_score_as_the_truth_they_were_drawn_from():
     assert scores["iou50"]["n_matched"] == 2 and scores["iou50"]["f1"] == pytest.approx(2 / 3)
     assert scores["centroid"]["n_matched"] == 2
     assert scores["recall_by_class"] == {0: 1.0, 1: 0.0}
+    assert scores["found_by_class"] == {0: 1.0, 1: 0.0}
+    assert scores["centroid_matched"] == {1: 0, 2: 1}
+
+
+def test_found_counts_a_nucleus_whose_outline_misses_iou_half():
+    """Synthetic known geometry: a cell at the right place but half the radius is found
+    (centroid) and not recalled at IoU 0.5 (a quarter of the area)."""
+    mpp, shape = 0.25, (120, 120)
+    truth = rasterise_cells(pd.DataFrame([_disc_cell(15.0, 15.0, 4.0, mpp)]), shape, mpp)
+    small = PipelineCells("synthetic", pd.DataFrame([_disc_cell(15.0, 15.0, 2.0, mpp)]), mpp,
+                          shape)
+    scores = score_instances(small, truth, classes=np.array([0, 1]))
+    assert scores["recall_by_class"] == {1: 0.0}
+    assert scores["found_by_class"] == {1: 1.0}
 
 
 @pytest.mark.parametrize("name", ["22_2", "34_3"])
 def test_ihc_finds_pale_and_dab_nuclei(deepliif_pipeline, project_root, name):
     """22_2 is the pale-counterstain tile where the H&E model found 5-10 % of the blue nuclei.
 
-    The shipped IHC model finds 69 % (22_2) and 72 % (34_3) of them: the issue's target of
-    85 % is not met yet (models/bf_nuclei/MODEL_CARD.md), so these bounds hold what is
-    reached, and the figures must equal those the accuracy report and the card state.
-    34_3 has 22 annotated Ki67-positive nuclei (15 found), hence the lower bound there.
+    Issues 12 and 27 ask for 85 % of the Ki67-negative and of the Ki67-positive nuclei found
+    and the Ki67 index within 5 points. The shipped IHC model finds (centroid within 3 um)
+    88 % / 90 % (22_2) and 91 % / 91 % (34_3); at IoU 0.5, which asks for the outline too,
+    22_2's negatives are 82 %. The index over the annotated nuclei is within 2.1 points (over
+    every cell 34_3 reads 11 points high: its mask leaves DAB-positive nuclei out,
+    tests/pathology/test_phenotypes.py). The figures must equal those the accuracy report
+    and the card state.
     """
     item, result = deepliif_pipeline[name]
-    scores = score_instances(result, item.labels, classes=item.classes)
-    assert scores["centroid"]["recall"] >= 0.7
-    assert scores["recall_by_class"][0] >= 0.65  # Ki67-negative (hematoxylin only)
-    assert scores["recall_by_class"][1] >= 0.65  # Ki67-positive (DAB)
+    scores = ki67_tile_scores(result, item)
+    assert scores["centroid"]["recall"] >= 0.85
+    assert scores["found_negative"] >= 0.85  # Ki67-negative (hematoxylin only)
+    assert scores["found_positive"] >= 0.85  # Ki67-positive (DAB)
+    assert scores["recall_negative"] >= 0.8 and scores["recall_positive"] >= 0.8
+    assert abs(scores["ki67_annotated_error_points"]) <= 5.0
+    assert scores["dab_call_agreement"] >= 0.95
     report = json.loads((project_root / "benchmarks" / "results" / "accuracy.json").read_text())
     model = Path(SegmentationSection().ihc_model).name
     stated = {t["image"]: t for t in report["models"][model]["deepliif_test"]["per_image"]}
-    assert scores["recall_by_class"][0] == pytest.approx(stated[name]["recall_negative"],
-                                                         abs=0.01)
-    assert scores["recall_by_class"][1] == pytest.approx(stated[name]["recall_positive"],
-                                                         abs=0.01)
+    for key in ("recall_negative", "recall_positive", "found_negative", "found_positive",
+                "ki67_error_points", "ki67_annotated_error_points"):
+        assert scores[key] == pytest.approx(stated[name][key], abs=0.01), key
 
 
 def test_pale_counterstain_tile_finds_80_percent_of_its_nuclei(deepliif_pipeline):
