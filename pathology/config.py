@@ -113,6 +113,16 @@ class SegmentationSection(_Section):
                            "counterstain with DAB), folder or pretrained name.")
     fluorescence_model: str = Field("models/fluo_nuclei", description="Model for the nuclear "
                                     "channel of fluorescence slides (folder or 2D_versatile_fluo).")
+    ihc_counterstain_reference: float | None = Field(
+        0.3, gt=0, description="IHC: the hematoxylin level (95th percentile of the hematoxylin "
+        "OD of DAB-poor pixels, in the slide's own counterstain vector) that the IHC model sees "
+        "a pale counterstain at: a slide below it is shown to the network with its hematoxylin "
+        "scaled up to it (never down; measurements and DAB calls use the slide's own pixels). "
+        "Chosen on the IHC model's tuning images re-rendered at counterstain levels 0.06-0.36 "
+        "(benchmarks/README.md); null: the network sees the slide as it is.")
+    ihc_counterstain_max_gain: float = Field(
+        5.0, ge=1, description="IHC: the largest factor on a pale counterstain "
+        "(segmentation.ihc_counterstain_reference).")
     prob_thresh: float | None = Field(None, gt=0, lt=1, description="Override of the model's "
                                       "tuned probability threshold (thresholds.json).")
     nms_thresh: float | None = Field(None, gt=0, lt=1, description="Override of the model's "
@@ -502,11 +512,11 @@ class QcSection(_Section):
         (10.0, 150.0), description="Flag 'nuclear_area' when the median nuclear area (um^2) "
         "falls outside this range (wrong pixel size or failed segmentation).")
     counterstain_min_contrast: float = Field(
-        0.035, ge=0, description="IHC: flag 'counterstain' (too pale for reliable negative "
+        0.017, ge=0, description="IHC: flag 'counterstain' (too pale for reliable negative "
         "counts) when the median hematoxylin OD of DAB-negative nuclei exceeds that of their "
-        "ring by less than this, or when nuclei were found but none DAB-negative; the level "
-        "below which the IHC model finds more than 0.1 fewer DAB-negative nuclei than at the "
-        "tile's own counterstain (benchmarks/README.md, python -m benchmarks.ihc_counterstain).")
+        "ring by less than this, or when nuclei were found but none DAB-negative; the largest "
+        "contrast at which the IHC pipeline found fewer than 85 % of a tile's DAB-negative "
+        "nuclei (benchmarks/README.md, python -m benchmarks.ihc_counterstain).")
     lineage_cd3_markers: tuple[str, ...] = Field(("CD3",), description="Multiplex: panel "
                                                  "marker names of the T-cell lineage (CD3) "
                                                  "for the lineage check (case-insensitive).")

@@ -211,10 +211,70 @@ class SlidePlan:
     stains: dict | None = None  # cells.stain_matrix: method, matrix rows, note
     whole_cell: WholeCellPlan | None = None  # fluorescence: cells.whole_cell, per-slide values
     nuclei_mpp: float | None = None  # fluorescence: the panel's network pixel size (um/px)
+    counterstain: dict | None = None  # IHC: what the network is shown (slide_counterstain)
+
+
+def slide_counterstain(pixels: np.ndarray, config: PathologyConfig) -> dict:
+    """How the IHC network is shown a slide's counterstain
+    (``segmentation.ihc_counterstain_reference``).
+
+    The slide's own counterstain vector and hematoxylin level
+    (:func:`pathology.segmentation.stains.counterstain_matrix`,
+    :func:`pathology.segmentation.stains.hematoxylin_level`) are measured on its tissue
+    windows; a level under the reference gives a gain above 1, by which each tile's
+    hematoxylin is scaled (:func:`network_view`) before the network sees it. Measurements
+    and DAB calls use the slide's own pixels.
+
+    Returns
+    -------
+    dict
+        ``reference``, ``level``, ``gain`` (1: shown as it is), ``matrix`` (stain rows, or
+        None) and ``note``.
+    """
+    from pathology.segmentation.stains import (
+        StainError,
+        counterstain_gain,
+        counterstain_matrix,
+        hematoxylin_level,
+    )
+
+    seg = config.segmentation
+    reference = seg.ihc_counterstain_reference
+    none = {"reference": reference, "level": None, "gain": 1.0, "matrix": None}
+    if reference is None:
+        return {**none, "note": "segmentation.ihc_counterstain_reference is null: the network "
+                "sees the slide as it is"}
+    background = config.cells.background_intensity
+    rgb = pixels.reshape(-1, 1, 3)
+    try:
+        matrix = counterstain_matrix(rgb, background=background)
+        level = hematoxylin_level(rgb, matrix, background=background)
+    except StainError as error:
+        return {**none, "note": f"counterstain not measured ({error}); the network sees the "
+                "slide as it is"}
+    gain = counterstain_gain(level, reference, seg.ihc_counterstain_max_gain)
+    note = (f"hematoxylin level {level:.3f} >= {reference:g}: shown as it is" if gain == 1.0
+            else f"hematoxylin level {level:.3f} < {reference:g}: the network sees the "
+                 f"hematoxylin x {gain:.2f}")
+    return {"reference": reference, "level": level, "gain": gain, "matrix": matrix.tolist(),
+            "note": note}
+
+
+def network_view(image: np.ndarray, counterstain: dict | None) -> np.ndarray:
+    """The RGB tile the IHC network is shown: its hematoxylin scaled by the slide's gain in
+    the slide's counterstain vector (the tile itself when the gain is 1)."""
+    if not counterstain or counterstain.get("gain", 1.0) == 1.0 or counterstain.get(
+            "matrix") is None:
+        return image
+    from pathology.segmentation.stains import rescale_stains
+
+    return rescale_stains(image[..., :3], hematoxylin=counterstain["gain"],
+                          matrix=np.asarray(counterstain["matrix"]))
 
 
 def slide_stain_matrix(slide: Slide, mask: np.ndarray, mask_mpp: float, working_mpp: float, *,
-                       modality: str, config: PathologyConfig) -> dict:
+                       modality: str, config: PathologyConfig,
+                       pixels: np.ndarray | None = None) -> dict:
     """The colour deconvolution of a brightfield slide (``cells.stain_matrix``).
 
     ``skimage_hed``: Ruifrok-Johnston vectors. ``auto``: on IHC slides, hematoxylin and DAB
@@ -244,7 +304,8 @@ def slide_stain_matrix(slide: Slide, mask: np.ndarray, mask_mpp: float, working_
     if modality != "ihc":
         return {**default, "note": "cells.stain_matrix auto applies to IHC (hematoxylin + "
                 "DAB); this slide keeps the Ruifrok-Johnston vectors"}
-    pixels = _normalisation_sample(slide, mask, mask_mpp, working_mpp, "brightfield", None)
+    if pixels is None:
+        pixels = _normalisation_sample(slide, mask, mask_mpp, working_mpp, "brightfield", None)
     try:
         matrix = estimate_hdab_matrix(pixels.reshape(-1, 3),
                                       background=config.cells.background_intensity)
@@ -425,13 +486,24 @@ def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
             shape[1] / cfg.tiling.tile_size)
         store.init_tiles(n_grid, {"shape": list(shape), "tile_size": cfg.tiling.tile_size,
                                   "halo": cfg.tiling.halo})
+        # IHC: one sample of tissue windows for the stain vectors and the counterstain level
+        ihc_pixels = (_normalisation_sample(slide, mask, mask_mpp, working_mpp, kind, None)
+                      if job.modality == "ihc" else None)
+        counterstain = (slide_counterstain(ihc_pixels, cfg) if ihc_pixels is not None
+                        else None)
         if model.normalization["method"] == "fixed":
             norm_range = normalization_range(model, np.zeros(1))
-        else:
-            norm_range = normalization_range(model, _normalisation_sample(
+        else:  # percentiles of what the network is shown
+            sample = (ihc_pixels if ihc_pixels is not None else _normalisation_sample(
                 slide, mask, mask_mpp, working_mpp, kind, nuclear))
+            if counterstain is not None:
+                sample = network_view(sample.reshape(-1, 1, 3), counterstain).ravel()
+            norm_range = normalization_range(model, sample)
         stains = (slide_stain_matrix(slide, mask, mask_mpp, working_mpp, modality=job.modality,
-                                     config=cfg) if kind == "brightfield" else None)
+                                     config=cfg, pixels=ihc_pixels)
+                  if kind == "brightfield" else None)
+        if counterstain is not None:
+            store.set_attr("counterstain", counterstain)
         whole_cell = None
         if kind == "fluorescence":
             wc = whole_cell_section(job, cfg)
@@ -449,7 +521,7 @@ def prepare_slide(job: SlideJob, out: Path, config: PathologyConfig,
             store.set_attr("reset_reason", store.reset_reason)
     return SlidePlan(job, kind, nuclear, tuple(tiles), norm_range,
                      float(mask.sum()) * mask_mpp**2 / 1e6, identity, info.to_json(), stains,
-                     whole_cell, nuclei_mpp)
+                     whole_cell, nuclei_mpp, counterstain)
 
 
 def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: ModelCache,
@@ -486,7 +558,8 @@ def process_tiles(plan: SlidePlan, out: Path, config: PathologyConfig, models: M
         def read_and_predict(batch: list[Tile]) -> list[tuple[Tile, np.ndarray, Prediction]]:
             images = [_read_tile(slide, tile, config) for tile in batch]
             if plan.nuclei_mpp is None:
-                inputs = [_segmentation_input(image, plan.kind, plan.nuclear) for image in images]
+                inputs = [network_view(_segmentation_input(image, plan.kind, plan.nuclear),
+                                       plan.counterstain) for image in images]
             else:
                 inputs = [_read_nuclear_box(slide, tile, plan, config) for tile in batch]
             predictions = predict_tiles(model, inputs, plan.norm_range, batch_size=per_forward)
@@ -613,6 +686,7 @@ def finalize_slide(plan: SlidePlan, out: Path, config: PathologyConfig, models: 
         "normalization_range": list(plan.norm_range), "config_sha256": config.digest(),
         "stain_matrix": ({k: v for k, v in plan.stains.items() if k != "unmixing"}
                          if plan.stains else None),
+        "counterstain": plan.counterstain,
         "whole_cell": (plan.whole_cell.to_json(tuple(plan.info["channels"]),
                                                config.slide.working_mpp)
                        if plan.whole_cell else None),

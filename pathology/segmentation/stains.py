@@ -141,7 +141,7 @@ def counterstain_matrix(rgb: np.ndarray, *, background: float = 255.0) -> np.nda
     od = optical_density(np.asarray(rgb)[..., :3], background=background).reshape(-1, 3)
     od = od.astype(np.float64)
     total = od.sum(axis=1)
-    glass = od[total <= np.quantile(total, 0.2)].mean(axis=0)
+    glass = _glass_od(od)
     densities = (od - glass) @ hed_from_rgb
     poor = densities[:, 2] < 0.25 * np.clip(densities[:, 0], 1e-6, None)
     if not poor.any():
@@ -155,6 +155,12 @@ def counterstain_matrix(rgb: np.ndarray, *, background: float = 255.0) -> np.nda
     residual = np.cross(hematoxylin, dab_vector)
     residual /= np.linalg.norm(residual)
     return np.vstack([hematoxylin, residual, dab_vector])
+
+
+def _glass_od(od: np.ndarray) -> np.ndarray:
+    """The glass's optical density: the mean of the palest 20 % of ``(N, 3)`` pixels."""
+    total = od.sum(axis=1)
+    return od[total <= np.quantile(total, 0.2)].mean(axis=0)
 
 
 def angle_degrees(u: np.ndarray, v: np.ndarray) -> float:
@@ -218,3 +224,46 @@ def rescale_stains(rgb: np.ndarray, *, hematoxylin: float = 1.0, eosin: float = 
         np.float64) * factors
     intensity = 255.0 * np.power(10.0, -(stains @ vectors))
     return np.clip(intensity, 0, 255).round().astype(np.uint8)
+
+
+def hematoxylin_level(rgb: np.ndarray, matrix: np.ndarray, *, background: float = 255.0,
+                      percentile: float = 95.0) -> float:
+    """How dark an IHC image's counterstain is: a high percentile of the hematoxylin density
+    (``matrix``'s first stain, e.g. :func:`counterstain_matrix`; the glass's optical density
+    subtracted, as there) over the pixels with little DAB (under a quarter of their
+    hematoxylin), i.e. the counterstained nuclei.
+
+    Examples
+    --------
+    >>> from skimage.data import immunohistochemistry
+    >>> image = immunohistochemistry()
+    >>> m = counterstain_matrix(image)
+    >>> pale = rescale_stains(image, hematoxylin=0.5, matrix=m)
+    >>> ratio = hematoxylin_level(pale, m) / hematoxylin_level(image, m)
+    >>> bool(0.45 < ratio < 0.55)
+    True
+    """
+    od = optical_density(np.asarray(rgb)[..., :3], background=background).reshape(-1, 3)
+    od = od.astype(np.float64)
+    densities = (od - _glass_od(od)) @ deconvolution_matrix(matrix).astype(np.float64)
+    hematoxylin, dab = densities[:, 0], densities[:, 2]
+    poor = dab < 0.25 * np.clip(hematoxylin, 1e-6, None)
+    if not poor.any():
+        raise StainError("no pixel with more hematoxylin than DAB")
+    return float(np.percentile(hematoxylin[poor], percentile))
+
+
+def counterstain_gain(level: float, reference: float, max_gain: float) -> float:
+    """The factor that brings a counterstain ``level`` up to ``reference``: never below 1 (a
+    dark counterstain is left as it is), never above ``max_gain``.
+
+    Examples
+    --------
+    >>> counterstain_gain(0.1, 0.4, 5.0), counterstain_gain(0.6, 0.4, 5.0)
+    (4.0, 1.0)
+    >>> counterstain_gain(0.01, 0.4, 5.0)
+    5.0
+    """
+    if not level > 0:
+        return float(max_gain)
+    return float(min(max(reference / level, 1.0), max_gain))
