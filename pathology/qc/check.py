@@ -236,6 +236,10 @@ def run_slide_qc(folder: Path, *, slide_path: Path, manifest_mpp: float | None,
         qc = measured if measured is not None else _measure(
             slide, folder, mask, mask_mpp, kind=kind, cells=cells, config=config,
             modality=modality)
+        if "counterstain" in qc.metrics and record.get("counterstain"):
+            # what the network was shown (segmentation.ihc_counterstain_reference): the
+            # contrast above is of the slide's own pixels
+            qc.metrics["counterstain"]["network_gain"] = record["counterstain"].get("gain")
         rgb = tuple(c.upper() for c in slide.info.channels[:3]) == ("R", "G", "B")
         tints, legend = _composite_colors(slide, kind, record.get("stain"), config)
         display = overlays.display_rgb(qc.overview, rgb=rgb, tints=tints)

@@ -30,7 +30,8 @@ INDEX_FILE = "index.html"
 SUMMARY_COLUMNS = (
     "sample_id", "qc_status", "flags", "reasons", "tissue_area_mm2", "excluded_area_mm2",
     "clean_tissue_area_mm2", "out_of_focus_fraction", "pen_fraction", "dark_fraction",
-    "bright_fraction", "hematoxylin_od_p50", "counterstain_contrast", "n_nuclei",
+    "bright_fraction", "hematoxylin_od_p50", "counterstain_contrast",
+    "counterstain_network_gain", "n_nuclei",
     "nuclei_density_per_mm2", "median_nuclear_area_um2", "review_decision", "reviewer",
     "review_time", "review_comment", "review_note",
 )
@@ -63,6 +64,7 @@ def summary_row(record: dict, decision=None, result: str | None = None) -> dict:
                                                                           "bright")},
         "hematoxylin_od_p50": metrics["stain"].get("hematoxylin", {}).get("p50"),
         "counterstain_contrast": (metrics.get("counterstain") or {}).get("contrast"),
+        "counterstain_network_gain": (metrics.get("counterstain") or {}).get("network_gain"),
         "n_nuclei": nuclei["n"], "nuclei_density_per_mm2": nuclei["density_per_mm2"],
         "median_nuclear_area_um2": nuclei["median_area_um2"],
         "review_decision": decision.decision if decision else NOT_REVIEWED,
@@ -161,6 +163,10 @@ def write_index_html(out: Path, records: dict[str, dict], rows: list[dict]) -> P
                                           "density")]
         images += [c[k] for c in files.get("crops", []) for k in ("image", "overlay")]
         reasons = "".join(f"<li>{esc(r)}</li>" for r in record.get("reasons", []))
+        gain = row.get("counterstain_network_gain")
+        shown = (f"<p>Pale counterstain: the nucleus network saw this slide's hematoxylin "
+                 f"x {gain:.2f} (segmentation.ihc_counterstain_reference); cells were "
+                 "measured on its own pixels.</p>" if gain and gain > 1.0 else "")
         parts.append(
             f"<section id='s-{esc(quote(sid))}'><h2>{esc(sid)}</h2>"
             f"<p>QC <span class='{esc(record['status'])}'>{esc(record['status'])}</span>; "
@@ -168,7 +174,7 @@ def write_index_html(out: Path, records: dict[str, dict], rows: list[dict]) -> P
             f"{esc(row['review_decision'])}</span> {esc(row['reviewer'])} "
             f"{esc(row['review_time'])} {esc(row['review_comment'])}"
             f"{' (' + esc(row['review_note']) + ')' if row['review_note'] else ''}</p>"
-            f"<ul>{reasons or '<li>no flag fired</li>'}</ul>"
+            f"<ul>{reasons or '<li>no flag fired</li>'}</ul>{shown}"
             + "".join(f"<a href='{esc(base + quote(name))}'><img alt='{esc(name)}' "
                       f"src='{esc(base + quote(name))}'></a>" for name in images if name)
             + "</section>")

@@ -284,9 +284,10 @@ def counterstain_runs(shared_data, tmp_path_factory) -> dict:
                  config=annotated_tile_config(SegmentationSection().ihc_model))
     folders = {item.name.rsplit("_h", 1)[1]: work / "run" / "slides" / sample_id_for(item.name)
                for item in items}
-    return {factor: (json.loads((folder / "qc" / "qc.json").read_text()),
+    runs = {factor: (json.loads((folder / "qc" / "qc.json").read_text()),
                      json.loads((folder / "features.json").read_text()))
             for factor, folder in folders.items()}
+    return {**runs, "index": (work / "run" / "qc" / "index.html").read_text()}
 
 
 def test_pale_ihc_counterstain_is_flagged_and_a_normal_one_is_not(counterstain_runs):
@@ -300,7 +301,11 @@ def test_pale_ihc_counterstain_is_flagged_and_a_normal_one_is_not(counterstain_r
     assert normal_features["counterstain"]["gain"] == 1.0  # 22_2 is dark enough as it is
     assert pale_features["counterstain"]["gain"] > 3.0
     assert "x" in pale_features["counterstain"]["note"]
+    assert pale["metrics"]["counterstain"]["network_gain"] == pale_features["counterstain"][
+        "gain"]  # in qc.json, and so in qc_summary.csv, beside the contrast
     assert "counterstain" not in pale["flags"]
+    gain = pale_features["counterstain"]["gain"]
+    assert f"saw this slide's hematoxylin x {gain:.2f}" in counterstain_runs["index"]
     assert "counterstain" in palest["flags"]
     assert (palest["metrics"]["counterstain"]["contrast"]
             < pale["metrics"]["counterstain"]["contrast"]
