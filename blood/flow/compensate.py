@@ -13,24 +13,40 @@ from blood.errors import BloodInputError
 SPILL_KEYWORDS = ("spillover", "spill", "comp")  # FCS 3.1 name first, then 3.0 / BD variants
 
 
-def file_spillover(sample: Sample) -> Matrix | None:
+def file_spillover(sample: Sample, *, source: str | Path | None = None) -> Matrix | None:
     """The spillover matrix stored in the FCS file, if any.
 
     Parameters
     ----------
     sample
         FlowKit sample.
+    source
+        The FCS file, for error messages (default: the sample's id).
 
     Returns
     -------
     flowkit.Matrix or None
         None when the file holds no $SPILLOVER / SPILL keyword.
+
+    Raises
+    ------
+    BloodInputError
+        The keyword is there but holds no matrix FlowKit can read (e.g. a detector count
+        and names without their coefficients, as some Miltenyi files write).
     """
     meta = sample.get_metadata()
     for key in SPILL_KEYWORDS:
         if key in meta and str(meta[key]).strip():
             detectors = [sample.pnn_labels[i] for i in sample.fluoro_indices]
-            return Matrix(meta[key], detectors, null_channels=sample.null_channels)
+            try:
+                return Matrix(meta[key], detectors, null_channels=sample.null_channels)
+            except (ValueError, IndexError) as error:
+                text = str(meta[key])
+                raise BloodInputError(
+                    f"{source or sample.id}: its ${key.upper()} keyword holds no readable "
+                    f"spillover matrix ({text[:80]}{'...' if len(text) > 80 else ''}: "
+                    f"{error}); compensate with a spillover CSV (the gates' compensation) or "
+                    "gate it uncompensated") from error
     return None
 
 

@@ -13,6 +13,7 @@ from flowkit.exceptions import QuadrantReferenceError
 
 from blood.config import FlowConfig, FlowFeature, FlowQcConfig
 from blood.errors import BloodInputError
+from blood.flow.compensate import file_spillover
 from blood.flow.gates import Gating, load_gating
 from blood.flow.plots import plot_gates
 from blood.flow.populations import BeadCounting, add_absolute_counts, population_table
@@ -85,6 +86,8 @@ def analyse_fcs(fcs_path: str | Path, gates_path: str | Path, out_dir: str | Pat
     fcs = read_fcs(fcs_path)
     gating = load_gating(gates_path, fcs_path=fcs_path, wsp_sample=wsp_sample)
     check_gate_channels(gating, fcs.channels, fcs_path)
+    if uses_file_spillover(gating):  # a malformed $SPILLOVER is named, not a reshape error
+        file_spillover(fcs.sample, source=fcs_path)
     quality = acquisition_qc(fcs.sample, **(qc or FlowQcConfig()).model_dump())
     record = {"file": str(fcs_path), "gates": str(gating.path), "gates_format": gating.source,
               "gates_sample": gating.sample, "fcs_version": fcs.version,
@@ -148,30 +151,42 @@ def check_gate_channels(gating: Gating, channels: list[str], fcs_path: Path) -> 
     """
     strategy = gating.strategy
     prefix = f"{fcs_path}: gates of {gating.path} do not fit this file"
+    for gate_id, dim in _dimensions(strategy):
+        via, fluorochromes = "", ()
+        if isinstance(dim, fk.RatioDimension):
+            names = _ratio_channels(strategy, dim.ratio_ref, gate_id, prefix)
+            via = f" (in ratio transform '{dim.ratio_ref}')"
+        else:
+            names = [dim.dimension_ref if isinstance(dim, fk.QuadrantDivider) else dim.id]
+            fluorochromes = _matrix_fluorochromes(strategy, dim.compensation_ref,
+                                                  channels, gate_id, prefix)
+        for name in names:
+            if name in channels or name in fluorochromes:
+                continue
+            alternatives = (f"; or a fluorochrome of compensation matrix "
+                            f"'{dim.compensation_ref}': {', '.join(fluorochromes)}"
+                            if fluorochromes else "")
+            raise BloodInputError(
+                f"{prefix}: gate '{gate_id}' uses channel '{name}'{via}, which the file "
+                f"does not have; use one of its channels ($PnN): {', '.join(channels)}"
+                f"{alternatives}")
+
+
+def _dimensions(strategy: fk.GatingStrategy):
+    """Every gate's dimensions (quadrant gates: their dividers), as ``(gate id, dim)``."""
     for gate_id, gate_path in strategy.get_gate_ids():
         try:
             gate = strategy.get_gate(gate_id, gate_path=gate_path)
         except QuadrantReferenceError:  # a quadrant: its gate's dividers are checked
             continue
         for dim in getattr(gate, "dimensions", None) or ():
-            via, fluorochromes = "", ()
-            if isinstance(dim, fk.RatioDimension):
-                names = _ratio_channels(strategy, dim.ratio_ref, gate_id, prefix)
-                via = f" (in ratio transform '{dim.ratio_ref}')"
-            else:
-                names = [dim.dimension_ref if isinstance(dim, fk.QuadrantDivider) else dim.id]
-                fluorochromes = _matrix_fluorochromes(strategy, dim.compensation_ref,
-                                                      channels, gate_id, prefix)
-            for name in names:
-                if name in channels or name in fluorochromes:
-                    continue
-                alternatives = (f"; or a fluorochrome of compensation matrix "
-                                f"'{dim.compensation_ref}': {', '.join(fluorochromes)}"
-                                if fluorochromes else "")
-                raise BloodInputError(
-                    f"{prefix}: gate '{gate_id}' uses channel '{name}'{via}, which the file "
-                    f"does not have; use one of its channels ($PnN): {', '.join(channels)}"
-                    f"{alternatives}")
+            yield gate_id, dim
+
+
+def uses_file_spillover(gating: Gating) -> bool:
+    """Whether a gate dimension is compensated by the FCS file's own spillover (``FCS``)."""
+    return any(getattr(dim, "compensation_ref", None) == "FCS"
+               for _, dim in _dimensions(gating.strategy))
 
 
 def _matrix_fluorochromes(strategy: fk.GatingStrategy, comp_ref: str | None,

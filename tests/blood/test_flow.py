@@ -599,3 +599,33 @@ def test_a_really_missing_channel_is_still_refused_clearly(tcell, tmp_path, edit
     assert text.startswith(f"{tcell.path}: gates of {xml} do not fit this file: ")
     assert re.search(message, text), text
     assert not (tmp_path / "out" / "populations.csv").exists()
+
+
+@pytest.mark.parametrize("name", [f[0] for f in FILES])
+def test_every_file_spillover_is_read_or_refused_by_name(shared_data, name):
+    """Every real FCS file's own spillover keyword gives a matrix, none, or (the Miltenyi
+    file's $SPILLOVER: a count and detector names without coefficients) a clear error that
+    names the file and the keyword, never FlowKit's bare reshape error."""
+    fcs = read_fcs(shared_data / "flow" / name)
+    if name.startswith("fcsparser/EY_"):
+        with pytest.raises(BloodInputError, match=r"EY_2013.*\$SPILLOVER keyword holds no"):
+            file_spillover(fcs.sample, source=fcs.path)
+        return
+    matrix = file_spillover(fcs.sample, source=fcs.path)
+    assert matrix is None or set(matrix.detectors) <= set(fcs.channels)
+
+
+def test_gates_on_a_malformed_file_spillover_name_the_keyword(shared_data, tmp_path):
+    """Gates compensated by the file's own spillover, on the Miltenyi file whose keyword holds
+    no matrix: `analyse_fcs` (what `hccbio blood flow` runs) names the file and the keyword."""
+    gates = tmp_path / "gates.yaml"
+    gates.write_text("compensation: file\ngates:\n  - id: fl2\n    type: rectangle\n"
+                     "    dimensions:\n      - {channel: FL2-A, min: 0.0, compensated: true}\n")
+    path = shared_data / "flow/fcsparser/EY_2013-07-19_PBS_FCS_3.1_Well_A1.001.fcs"
+    with pytest.raises(BloodInputError, match=r"EY_2013.*\$SPILLOVER keyword holds no"):
+        analyse_fcs(path, gates, tmp_path / "out", plots=False)
+    # the same gates without compensation run
+    gates.write_text(gates.read_text().replace("compensation: file", "compensation: none")
+                     .replace(", compensated: true", ""))
+    table = analyse_fcs(path, gates, tmp_path / "out", plots=False).populations
+    assert table.set_index("population").loc["fl2", "count"] > 0
