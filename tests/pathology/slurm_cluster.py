@@ -167,6 +167,18 @@ class SlurmTestCluster:
         lines = self.run(command).stdout.split()
         return dict(zip(lines[::2], lines[1::2], strict=True))
 
+    def jobs_left(self, name: str, timeout: float = 60.0) -> dict[str, str]:
+        """The jobs named ``name`` still listed once those SLURM is ending (``COMPLETING``:
+        their processes are being cleaned up, which takes a moment after ``scancel`` or the
+        job script's exit) have ended, or ``timeout`` seconds have passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = self.jobs(name)
+            ending = {j: s for j, s in jobs.items() if s == "COMPLETING"}
+            if len(ending) < len(jobs) or not ending or time.monotonic() > deadline:
+                return jobs
+            time.sleep(0.5)
+
     def job_state(self, job_id: str) -> str:
         """``JobState`` of a job, running or ended (``scontrol show job``)."""
         text = self.run(["scontrol", "show", "job", "-o", job_id]).stdout

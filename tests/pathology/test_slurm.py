@@ -154,7 +154,7 @@ def test_the_cluster_is_asked_before_any_job_runs(slurm, slides, tmp_path: Path,
     result = _run(manifest, folder / "out", config)
     assert result.exit_code == 2
     assert "sbatch refuses the worker job" in result.output, result.output
-    assert not slurm.jobs("checks")
+    assert not slurm.jobs_left("checks")
 
     if not slurm.private_tmp:
         pytest.skip("this checkout lives under /tmp: jobs see the submitting node's /tmp")
@@ -166,7 +166,7 @@ def test_the_cluster_is_asked_before_any_job_runs(slurm, slides, tmp_path: Path,
     assert f"cannot see the run folder {tmp_path / 'out'}" in message, message
     assert "--out must be on a filesystem the compute nodes share" in message
     assert time.monotonic() - started < 120
-    assert not slurm.jobs("checks")
+    assert not slurm.jobs_left("checks")
     assert not (tmp_path / "out" / "slides").exists()
 
 
@@ -186,7 +186,7 @@ def test_slurm_run_gives_the_sync_run_numbers(slurm, slides, reference) -> None:
     logs = sorted(p.name for p in (out / "logs" / "slurm").iterdir())
     assert logs == sorted(f"same-{j}.{ext}" for j in jobs for ext in ("err", "out"))
     assert "Start worker" in (out / "logs" / "slurm" / f"same-{min(jobs)}.err").read_text()
-    assert not slurm.jobs("same")  # the jobs end with the run
+    assert not slurm.jobs_left("same")  # the jobs end with the run
     # Nothing left to do: the same command again submits no job.
     result = _run(_manifest(folder, slides), out, _config(folder, "same"))
     assert result.exit_code == 0, result.output
@@ -221,7 +221,7 @@ def test_scancel_mid_batch_then_the_same_command_finishes_it(slurm, slides, refe
     assert row["status"] == "failed", output
     assert "CANCELLED" in row["reason"] and "run the same command again" in row["reason"]
     assert set(slurm.job_state(j) for j in running) == {"CANCELLED"}
-    assert not slurm.jobs("scancel")  # none replaced: a person cancelled them
+    assert not slurm.jobs_left("scancel")  # none replaced: a person cancelled them
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
