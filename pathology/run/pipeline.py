@@ -263,8 +263,7 @@ def slide_counterstain(pixels: np.ndarray, config: PathologyConfig) -> dict:
 def network_view(image: np.ndarray, counterstain: dict | None) -> np.ndarray:
     """The RGB tile the IHC network is shown: its hematoxylin scaled by the slide's gain in
     the slide's counterstain vector (the tile itself when the gain is 1)."""
-    if not counterstain or counterstain.get("gain", 1.0) == 1.0 or counterstain.get(
-            "matrix") is None:
+    if not counterstain or counterstain["gain"] == 1.0:  # no matrix measured: gain 1
         return image
     from pathology.segmentation.stains import rescale_stains
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +60,11 @@ def worker_env(threads: int | None) -> dict[str, str]:
 
 SINGLE_THREAD_ENV = worker_env(1)
 NANNY_ENVIRON = "distributed.nanny.pre-spawn-environ"
+SCHEDULER_LOGGERS = ("distributed.scheduler", "distributed.deploy", "dask_jobqueue")
+_LOCAL = re.compile(r"^local(?::(\d+))?$")
 
 
-def nanny_environ_unset(keys) -> dict[str, str]:
+def nanny_environ_unset(keys: Iterable[str]) -> dict[str, str]:
     """Environment for worker jobs started outside this process (SLURM) under which their
     nanny sets none of ``keys`` from Dask's ``pre-spawn-environ``.
 
@@ -81,8 +83,6 @@ def nanny_environ_unset(keys) -> dict[str, str]:
 
     return {"DASK_INTERNAL_INHERIT_CONFIG": dask.config.serialize(
         {"distributed": {"nanny": {"pre-spawn-environ": {k: None for k in keys}}}})}
-SCHEDULER_LOGGERS = ("distributed.scheduler", "distributed.deploy", "dask_jobqueue")
-_LOCAL = re.compile(r"^local(?::(\d+))?$")
 
 
 def default_local_workers() -> int:
